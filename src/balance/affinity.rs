@@ -1,0 +1,124 @@
+//! ClientIP session affinity, as kube-proxy does it: a client IP sticks to the backend it was
+//! last sent to until `timeout` passes without a new connection. Checked before the pick.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Expired entries are swept after this many new entries, bounding memory without a timer.
+const SWEEP_EVERY: usize = 1024;
+
+#[derive(Debug)]
+pub struct AffinityTable {
+    timeout: Duration,
+    inner: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_client: HashMap<IpAddr, (SocketAddr, Instant)>,
+    inserts_since_sweep: usize,
+}
+
+impl AffinityTable {
+    pub fn new(timeout: Duration) -> AffinityTable {
+        AffinityTable {
+            timeout,
+            inner: Mutex::new(Entries::default()),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The backend this client is stuck to, if the stickiness has not expired.
+    pub fn lookup(&self, client: IpAddr, now: Instant) -> Option<SocketAddr> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.by_client.get(&client) {
+            Some((backend, last)) if now.saturating_duration_since(*last) < self.timeout => {
+                Some(*backend)
+            }
+            Some(_) => {
+                inner.by_client.remove(&client);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers (or refreshes) that `client` was sent to `backend` at `now`.
+    pub fn record(&self, client: IpAddr, backend: SocketAddr, now: Instant) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.by_client.insert(client, (backend, now)).is_none() {
+            inner.inserts_since_sweep += 1;
+            if inner.inserts_since_sweep >= SWEEP_EVERY {
+                inner.inserts_since_sweep = 0;
+                let timeout = self.timeout;
+                inner
+                    .by_client
+                    .retain(|_, (_, last)| now.saturating_duration_since(*last) < timeout);
+            }
+        }
+    }
+
+    /// Forgets a client, e.g. after its sticky backend failed.
+    pub fn forget(&self, client: IpAddr) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.by_client.remove(&client);
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_client
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sticks_until_timeout() {
+        let t = AffinityTable::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let client: IpAddr = "10.0.0.1".parse().unwrap();
+        let backend: SocketAddr = "10.1.0.1:80".parse().unwrap();
+        assert_eq!(t.lookup(client, now), None);
+        t.record(client, backend, now);
+        assert_eq!(
+            t.lookup(client, now + Duration::from_secs(9)),
+            Some(backend)
+        );
+        assert_eq!(t.lookup(client, now + Duration::from_secs(10)), None);
+        assert!(t.is_empty(), "expired entry is removed on lookup");
+    }
+
+    #[test]
+    fn sweep_bounds_memory() {
+        let t = AffinityTable::new(Duration::from_secs(1));
+        let start = Instant::now();
+        let backend: SocketAddr = "10.1.0.1:80".parse().unwrap();
+        for i in 0..SWEEP_EVERY as u32 * 3 {
+            let client = IpAddr::from(i.to_be_bytes());
+            t.record(
+                client,
+                backend,
+                start + Duration::from_secs(u64::from(i) / 100),
+            );
+        }
+        assert!(
+            t.len() < SWEEP_EVERY,
+            "expired entries swept, {} left",
+            t.len()
+        );
+    }
+}

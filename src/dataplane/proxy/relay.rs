@@ -1,0 +1,330 @@
+//! The TCP relay between a client and its backend, both ways, until both ends are done.
+//!
+//! A connection starts in copy mode: it waits for readiness holding no buffer and no pipe,
+//! reads into one per-thread 64 KiB buffer and writes straight on; only bytes the peer cannot
+//! take yet are kept, in a buffer of their own. So an idle connection costs two sockets and
+//! a little state. Once a connection has moved `splice_after_bytes`, it proves bulky and
+//! switches to tokio-splice's zero-copy splice(2) for the rest of its life (two pipes).
+//! Half-close is kept: EOF one way shuts down only the write side of the other socket. An
+//! error one way resets both sockets, so a peer's RST reaches the other side as an RST.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::scratch::with_scratch;
+use super::socket::reset;
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Both directions reached end of stream.
+    Closed,
+    /// No bytes either way for the idle timeout; both sides were reset.
+    Idle,
+    /// One side failed (e.g. a reset); both sides were reset.
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    pub upstream_bytes: u64,
+    pub downstream_bytes: u64,
+    pub spliced: bool,
+    pub ending: Ending,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    pub idle_timeout: Duration,
+    pub splice_after_bytes: u64,
+}
+
+/// One direction of the copy mode.
+#[derive(Default)]
+struct Half {
+    /// Bytes read but not yet written (the writer was full).
+    pending: Vec<u8>,
+    written: usize,
+    /// The reader reached end of stream and the writer was shut down.
+    done: bool,
+    bytes: u64,
+}
+
+impl Half {
+    fn wants_read(&self) -> bool {
+        !self.done && self.pending.is_empty()
+    }
+
+    fn wants_write(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Reads what `from` has and writes it to `to` until `from` would block or `to` is full.
+    fn pump(&mut self, from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+        with_scratch(|buf| {
+            // A bounded number of rounds keeps one busy connection from starving the rest.
+            for _ in 0..16 {
+                let n = match from.try_read(buf) {
+                    Ok(0) => {
+                        self.done = true;
+                        return SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                self.bytes += n as u64;
+                let sent = match to.try_write(&buf[..n]) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => return Err(e),
+                };
+                if sent < n {
+                    self.pending = buf[sent..n].to_vec();
+                    self.written = 0;
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes pending bytes; frees the buffer once they are all out.
+    fn flush(&mut self, to: &TcpStream) -> io::Result<()> {
+        while self.written < self.pending.len() {
+            match to.try_write(&self.pending[self.written..]) {
+                Ok(m) => self.written += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.pending = Vec::new();
+        self.written = 0;
+        Ok(())
+    }
+}
+
+/// Relays between `client` and `upstream` until both directions end, the connection idles
+/// out, or an error resets it. Consumes both sockets.
+pub async fn relay(client: TcpStream, upstream: TcpStream, settings: RelaySettings) -> Relayed {
+    let mut up = Half::default();
+    let mut down = Half::default();
+    let mut splice_after = settings.splice_after_bytes;
+    loop {
+        let exit = copy(
+            &client,
+            &upstream,
+            &mut up,
+            &mut down,
+            settings.idle_timeout,
+            splice_after,
+        )
+        .await;
+        let ending = match exit {
+            CopyExit::Ended(ending) => ending,
+            CopyExit::Bulky => {
+                match splice_phase(&client, &upstream, settings.idle_timeout).await {
+                    SpliceResult::Done(u, d, ending) => {
+                        let r =
+                            finish(client, upstream, up.bytes + u, down.bytes + d, true, ending);
+                        return r;
+                    }
+                    // No pipe to be had: stay in copy mode for good.
+                    SpliceResult::NoPipes => {
+                        splice_after = u64::MAX;
+                        continue;
+                    }
+                }
+            }
+        };
+        return finish(client, upstream, up.bytes, down.bytes, false, ending);
+    }
+}
+
+enum CopyExit {
+    Ended(Ending),
+    /// The connection moved `splice_after` bytes and nothing is pending: time to splice.
+    Bulky,
+}
+
+async fn copy(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    up: &mut Half,
+    down: &mut Half,
+    idle_timeout: Duration,
+    splice_after: u64,
+) -> CopyExit {
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    loop {
+        if up.done && down.done {
+            return CopyExit::Ended(Ending::Closed);
+        }
+        let quiet = !up.done && !down.done && up.pending.is_empty() && down.pending.is_empty();
+        if quiet && up.bytes + down.bytes >= splice_after {
+            return CopyExit::Bulky;
+        }
+        let step = tokio::select! {
+            r = client.readable(), if up.wants_read() => r.and_then(|_| up.pump(client, upstream)),
+            r = upstream.writable(), if up.wants_write() => r.and_then(|_| up.flush(upstream)),
+            r = upstream.readable(), if down.wants_read() => r.and_then(|_| down.pump(upstream, client)),
+            r = client.writable(), if down.wants_write() => r.and_then(|_| down.flush(client)),
+            _ = &mut idle => return CopyExit::Ended(Ending::Idle),
+        };
+        if step.is_err() {
+            return CopyExit::Ended(Ending::Error);
+        }
+        idle.as_mut().reset(Instant::now() + idle_timeout);
+    }
+}
+
+fn finish(
+    client: TcpStream,
+    upstream: TcpStream,
+    upstream_bytes: u64,
+    downstream_bytes: u64,
+    spliced: bool,
+    ending: Ending,
+) -> Relayed {
+    if ending != Ending::Closed {
+        reset(client);
+        reset(upstream);
+    }
+    Relayed {
+        upstream_bytes,
+        downstream_bytes,
+        spliced,
+        ending,
+    }
+}
+
+enum SpliceResult {
+    Done(u64, u64, Ending),
+    NoPipes,
+}
+
+async fn splice_phase(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    idle_timeout: Duration,
+) -> SpliceResult {
+    let activity = AtomicU64::new(0);
+    let mut a = Watched {
+        stream: client,
+        activity: &activity,
+    };
+    let mut b = Watched {
+        stream: upstream,
+        activity: &activity,
+    };
+    tokio::select! {
+        r = tokio_splice::zero_copy_bidirectional(&mut a, &mut b) => match r {
+            Ok((u, d)) => SpliceResult::Done(u, d, Ending::Closed),
+            // Pipes are created before any byte moves, so nothing was lost.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)) => {
+                SpliceResult::NoPipes
+            }
+            Err(_) => SpliceResult::Done(0, 0, Ending::Error),
+        },
+        _ = idle_watch(&activity, idle_timeout) => SpliceResult::Done(0, 0, Ending::Idle),
+    }
+}
+
+/// Completes once `activity` has not moved for a whole `timeout`.
+async fn idle_watch(activity: &AtomicU64, timeout: Duration) {
+    let mut seen = activity.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(timeout).await;
+        let now = activity.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// A socket lent to tokio-splice that counts readiness events, so the idle timeout still
+/// works while splice moves the bytes.
+struct Watched<'a> {
+    stream: &'a TcpStream,
+    activity: &'a AtomicU64,
+}
+
+impl AsRawFd for Watched<'_> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+impl AsyncRead for Watched<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // tokio-splice never reads through this; it splices from the raw fd.
+        loop {
+            std::task::ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Watched<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(SockRef::from(self.stream).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+impl tokio_splice::Stream for Watched<'_> {
+    fn poll_read_ready_n(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = self.stream.poll_read_ready(cx);
+        if r.is_ready() {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_ready_n(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.poll_write_ready(cx)
+    }
+
+    fn try_io_n<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        self.stream.try_io(interest, f)
+    }
+}

@@ -1,0 +1,143 @@
+//! TCP: the accept loop (with back-off on EMFILE and the like) and one connection's life:
+//! look up the service, pick a backend, connect with a timeout, retry another backend on a
+//! failed connect, then relay. A connection that cannot be served is reset, never half-served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::relay::{relay, RelaySettings};
+use super::socket::{connect, errno_name, is_resource_exhaustion, reset};
+use super::ProxyContext;
+use crate::balance::routes::ServiceEntry;
+use crate::model::Frontend;
+
+/// Connect attempts per connection never exceed this, whatever the config says.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Accepts connections on `listener` for `frontend` until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    frontend: Frontend,
+    ctx: Arc<ProxyContext>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                backoff = Duration::ZERO;
+                let ctx2 = ctx.clone();
+                ctx.tracker.spawn(handle(client, peer, frontend, ctx2));
+            }
+            Err(e) => {
+                ctx.metrics
+                    .accept_errors
+                    .with_label_values(&[errno_name(&e)])
+                    .inc();
+                if !is_resource_exhaustion(&e) {
+                    tracing::debug!(%frontend, error = %e, "accept failed");
+                    continue;
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                tracing::warn!(%frontend, error = %e, backoff_ms = backoff.as_millis() as u64,
+                    "accept: out of resources, backing off");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection for `frontend`.
+pub async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    frontend: Frontend,
+    ctx: Arc<ProxyContext>,
+) {
+    let Some(entry) = ctx.routes.load().get(&frontend).cloned() else {
+        // The service went away between accept and lookup.
+        reset(client);
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    entry.counters.connections.inc();
+    if entry.backends.is_empty() {
+        entry.counters.refused_no_backend.inc();
+        reset(client);
+        return;
+    }
+    let settings = **ctx.tcp.load();
+    let Some(upstream) = connect_any(
+        &entry,
+        peer,
+        settings.connect_attempts as usize,
+        settings.connect_timeout,
+    )
+    .await
+    else {
+        entry.counters.refused_all_failed.inc();
+        reset(client);
+        return;
+    };
+    entry.counters.active.inc();
+    let relayed = relay(
+        client,
+        upstream,
+        RelaySettings {
+            idle_timeout: settings.idle_timeout,
+            splice_after_bytes: settings.splice_after_bytes,
+        },
+    )
+    .await;
+    entry.counters.active.dec();
+    entry.counters.bytes_upstream.inc_by(relayed.upstream_bytes);
+    entry
+        .counters
+        .bytes_downstream
+        .inc_by(relayed.downstream_bytes);
+    if relayed.spliced {
+        ctx.metrics.splice_connections.inc();
+    }
+    tracing::trace!(service = %entry.service.name, %peer, ?relayed, "connection done");
+}
+
+/// Tries up to `attempts` different backends; the first that accepts the connection wins.
+async fn connect_any(
+    entry: &ServiceEntry,
+    peer: SocketAddr,
+    attempts: usize,
+    timeout: Duration,
+) -> Option<TcpStream> {
+    let attempts = attempts.clamp(1, MAX_ATTEMPTS).min(entry.backends.len());
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    for n in 0..attempts {
+        let i = entry.choose(peer.ip(), &tried[..n], &mut rand::rng())?;
+        tried[n] = i;
+        let backend = &entry.backends[i];
+        backend.picks.inc();
+        if n > 0 {
+            entry.counters.retries.inc();
+        }
+        match connect(backend.backend.address, timeout).await {
+            Ok(stream) => return Some(stream),
+            Err(e) => {
+                backend.connect_failures.inc();
+                entry.forget_client(peer.ip());
+                tracing::debug!(service = %entry.service.name, backend = %backend.backend.address,
+                    error = %e, "connect failed");
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,202 @@
+//! UDP: per-client sessions. The first datagram from a client address picks a backend and
+//! opens an upstream socket connected to it; replies go back from the service's own socket,
+//! so the client sees the address it sent to. Sessions end after the idle timeout, when the
+//! backend refuses (ICMP), or at stop. Past `maxSessions`, new flows are dropped and counted
+//! while existing flows keep working.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::scratch::with_scratch;
+use super::ProxyContext;
+use crate::balance::routes::ServiceEntry;
+use crate::model::Frontend;
+
+const MAX_DATAGRAM: usize = super::scratch::SCRATCH_BYTES;
+
+type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
+
+struct Session {
+    upstream: UdpSocket,
+    /// Milliseconds since `epoch` of the last datagram either way.
+    last_active: AtomicU64,
+    epoch: Instant,
+}
+
+impl Session {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_active.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// Receives datagrams on `socket` for `frontend` until `stop` is cancelled.
+pub async fn serve(
+    socket: UdpSocket,
+    frontend: Frontend,
+    ctx: Arc<ProxyContext>,
+    stop: CancellationToken,
+) {
+    let socket = Arc::new(socket);
+    let sessions: Sessions = Arc::default();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, client) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors for earlier replies surface here on some kernels; keep going.
+                    tracing::debug!(%frontend, error = %e, "udp receive failed");
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let existing = lock(&sessions).get(&client).cloned();
+        let Some(entry) = ctx.routes.load().get(&frontend).cloned() else {
+            continue;
+        };
+        let session = match existing {
+            Some(s) => s,
+            None => match open_session(&entry, client, &sessions, &socket, &ctx, &stop).await {
+                Some(s) => s,
+                None => {
+                    entry.counters.udp_dropped.inc();
+                    continue;
+                }
+            },
+        };
+        session.touch();
+        // A full socket buffer drops the datagram, as the network would.
+        if session.upstream.try_send(&buf[..n]).is_ok() {
+            entry.counters.udp_datagrams_upstream.inc();
+        }
+    }
+}
+
+fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<Session>>> {
+    sessions.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens a session for a new client, or None when it must be dropped (session limit, no
+/// backend, no socket).
+async fn open_session(
+    entry: &Arc<ServiceEntry>,
+    client: SocketAddr,
+    sessions: &Sessions,
+    reply: &Arc<UdpSocket>,
+    ctx: &Arc<ProxyContext>,
+    stop: &CancellationToken,
+) -> Option<Arc<Session>> {
+    let settings = **ctx.udp.load();
+    if lock(sessions).len() >= settings.max_sessions {
+        tracing::debug!(service = %entry.service.name, %client, "udp session limit reached");
+        return None;
+    }
+    let i = entry.choose(client.ip(), &[], &mut rand::rng())?;
+    let backend = &entry.backends[i];
+    backend.picks.inc();
+    let upstream = match connect_upstream(backend.backend.address).await {
+        Ok(s) => s,
+        Err(e) => {
+            backend.connect_failures.inc();
+            tracing::debug!(backend = %backend.backend.address, error = %e, "udp upstream socket");
+            return None;
+        }
+    };
+    let session = Arc::new(Session {
+        upstream,
+        last_active: AtomicU64::new(0),
+        epoch: Instant::now(),
+    });
+    lock(sessions).insert(client, session.clone());
+    entry.counters.udp_sessions.inc();
+    entry.counters.udp_sessions_active.inc();
+    ctx.tracker.spawn(replies(
+        session.clone(),
+        client,
+        reply.clone(),
+        sessions.clone(),
+        entry.clone(),
+        settings.session_timeout,
+        stop.clone(),
+    ));
+    Some(session)
+}
+
+async fn connect_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if backend.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(backend).await?;
+    Ok(socket)
+}
+
+/// Sends every reply waiting on the upstream socket to the client. An error other than
+/// "nothing more" (ECONNREFUSED: the backend is gone) ends the session; the client's next
+/// datagram picks anew.
+fn forward_replies(
+    session: &Session,
+    reply: &UdpSocket,
+    client: SocketAddr,
+    entry: &ServiceEntry,
+) -> io::Result<()> {
+    with_scratch(|buf| loop {
+        match session.upstream.try_recv(buf) {
+            Ok(n) => {
+                session.touch();
+                // A full socket buffer drops the reply, as the network would.
+                if reply.try_send_to(&buf[..n], client).is_ok() {
+                    entry.counters.udp_datagrams_downstream.inc();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    })
+}
+
+/// Carries the backend's replies to the client until the session idles out or fails.
+async fn replies(
+    session: Arc<Session>,
+    client: SocketAddr,
+    reply: Arc<UdpSocket>,
+    sessions: Sessions,
+    entry: Arc<ServiceEntry>,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let wait = timeout.saturating_sub(session.idle_for());
+        if wait.is_zero() {
+            break;
+        }
+        tokio::select! {
+            r = session.upstream.readable() => {
+                if r.is_err() || forward_replies(&session, &reply, client, &entry).is_err() {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    lock(&sessions).remove(&client);
+    entry.counters.udp_sessions_active.dec();
+}

@@ -1,0 +1,154 @@
+//! The `wao-lb` command line: run, check, weights, demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wao_lb::config::{Config, DEFAULT_ADMIN};
+use wao_lb::telemetry::logging::{self, LogFormat};
+use wao_lb::telemetry::weights_view::{render_table, WeightRow};
+
+#[derive(Parser)]
+#[command(
+    name = "wao-lb",
+    version,
+    about = "Energy-aware L4 (TCP/UDP) load balancer"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer (SIGHUP or a change to the file reloads; SIGTERM drains and stops).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or print every error with its path and exit 2.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the live weights table of a running wao-lb.
+    Weights {
+        /// The admin address of the running wao-lb.
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin: String,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A self-contained demo on loopback: three backends, a short load, the weighted split.
+    Demo {
+        #[arg(long, default_value_t = 3000)]
+        connections: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own story; its logs would only clutter it.
+    let level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    logging::init(cli.log_format, level);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        command => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async_main(command))
+        }
+    }
+}
+
+async fn async_main(command: Command) -> ExitCode {
+    match command {
+        Command::Run { config } => match wao_lb::app::run(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(wao_lb::app::StartError::Config(errors)) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Weights { admin, json } => weights(&admin, json).await,
+        Command::Demo { connections } => match wao_lb::demo::run(connections).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { .. } => ExitCode::FAILURE,
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} services, {} nodes)",
+                path.display(),
+                c.services.services.len(),
+                c.nodes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn weights(admin: &str, json: bool) -> ExitCode {
+    let url = format!("http://{admin}/weights");
+    let response = match reqwest::get(&url).await {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => {
+            eprintln!("error: {url} answered {}", r.status());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach {url}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rows: Vec<WeightRow> = match response.json().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {url} did not return a weights table: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", render_table(&rows));
+    }
+    ExitCode::SUCCESS
+}

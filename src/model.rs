@@ -1,0 +1,88 @@
+//! Shared vocabulary: what a service, a frontend and a backend are. Discovery produces these,
+//! balance and the dataplane consume them; nothing here does I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The name of the node (machine) a backend runs on; power is modelled per node.
+pub type NodeName = Arc<str>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Where clients reach a service: one address and port for one protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Frontend {
+    pub protocol: Protocol,
+    pub address: SocketAddr,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.protocol)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Backend {
+    pub address: SocketAddr,
+    pub node: NodeName,
+}
+
+/// ClientIP session affinity, as kube-proxy does it: the same client IP goes to the same
+/// backend until `timeout` passes without a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Affinity {
+    #[serde(with = "crate::config::duration_secs")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Service {
+    pub name: Arc<str>,
+    pub frontend: Frontend,
+    pub backends: Vec<Backend>,
+    pub affinity: Option<Affinity>,
+    /// CPU (in millicores) one more connection costs a node; overrides `power.cpuPerConnection`.
+    pub cpu_per_connection: Option<u32>,
+}
+
+/// The desired state discovery produces: every service, keyed by its frontend.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ServiceTable {
+    pub services: BTreeMap<Frontend, Arc<Service>>,
+}
+
+impl ServiceTable {
+    pub fn get(&self, frontend: &Frontend) -> Option<&Arc<Service>> {
+        self.services.get(frontend)
+    }
+
+    /// Every node some backend runs on, sorted and without duplicates.
+    pub fn nodes(&self) -> Vec<NodeName> {
+        let mut nodes: Vec<NodeName> = self
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter().map(|b| b.node.clone()))
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+}

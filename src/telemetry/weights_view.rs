@@ -1,0 +1,165 @@
+//! The weights view: one row per (service, backend) with the node's power inputs, the weight
+//! and the reason for it, the configured share and the share of picks observed. Served as JSON
+//! by `/weights` and printed as an aligned table by `wao-lb weights` and the demo.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::balance::routes::Routes;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightRow {
+    pub service: String,
+    pub frontend: String,
+    pub backend: String,
+    pub node: String,
+    pub cpu_percent: Option<f64>,
+    pub inlet_celsius: Option<f64>,
+    pub delta_p_pascal: Option<f64>,
+    pub watts: Option<f64>,
+    pub delta_watts: Option<f64>,
+    pub weight: f64,
+    /// Fraction of new connections the table gives this backend.
+    pub share: f64,
+    pub picks: u64,
+    /// Fraction of this service's picks that went to this backend so far.
+    pub picked_share: f64,
+    pub reason: String,
+}
+
+pub fn rows(routes: &Routes) -> Vec<WeightRow> {
+    let mut entries: Vec<_> = routes.by_frontend.values().collect();
+    entries.sort_by(|a, b| {
+        (&a.service.name, a.service.frontend).cmp(&(&b.service.name, b.service.frontend))
+    });
+    let mut out = Vec::new();
+    for e in entries {
+        let total: u64 = e.backends.iter().map(|b| b.picks.get()).sum();
+        for (i, b) in e.backends.iter().enumerate() {
+            let r = b.report.as_ref();
+            let picks = b.picks.get();
+            out.push(WeightRow {
+                service: e.service.name.to_string(),
+                frontend: e.service.frontend.to_string(),
+                backend: b.backend.address.to_string(),
+                node: b.backend.node.to_string(),
+                cpu_percent: r.map(|r| r.cpu_percent),
+                inlet_celsius: r.map(|r| r.inlet_celsius),
+                delta_p_pascal: r.map(|r| r.delta_p_pascal),
+                watts: r.map(|r| r.watts),
+                delta_watts: r.map(|r| r.delta_watts),
+                weight: b.weight,
+                share: e.table.share(i),
+                picks,
+                picked_share: if total == 0 {
+                    0.0
+                } else {
+                    picks as f64 / total as f64
+                },
+                reason: b.reason.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.decimals$}"))
+}
+
+/// An aligned, readable table of `rows`.
+pub fn render_table(rows: &[WeightRow]) -> String {
+    let header = [
+        "SERVICE", "BACKEND", "NODE", "CPU%", "INLET°C", "ΔP Pa", "WATTS", "ΔW", "WEIGHT", "SHARE",
+        "PICKS", "PICKED", "REASON",
+    ];
+    let cells: Vec<[String; 13]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.service.clone(),
+                r.backend.clone(),
+                r.node.clone(),
+                opt(r.cpu_percent, 1),
+                opt(r.inlet_celsius, 1),
+                opt(r.delta_p_pascal, 1),
+                opt(r.watts, 1),
+                opt(r.delta_watts, 3),
+                format!("{:.3}", r.weight),
+                format!("{:.1}%", r.share * 100.0),
+                r.picks.to_string(),
+                format!("{:.1}%", r.picked_share * 100.0),
+                r.reason.clone(),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, row: &[String]| {
+        let last = row.len() - 1;
+        for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
+            let pad = w - c.chars().count();
+            // Text columns left-aligned, numbers right-aligned, no trailing blanks.
+            let numeric = (3..=11).contains(&i);
+            if i == last {
+                out.push_str(c);
+            } else if numeric {
+                let _ = write!(out, "{}{}  ", " ".repeat(pad), c);
+            } else {
+                let _ = write!(out, "{}{}  ", c, " ".repeat(pad));
+            }
+        }
+        out.push('\n');
+    };
+    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    line(&mut out, &header);
+    for row in &cells {
+        line(&mut out, row);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_align() {
+        let row = |service: &str, backend: &str, weight: f64| WeightRow {
+            service: service.into(),
+            frontend: "127.0.0.1:80/tcp".into(),
+            backend: backend.into(),
+            node: "n".into(),
+            cpu_percent: Some(20.0),
+            inlet_celsius: None,
+            delta_p_pascal: None,
+            watts: Some(120.0),
+            delta_watts: Some(0.25),
+            weight,
+            share: 0.5,
+            picks: 10,
+            picked_share: 0.5,
+            reason: "static inputs".into(),
+        };
+        let text = render_table(&[
+            row("web", "127.0.0.1:9001", 1.0),
+            row("database", "[::1]:9002", 0.25),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let col = |l: &str| l.find("static").unwrap_or(0);
+        assert_eq!(
+            col(lines[1]),
+            col(lines[2]),
+            "reason column aligned:\n{text}"
+        );
+        assert!(lines[2].starts_with("database  [::1]:9002"), "{text}");
+    }
+}
