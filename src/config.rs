@@ -159,6 +159,15 @@ impl Default for PowerSettings {
     }
 }
 
+/// How a node's weight is decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeWeighting {
+    /// Predicted by this power model.
+    Model(Arc<CurveProfile>),
+    /// Fixed by the operator (`weight:`), e.g. 0 to drain a node for maintenance.
+    Fixed(f64),
+}
+
 /// One node's power inputs and model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
@@ -167,7 +176,7 @@ pub struct NodeConfig {
     pub cpu_percent: f64,
     pub inlet_celsius: f64,
     pub delta_p_pascal: f64,
-    pub model: Arc<CurveProfile>,
+    pub weighting: NodeWeighting,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,6 +280,7 @@ struct RawNode {
     inlet_temp: Option<RawInletTemp>,
     delta_p: Option<RawDeltaP>,
     model: Option<RawModel>,
+    weight: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,6 +339,11 @@ impl Config {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 let message = strip_location(&inner);
+                // serde_yaml puts its own (shorter) path in front; ours is the full one.
+                let message = match message.split_once(": ") {
+                    Some((head, rest)) if path.starts_with(head) => rest.to_string(),
+                    _ => message,
+                };
                 ConfigErrors(vec![ConfigError {
                     path: if path == "." { String::new() } else { path },
                     message,
@@ -634,22 +649,37 @@ impl Validator {
                 ),
                 None => 0.0,
             };
-            let model = match &n.model {
-                Some(RawModel::Curve { profile }) => match CurveProfile::embedded(profile) {
-                    Some(p) => p,
-                    None => {
-                        self.err(
-                            format!("{at}.model.profile"),
-                            format!(
-                                "unknown profile {profile:?}; known: {}",
-                                CurveProfile::names().join(", ")
-                            ),
-                        );
-                        continue;
+            let weighting = match (&n.model, n.weight) {
+                (Some(_), Some(w)) => {
+                    self.err(
+                        format!("{at}.weight"),
+                        format!("{w}: give either weight or model, not both"),
+                    );
+                    continue;
+                }
+                (None, Some(w)) => {
+                    NodeWeighting::Fixed(self.number_in(&format!("{at}.weight"), w, 0.0, 1e6, ""))
+                }
+                (Some(RawModel::Curve { profile }), None) => {
+                    match CurveProfile::embedded(profile) {
+                        Some(p) => NodeWeighting::Model(p),
+                        None => {
+                            self.err(
+                                format!("{at}.model.profile"),
+                                format!(
+                                    "unknown profile {profile:?}; known: {}",
+                                    CurveProfile::names().join(", ")
+                                ),
+                            );
+                            continue;
+                        }
                     }
-                },
-                None => {
-                    self.err(format!("{at}.model"), "missing: a node needs a power model");
+                }
+                (None, None) => {
+                    self.err(
+                        format!("{at}.model"),
+                        "missing: give a power model or a fixed weight",
+                    );
                     continue;
                 }
             };
@@ -664,7 +694,7 @@ impl Validator {
                     cpu_percent,
                     inlet_celsius,
                     delta_p_pascal,
-                    model,
+                    weighting,
                 },
             );
         }

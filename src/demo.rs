@@ -1,6 +1,6 @@
 //! `wao-lb demo`: a self-contained run on loopback. Three echo servers stand for three nodes
 //! with different power curves; the balancer runs in this process on the embedded
-//! `config/demo.yaml`; a short load goes through it; then the weights and the share of
+//! `config/demo.yaml.in`; a short load goes through it; then the weights and the share of
 //! connections each backend really received are printed.
 
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use crate::app;
 use crate::config::Config;
 use crate::telemetry::weights_view::{render_table, rows};
 
-const TEMPLATE: &str = include_str!("../config/demo.yaml");
+const TEMPLATE: &str = include_str!("../config/demo.yaml.in");
 const CONCURRENCY: usize = 32;
 
 #[derive(Debug, thiserror::Error)]

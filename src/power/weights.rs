@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{NodeConfig, Policy};
+use crate::config::{NodeConfig, NodeWeighting, Policy};
 use crate::model::NodeName;
 
 /// What the power side knows about one node for one per-connection cost, and the weight it
@@ -36,34 +36,49 @@ impl NodeWeights {
 }
 
 /// Predicts every node's ΔW for one connection costing `cost_millicores` and applies `policy`.
+/// Nodes with a fixed weight keep it; it is on the scale of the policy (the cheapest
+/// modelled node has 1 under `marginal`, 100 under `wao`).
 pub fn compute(
     nodes: &BTreeMap<NodeName, NodeConfig>,
     cost_millicores: u32,
     policy: Policy,
 ) -> BTreeMap<NodeName, NodeReport> {
-    let mut reports: BTreeMap<NodeName, NodeReport> = nodes
-        .iter()
-        .map(|(name, n)| {
-            let step = f64::from(cost_millicores) / (n.cores * 1000.0) * 100.0;
-            let before = n
-                .model
-                .predict(n.cpu_percent, n.inlet_celsius, n.delta_p_pascal);
-            let after = n
-                .model
-                .predict(n.cpu_percent + step, n.inlet_celsius, n.delta_p_pascal);
-            let report = NodeReport {
-                cpu_percent: n.cpu_percent,
-                inlet_celsius: n.inlet_celsius,
-                delta_p_pascal: n.delta_p_pascal,
-                watts: before,
-                delta_watts: after - before,
-                weight: 0.0,
-                reason: format!("static inputs, model {}", n.model.id),
-            };
-            (name.clone(), report)
-        })
-        .collect();
-    let deltas: Vec<f64> = reports.values().map(|r| r.delta_watts).collect();
+    let mut modelled: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
+    let mut fixed: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
+    for (name, n) in nodes {
+        let (model, weight) = match &n.weighting {
+            NodeWeighting::Model(m) => (Some(m), 0.0),
+            NodeWeighting::Fixed(w) => (None, *w),
+        };
+        let (watts, delta_watts, reason) = match model {
+            Some(m) => {
+                let step = f64::from(cost_millicores) / (n.cores * 1000.0) * 100.0;
+                let before = m.predict(n.cpu_percent, n.inlet_celsius, n.delta_p_pascal);
+                let after = m.predict(n.cpu_percent + step, n.inlet_celsius, n.delta_p_pascal);
+                (
+                    before,
+                    after - before,
+                    format!("static inputs, model {}", m.id),
+                )
+            }
+            None => (f64::NAN, f64::NAN, "fixed weight from config".to_string()),
+        };
+        let report = NodeReport {
+            cpu_percent: n.cpu_percent,
+            inlet_celsius: n.inlet_celsius,
+            delta_p_pascal: n.delta_p_pascal,
+            watts,
+            delta_watts,
+            weight,
+            reason,
+        };
+        if model.is_some() {
+            modelled.insert(name.clone(), report);
+        } else {
+            fixed.insert(name.clone(), report);
+        }
+    }
+    let deltas: Vec<f64> = modelled.values().map(|r| r.delta_watts).collect();
     let weights = match policy {
         Policy::Wao => {
             let whole: Vec<i64> = deltas.iter().map(|d| wao_delta_watts(*d)).collect();
@@ -74,10 +89,11 @@ pub fn compute(
         }
         Policy::Marginal => marginal_weights(&deltas),
     };
-    for (report, weight) in reports.values_mut().zip(weights) {
+    for (report, weight) in modelled.values_mut().zip(weights) {
         report.weight = weight;
     }
-    reports
+    modelled.extend(fixed);
+    modelled
 }
 
 /// WAO's ΔW: truncated to whole watts, negatives become 0.

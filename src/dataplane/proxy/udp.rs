@@ -80,8 +80,7 @@ pub async fn serve(
             },
         };
         session.touch();
-        // A full socket buffer drops the datagram, as the network would.
-        if session.upstream.try_send(&buf[..n]).is_ok() {
+        if session.upstream.send(&buf[..n]).await.is_ok() {
             entry.counters.udp_datagrams_upstream.inc();
         }
     }
@@ -148,25 +147,29 @@ async fn connect_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// Sends every reply waiting on the upstream socket to the client. An error other than
-/// "nothing more" (ECONNREFUSED: the backend is gone) ends the session; the client's next
-/// datagram picks anew.
+/// Sends every reply waiting on the upstream socket to the client. Returns a reply that
+/// must wait for the reply socket to become writable, if any. An error other than "nothing
+/// more" (ECONNREFUSED: the backend is gone) ends the session; the client's next datagram
+/// then picks anew.
 fn forward_replies(
     session: &Session,
     reply: &UdpSocket,
     client: SocketAddr,
     entry: &ServiceEntry,
-) -> io::Result<()> {
+) -> io::Result<Option<Vec<u8>>> {
     with_scratch(|buf| loop {
         match session.upstream.try_recv(buf) {
             Ok(n) => {
                 session.touch();
-                // A full socket buffer drops the reply, as the network would.
-                if reply.try_send_to(&buf[..n], client).is_ok() {
-                    entry.counters.udp_datagrams_downstream.inc();
+                match reply.try_send_to(&buf[..n], client) {
+                    Ok(_) => entry.counters.udp_datagrams_downstream.inc(),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Some(buf[..n].to_vec()));
+                    }
+                    Err(_) => {}
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(e),
         }
     })
@@ -189,8 +192,14 @@ async fn replies(
         }
         tokio::select! {
             r = session.upstream.readable() => {
-                if r.is_err() || forward_replies(&session, &reply, client, &entry).is_err() {
-                    break;
+                let waiting = match r.and_then(|_| forward_replies(&session, &reply, client, &entry)) {
+                    Ok(w) => w,
+                    Err(_) => break,
+                };
+                if let Some(datagram) = waiting {
+                    if reply.send_to(&datagram, client).await.is_ok() {
+                        entry.counters.udp_datagrams_downstream.inc();
+                    }
                 }
             }
             _ = tokio::time::sleep(wait) => {}

@@ -1,0 +1,194 @@
+//! Backends are chosen by weight: shares follow the weights, weight 0 gets nothing, a dead
+//! backend costs no client a failure, ClientIP affinity sticks. Counted at real backends.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::*;
+use tokio::sync::Semaphore;
+
+/// Sends `n` connections through `frontend`, `CONCURRENCY` at a time; all must echo.
+async fn connections(frontend: SocketAddr, n: usize) {
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let permit = gate.clone().acquire_owned().await.expect("semaphore");
+        tasks.push(tokio::spawn(async move {
+            let payload = format!("request {i}");
+            let back = echo_once(frontend, payload.as_bytes()).await;
+            drop(permit);
+            (i, back.map(|b| b == payload.as_bytes()))
+        }));
+    }
+    for t in tasks {
+        let (i, r) = t.await.expect("task");
+        assert!(matches!(r, Ok(true)), "connection {i}: {r:?}");
+    }
+}
+
+fn weighted_yaml(
+    frontend: SocketAddr,
+    backends: &[(SocketAddr, &str, f64)],
+    extra: &str,
+) -> String {
+    let list: Vec<(SocketAddr, &str)> = backends.iter().map(|(a, n, _)| (*a, *n)).collect();
+    let mut yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\n{extra}services:\n{}nodes:\n",
+        service_yaml("web", "tcp", frontend, &list)
+    );
+    for (_, node, w) in backends {
+        yaml.push_str(&format!("  {node}: {{weight: {w}}}\n"));
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_follow_weights_1_2_7() {
+    let echoes = [
+        echo_server().await,
+        echo_server().await,
+        echo_server().await,
+    ];
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = weighted_yaml(
+        frontend,
+        &[
+            (echoes[0].addr, "a", 1.0),
+            (echoes[1].addr, "b", 2.0),
+            (echoes[2].addr, "c", 7.0),
+        ],
+        "",
+    );
+    let lb = start(&yaml).await;
+    connections(frontend, 10_000).await;
+    let counts: Vec<u64> = echoes.iter().map(Echo::count).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 10_000);
+    // Binomial σ is at most 46 connections here; ±200 is over 4σ, and uniform picking
+    // (3,333 each) misses every band by more than 1,300.
+    for (count, expect) in counts.iter().zip([1_000u64, 2_000, 7_000]) {
+        assert!(
+            count.abs_diff(expect) <= 200,
+            "counts {counts:?}, expected 1000/2000/7000"
+        );
+    }
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_zero_gets_nothing() {
+    let echoes = [
+        echo_server().await,
+        echo_server().await,
+        echo_server().await,
+    ];
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = weighted_yaml(
+        frontend,
+        &[
+            (echoes[0].addr, "a", 1.0),
+            (echoes[1].addr, "b", 0.0),
+            (echoes[2].addr, "c", 1.0),
+        ],
+        "",
+    );
+    let lb = start(&yaml).await;
+    connections(frontend, 2_000).await;
+    assert_eq!(echoes[1].count(), 0, "weight 0 backend got traffic");
+    assert!(echoes[0].count() > 800 && echoes[2].count() > 800);
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_weights_zero_falls_back_to_uniform() {
+    let echoes = [echo_server().await, echo_server().await];
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = weighted_yaml(
+        frontend,
+        &[(echoes[0].addr, "a", 0.0), (echoes[1].addr, "b", 0.0)],
+        "",
+    );
+    let lb = start(&yaml).await;
+    connections(frontend, 1_000).await;
+    assert!(
+        echoes[0].count() > 400 && echoes[1].count() > 400,
+        "not black-holed"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_fails_no_client() {
+    let echoes = [echo_server().await, echo_server().await];
+    let dead = closed_port_addr();
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = weighted_yaml(
+        frontend,
+        // The dead backend has the most weight, so most connections try it first.
+        &[
+            (echoes[0].addr, "a", 1.0),
+            (dead, "dead", 5.0),
+            (echoes[1].addr, "b", 1.0),
+        ],
+        "",
+    );
+    let lb = start(&yaml).await;
+    connections(frontend, 1_000).await;
+    assert_eq!(echoes[0].count() + echoes[1].count(), 1_000);
+    let m = lb.metrics.render();
+    let failures = metric(
+        &m,
+        &format!("wao_lb_backend_connect_failures_total{{backend=\"{dead}\",service=\"web\"}}"),
+    )
+    .unwrap_or(0.0);
+    let retries = metric(&m, "wao_lb_connect_retries_total{service=\"web\"}").unwrap_or(0.0);
+    assert!(failures > 500.0, "dead backend was tried: {failures}");
+    assert_eq!(failures, retries, "every failure was retried elsewhere");
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backends_refuses_at_once() {
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}",
+        service_yaml("empty", "tcp", frontend, &[])
+    );
+    let lb = start(&yaml).await;
+    let r = tokio::time::timeout(std::time::Duration::from_secs(2), echo_once(frontend, b"x"))
+        .await
+        .expect("refused at once, not left hanging");
+    assert!(
+        r.is_err(),
+        "a service without backends must not answer: {r:?}"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_affinity_sticks_to_one_backend() {
+    let echoes = [
+        echo_server().await,
+        echo_server().await,
+        echo_server().await,
+    ];
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let list: Vec<(SocketAddr, &str)> = echoes.iter().map(|e| (e.addr, "n")).collect();
+    let service = service_yaml("sticky", "tcp", frontend, &list).replace(
+        "    backends:",
+        "    sessionAffinity: {type: ClientIP, timeout: 10m}\n    backends:",
+    );
+    let lb = start(&format!(
+        "admin: {{listen: 127.0.0.1:0}}\nservices:\n{service}"
+    ))
+    .await;
+    connections(frontend, 300).await;
+    let counts: Vec<u64> = echoes.iter().map(Echo::count).collect();
+    assert_eq!(
+        counts.iter().filter(|c| **c > 0).count(),
+        1,
+        "one client IP, one backend: {counts:?}"
+    );
+    lb.stop().await;
+}

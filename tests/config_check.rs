@@ -1,0 +1,100 @@
+//! `wao-lb check`: every shipped example passes; every broken file fails with exit code 2
+//! and names the path of the bad key.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn check(path: &std::path::Path) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run wao-lb check");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, text) = check(&path);
+            assert_eq!(code, 0, "{}: {text}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "config/ holds example configs");
+}
+
+const GOOD_SERVICE: &str = "services:\n  - name: web\n    address: 127.0.0.1:8080\n    backends:\n      - {address: 127.0.0.1:9001, node: a}\n";
+
+#[test]
+fn broken_files_name_the_bad_key() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "bad backend address",
+            "services:\n  - name: web\n    address: 127.0.0.1:80\n    backends:\n      - {address: 127.0.0.1:9001, node: a}\n      - {address: x, node: b}\n",
+            &["services[0].backends[1].address: invalid socket address \"x\""],
+        ),
+        (
+            "second service's backend",
+            "services:\n  - name: a\n    address: 127.0.0.1:80\n  - name: b\n    address: 127.0.0.1:81\n    backends:\n      - {address: \"300.0.0.1:1\", node: n}\n",
+            &["services[1].backends[0].address: invalid socket address \"300.0.0.1:1\""],
+        ),
+        ("unknown top-level key", "servics: []\n", &["unknown field `servics`"]),
+        (
+            "unknown nested key",
+            "services:\n  - name: a\n    address: 127.0.0.1:80\n    backend: []\n",
+            &["services[0].backend: unknown field `backend`"],
+        ),
+        ("bad protocol", "services:\n  - name: a\n    protocol: sctp\n    address: 127.0.0.1:80\n", &["services[0].protocol: unknown variant `sctp`"]),
+        ("bad duration", "proxy: {connectTimeout: 5 seconds}\n", &["proxy.connectTimeout: invalid duration \"5 seconds\""]),
+        ("zero duration", "proxy: {idleTimeout: 0s}\n", &["proxy.idleTimeout: must be greater than zero"]),
+        ("bad attempts", "proxy: {connectAttempts: 0}\n", &["proxy.connectAttempts: 0 is outside 1..16"]),
+        ("bad quantity", "power: {cpuPerConnection: lots}\n", &["power.cpuPerConnection: invalid CPU quantity \"lots\""]),
+        ("bad policy", "power: {policy: greedy}\n", &["power.policy: unknown variant `greedy`"]),
+        ("bad admin", "admin: {listen: localhost}\n", &["admin.listen: invalid socket address \"localhost\""]),
+        (
+            "duplicate frontend",
+            "services:\n  - name: a\n    address: 127.0.0.1:80\n  - name: b\n    address: 127.0.0.1:80\n",
+            &["services[1].address: 127.0.0.1:80/tcp is already used by another service"],
+        ),
+        (
+            "unknown profile",
+            "nodes:\n  a: {model: {type: curve, profile: pentium}}\n",
+            &["nodes.a.model.profile: unknown profile \"pentium\""],
+        ),
+        ("cpu out of range", "nodes:\n  a: {cpu: {source: static, percent: 130}, weight: 1}\n", &["nodes.a.cpu.percent: 130 is outside 0..100 %"]),
+        ("node without model", "nodes:\n  a: {cores: 8}\n", &["nodes.a.model: missing"]),
+        ("udp cap", "udp: {maxSessions: 0}\n", &["udp.maxSessions: must be at least 1"]),
+        ("not yaml", "services: [\n", &["did not find expected"]),
+        (
+            "every error at once",
+            "services:\n  - name: \"\"\n    address: nope\n    backends:\n      - {address: y, node: a}\nproxy: {drainTimeout: forever}\n",
+            &[
+                "services[0].name: must not be empty",
+                "services[0].address: invalid socket address \"nope\"",
+                "services[0].backends[0].address: invalid socket address \"y\"",
+                "proxy.drainTimeout: invalid duration \"forever\"",
+            ],
+        ),
+    ];
+    let dir = TempDir::new("check");
+    for (i, (what, yaml, expected)) in cases.iter().enumerate() {
+        let path = dir.file(&format!("case{i}.yaml"), yaml);
+        let (code, text) = check(&path);
+        assert_eq!(code, 2, "{what}: exit code, output: {text}");
+        for e in *expected {
+            assert!(text.contains(e), "{what}: expected {e:?} in:\n{text}");
+        }
+    }
+    let good = dir.file("good.yaml", GOOD_SERVICE);
+    assert_eq!(check(&good).0, 0);
+}

@@ -1,0 +1,258 @@
+//! The process's life: reloads (bad files keep the running config, good ones apply without
+//! dropping connections on unchanged listeners), SIGTERM drains, and the admin API.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config_text(admin: SocketAddr, services: &str) -> String {
+    format!("admin: {{listen: \"{admin}\"}}\nproxy: {{drainTimeout: 10s}}\nservices:\n{services}")
+}
+
+async fn ping(stream: &mut TcpStream, what: &[u8]) -> std::io::Result<()> {
+    stream.write_all(what).await?;
+    let mut back = vec![0u8; what.len()];
+    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut back))
+        .await
+        .map_err(|_| std::io::Error::other("timeout"))??;
+    assert_eq!(back, what);
+    Ok(())
+}
+
+async fn admin_up(admin: SocketAddr) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        TcpStream::connect(admin).await.is_ok()
+    })
+    .await
+}
+
+async fn reloads(admin: SocketAddr, result: &str) -> f64 {
+    let (_, m) = http_get(admin, "/metrics").await;
+    metric(
+        &m,
+        &format!("wao_lb_config_reloads_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_serving_and_keep_connections() {
+    let echo = echo_server().await;
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let web: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let dir = TempDir::new("reload");
+    let one = service_yaml("web", "tcp", web, &[(echo.addr, "a")]);
+    let path = dir.file("lb.yaml", &config_text(admin, &one));
+    let mut lb = Process::run(&path);
+    assert!(admin_up(admin).await, "wao-lb came up");
+    let mut open = TcpStream::connect(web).await.expect("connect");
+    ping(&mut open, b"before")
+        .await
+        .expect("served before reload");
+
+    // A broken file: rejected, counted, and the old config keeps serving.
+    std::fs::write(&path, "services: [\n").expect("write broken");
+    lb.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), async || reloads(admin, "failure")
+            .await
+            >= 1.0)
+        .await
+    );
+    ping(&mut open, b"after bad reload")
+        .await
+        .expect("open connection kept");
+    assert_eq!(
+        echo_once(web, b"new").await.expect("new connection"),
+        b"new"
+    );
+
+    // A good file adding a service: applied by the file watcher alone, the open connection
+    // on the unchanged listener survives.
+    let two = format!(
+        "{one}{}",
+        service_yaml("api", "tcp", api, &[(echo.addr, "a")])
+    );
+    std::fs::write(&path, config_text(admin, &two)).expect("write good");
+    assert!(
+        eventually(Duration::from_secs(5), async || reloads(admin, "success")
+            .await
+            >= 1.0)
+        .await
+    );
+    assert_eq!(echo_once(api, b"api").await.expect("new service"), b"api");
+    ping(&mut open, b"after good reload")
+        .await
+        .expect("open connection kept");
+
+    // Removing the service closes its listener.
+    std::fs::write(&path, config_text(admin, &one)).expect("write smaller");
+    assert!(
+        eventually(Duration::from_secs(5), async || TcpStream::connect(api)
+            .await
+            .is_err())
+        .await
+    );
+    ping(&mut open, b"still")
+        .await
+        .expect("open connection kept");
+
+    lb.signal("TERM");
+    drop(open);
+    assert!(lb
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_connections() {
+    let echo = echo_server().await;
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let web: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let dir = TempDir::new("drain");
+    let path = dir.file(
+        "lb.yaml",
+        &config_text(admin, &service_yaml("web", "tcp", web, &[(echo.addr, "a")])),
+    );
+    let mut lb = Process::run(&path);
+    assert!(admin_up(admin).await);
+    let mut open = TcpStream::connect(web).await.expect("connect");
+    ping(&mut open, b"one").await.expect("served");
+
+    lb.signal("TERM");
+    // Stops accepting at once...
+    assert!(
+        eventually(Duration::from_secs(5), async || TcpStream::connect(web)
+            .await
+            .is_err())
+        .await
+    );
+    let (code, _) = http_get(admin, "/readyz").await;
+    assert_ne!(code, 200, "not ready while draining");
+    // ...but the open connection still works during the grace period...
+    ping(&mut open, b"two")
+        .await
+        .expect("drained connection still served");
+    assert!(
+        lb.wait_exit(Duration::from_millis(300)).is_none(),
+        "waits for the open connection"
+    );
+    // ...and once it closes, the process exits cleanly.
+    drop(open);
+    let status = lb
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after the drain");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_and_weights_cli() {
+    let echo = echo_server().await;
+    let web: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}nodes:\n  a: {{cores: 8, cpu: {{source: static, percent: 30}}, model: {{type: curve, profile: ml30-g11}}}}\n",
+        service_yaml("web", "tcp", web, &[(echo.addr, "a")])
+    );
+    let lb = start(&yaml).await;
+    let admin = lb.admin_addr;
+    assert!(admin.ip().is_loopback());
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    echo_once(web, b"x").await.expect("one connection");
+
+    let (code, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "wao_lb_connections_total{service=\"web\"} 1",
+        "wao_lb_connections_active",
+        "wao_lb_relayed_bytes_total",
+        "wao_lb_backend_picks_total",
+        "wao_lb_backend_weight",
+        "wao_lb_listeners 1",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+
+    let (code, body) = http_get(admin, "/weights").await;
+    assert_eq!(code, 200);
+    let rows: serde_json::Value = serde_json::from_str(&body).expect("weights JSON");
+    assert_eq!(rows[0]["service"], "web");
+    assert_eq!(rows[0]["node"], "a");
+    assert_eq!(rows[0]["cpuPercent"], 30.0);
+    assert_eq!(rows[0]["picks"], 1);
+    assert!(rows[0]["watts"]
+        .as_f64()
+        .is_some_and(|w| w > 40.0 && w < 100.0));
+
+    let (code, body) = http_get(admin, "/services").await;
+    assert_eq!(code, 200);
+    let services: serde_json::Value = serde_json::from_str(&body).expect("services JSON");
+    assert_eq!(services[0]["name"], "web");
+    assert_eq!(services[0]["backends"][0]["address"], echo.addr.to_string());
+
+    let admin_arg = admin.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args(["weights", "--admin", &admin_arg])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("wao-lb weights");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("SERVICE")
+            && lines[0].contains("WATTS")
+            && lines[0].contains("REASON")
+    );
+    assert!(
+        lines[1].starts_with("web") && lines[1].contains(&echo.addr.to_string()),
+        "{text}"
+    );
+    lb.stop().await;
+}
+
+#[test]
+fn weights_cli_reports_an_unreachable_admin() {
+    let out = std::process::Command::new(BIN)
+        .args(["weights", "--admin", &closed_port_addr().to_string()])
+        .output()
+        .expect("wao-lb weights");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+#[test]
+fn demo_shows_the_weighted_split() {
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--connections", "2000"])
+        .output()
+        .expect("wao-lb demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("2000 connections in"), "{text}");
+    assert!(text.contains(", 0 failed."), "{text}");
+    // The efficient node's share must clearly dominate: its weight is far above the others'.
+    let edge = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("edge-arm") && l.contains("connections"))
+        .expect("edge-arm line");
+    let received: u64 = edge
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("count");
+    assert!(received > 1400, "edge-arm got {received} of 2000:\n{text}");
+}

@@ -1,0 +1,215 @@
+//! The relay moves every byte exactly: many concurrent TCP connections with random payloads,
+//! half-close, reset propagation, and UDP datagrams of many sizes. Real sockets on loopback.
+
+mod common;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+fn checksum(bytes: &[u8]) -> (usize, u64) {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    (bytes.len(), h.finish())
+}
+
+/// Sizes from 1 B to 4 MiB, log-uniform so every order of magnitude is covered, with both
+/// ends always present.
+fn payload_size(i: usize, rng: &mut SmallRng) -> usize {
+    match i {
+        0 => 1,
+        1 => 4 << 20,
+        _ => (2f64.powf(rng.random_range(0.0..22.0)) as usize).clamp(1, 4 << 20),
+    }
+}
+
+async fn tcp_balancer(backends: &[SocketAddr]) -> (wao_lb::app::Running, SocketAddr) {
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let list: Vec<(SocketAddr, &str)> = backends.iter().map(|b| (*b, "n")).collect();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}",
+        service_yaml("echo", "tcp", frontend, &list)
+    );
+    (start(&yaml).await, frontend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_connections_are_byte_exact() {
+    let echo = echo_server().await;
+    let (lb, frontend) = tcp_balancer(&[echo.addr]).await;
+    let mut rng = SmallRng::seed_from_u64(2026);
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let size = payload_size(i, &mut rng);
+        let seed = rng.next_u64();
+        tasks.push(tokio::spawn(async move {
+            let mut payload = vec![0u8; size];
+            SmallRng::seed_from_u64(seed).fill_bytes(&mut payload);
+            let back = echo_once(frontend, &payload).await?;
+            Ok::<_, std::io::Error>((checksum(&payload), checksum(&back)))
+        }));
+    }
+    let mut total = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (sent, got) = t
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", lb.metrics.render()));
+        assert_eq!(
+            sent,
+            got,
+            "connection {i}: echo differs\n{}",
+            lb.metrics.render()
+        );
+        total += sent.0;
+    }
+    assert_eq!(echo.count(), 1000);
+    let metrics = lb.metrics.render();
+    let up = metric(
+        &metrics,
+        "wao_lb_relayed_bytes_total{direction=\"upstream\",service=\"echo\"}",
+    );
+    assert_eq!(up, Some(total as f64), "upstream bytes counted");
+    let spliced = metric(&metrics, "wao_lb_splice_connections_total").unwrap_or(0.0);
+    assert!(spliced > 0.0, "bulky connections switch to splice");
+    lb.stop().await;
+}
+
+/// A backend that reads the whole request (until the client's FIN), then answers with
+/// `reply_len` bytes and closes.
+async fn read_all_then_reply(reply_len: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                if s.read_to_end(&mut req).await.is_ok() {
+                    let reply: Vec<u8> = (0..reply_len).map(|i| (i % 251) as u8).collect();
+                    let _ = s.write_all(&reply).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_keeps_the_other_direction_open() {
+    let backend = read_all_then_reply(3 << 20).await;
+    let (lb, frontend) = tcp_balancer(&[backend]).await;
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(frontend).await.expect("connect");
+        s.write_all(b"request").await.expect("write");
+        s.shutdown().await.expect("half-close");
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply)
+            .await
+            .expect("read reply after half-close");
+        assert_eq!(reply.len(), 3 << 20);
+        assert!(reply.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+    }
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_reset_reaches_the_client_as_reset() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut b = [0u8; 5];
+            let _ = s.read_exact(&mut b).await;
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let (lb, frontend) = tcp_balancer(&[backend]).await;
+    let mut s = TcpStream::connect(frontend).await.expect("connect");
+    s.write_all(b"hello").await.expect("write");
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no hang");
+    let err = r.expect_err("a reset, not a clean end of stream");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_datagrams_of_every_size_echo_exactly() {
+    let backend = udp_echo_server().await;
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}",
+        service_yaml("udp-echo", "udp", frontend, &[(backend, "n")])
+    );
+    let lb = start(&yaml).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
+    client.connect(frontend).await.expect("connect");
+    let mut rng = SmallRng::seed_from_u64(9);
+    let mut buf = vec![0u8; 70_000];
+    for size in [0usize, 1, 2, 100, 512, 1400, 1500, 9000, 32_768, 65_507] {
+        let mut payload = vec![0u8; size];
+        rng.fill_bytes(&mut payload);
+        client.send(&payload).await.expect("send");
+        let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("reply to a {size}-byte datagram"))
+            .expect("recv");
+        assert_eq!(&buf[..n], &payload[..], "{size}-byte datagram");
+    }
+    let m = lb.metrics.render();
+    assert_eq!(
+        metric(&m, "wao_lb_udp_sessions_total{service=\"udp-echo\"}"),
+        Some(1.0)
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_session_cap_drops_new_flows_and_keeps_old_ones() {
+    let backend = udp_echo_server().await;
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nudp: {{maxSessions: 2}}\nservices:\n{}",
+        service_yaml("capped", "udp", frontend, &[(backend, "n")])
+    );
+    let lb = start(&yaml).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        c.connect(frontend).await.expect("connect");
+        clients.push(c);
+    }
+    let mut buf = [0u8; 64];
+    async fn ask(c: &UdpSocket, buf: &mut [u8]) -> Option<usize> {
+        c.send(b"ping").await.ok()?;
+        tokio::time::timeout(Duration::from_millis(500), c.recv(buf))
+            .await
+            .ok()?
+            .ok()
+    }
+    assert_eq!(ask(&clients[0], &mut buf).await, Some(4));
+    assert_eq!(ask(&clients[1], &mut buf).await, Some(4));
+    assert_eq!(
+        ask(&clients[2], &mut buf).await,
+        None,
+        "third flow is over the cap"
+    );
+    assert_eq!(
+        ask(&clients[0], &mut buf).await,
+        Some(4),
+        "existing flow still works"
+    );
+    let m = lb.metrics.render();
+    let dropped = metric(&m, "wao_lb_udp_datagrams_dropped_total{service=\"capped\"}");
+    assert_eq!(dropped, Some(1.0));
+    lb.stop().await;
+}
