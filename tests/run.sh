@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs what the tests need when it is missing, so that it
+# passes on a fresh machine: Debian packages (nftables, iproute2, iperf3) and, when the
+# tests list Python packages in tests/requirements.txt, a virtual environment in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(nftables iproute2 iperf3)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+fi
+
+if [ -f tests/requirements.txt ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q -r tests/requirements.txt
+  export PATH="$PWD/.venv/bin:$PATH"
+fi
+
+cargo test --release --workspace
