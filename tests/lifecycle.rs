@@ -256,3 +256,72 @@ fn demo_shows_the_weighted_split() {
         .expect("count");
     assert!(received > 1400, "edge-arm got {received} of 2000:\n{text}");
 }
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_files_backs_off_and_recovers() {
+    let echo = echo_server().await;
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let web: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let dir = TempDir::new("emfile");
+    let path = dir.file(
+        "lb.yaml",
+        &config_text(admin, &service_yaml("web", "tcp", web, &[(echo.addr, "a")])),
+    );
+    // 64 files: room for a few dozen connections, then accept(2) fails with EMFILE.
+    let child = std::process::Command::new("prlimit")
+        .args(["--nofile=64:64", BIN, "run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit wao-lb");
+    let mut lb = Process { child };
+    assert!(admin_up(admin).await);
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        // The kernel completes handshakes from the backlog even when accept(2) cannot. A
+        // connection accepted when no file is left for its backend socket is reset.
+        if let Ok(s) = TcpStream::connect(web).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu_before = cpu_seconds(lb.child.id());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_seconds(lb.child.id()) - cpu_before;
+    assert!(
+        spent < 0.3,
+        "backs off instead of spinning: {spent}s CPU in 1s"
+    );
+    assert!(
+        lb.child.try_wait().expect("status").is_none(),
+        "still running"
+    );
+    drop(held);
+    // Once files are free again, new connections are served.
+    assert!(
+        eventually(Duration::from_secs(10), async || matches!(
+            echo_once(web, b"back").await.as_deref(),
+            Ok(b"back")
+        ))
+        .await,
+        "recovers after EMFILE"
+    );
+    let (_, m) = http_get(admin, "/metrics").await;
+    assert!(
+        metric(&m, "wao_lb_accept_errors_total{error=\"EMFILE\"}").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    lb.signal("TERM");
+    assert!(lb.wait_exit(Duration::from_secs(10)).is_some());
+}

@@ -213,3 +213,28 @@ async fn udp_session_cap_drops_new_flows_and_keeps_old_ones() {
     assert_eq!(dropped, Some(1.0));
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let echo = echo_server().await;
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nproxy: {{idleTimeout: 300ms}}\nservices:\n{}",
+        service_yaml("echo", "tcp", frontend, &[(echo.addr, "n")])
+    );
+    let lb = start(&yaml).await;
+    let mut s = TcpStream::connect(frontend).await.expect("connect");
+    s.write_all(b"x").await.expect("write");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.expect("echo");
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+        .await
+        .expect("closed in time");
+    assert!(r.is_err() || r.is_ok_and(|n| n == 0), "connection closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the timeout"
+    );
+    lb.stop().await;
+}

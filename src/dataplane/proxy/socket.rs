@@ -55,7 +55,9 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// Raises the soft open-files limit to the hard limit; returns the new soft limit.
+/// Raises the open-files limit as far as allowed: with CAP_SYS_RESOURCE up to the kernel's
+/// `fs.nr_open`, else the soft limit up to the hard one. Each proxied TCP connection holds
+/// two sockets (and two pipes while it splices). Returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -65,14 +67,24 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(lim.rlim_max);
+    for target in [nr_open.max(lim.rlim_max), lim.rlim_max] {
+        if target <= lim.rlim_cur {
+            return Ok(lim.rlim_cur);
+        }
+        let want = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: target,
+        };
         // SAFETY: setrlimit reads the rlimit struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(io::Error::last_os_error());
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return Ok(target);
         }
     }
-    Ok(lim.rlim_cur)
+    Err(io::Error::last_os_error())
 }
 
 /// Whether an accept error means the process or system ran out of something (files,
