@@ -29,6 +29,9 @@ use crate::power::weights::NodeWeights;
 use crate::telemetry::admin::{self, AdminState};
 use crate::telemetry::metrics::Metrics;
 
+/// How long start waits for the first weights before serving with uniform ones.
+const FIRST_WEIGHTS: Duration = Duration::from_secs(3);
+
 /// How often the config file is checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(1);
 
@@ -101,10 +104,16 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Running, Sta
 
     let config = Arc::new(config);
     let (config_tx, config_rx) = watch::channel(config.clone());
-    let weights_now = updater::weights_for(&config);
-    let (weights_tx, weights_rx) = watch::channel(Arc::new(weights_now));
+    let (weights_tx, mut weights_rx) = watch::channel(Arc::new(NodeWeights::default()));
     let background = CancellationToken::new();
-    tokio::spawn(updater::run(config_rx, weights_tx, background.clone()));
+    tokio::spawn(updater::run(
+        config_rx,
+        weights_tx,
+        metrics.clone(),
+        background.clone(),
+    ));
+    // Start with real weights when the inputs answer quickly; uniform otherwise.
+    let _ = tokio::time::timeout(FIRST_WEIGHTS, weights_rx.changed()).await;
 
     let mut control = Control {
         config,

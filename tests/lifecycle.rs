@@ -24,9 +24,13 @@ async fn ping(stream: &mut TcpStream, what: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Waits until wao-lb says it is ready: tables in place, listeners bound.
 async fn admin_up(admin: SocketAddr) -> bool {
     eventually(Duration::from_secs(10), async || {
         TcpStream::connect(admin).await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(2), http_get(admin, "/readyz"))
+                .await
+                .is_ok_and(|(code, _)| code == 200)
     })
     .await
 }

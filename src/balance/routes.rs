@@ -199,21 +199,33 @@ fn backend_entries(
     metrics: &Metrics,
 ) -> Vec<BackendEntry> {
     let reports = weights.for_cost(cost);
+    let report_of = |b: &Backend| reports.and_then(|r| r.get(&b.node));
     let known: Vec<f64> = service
         .backends
         .iter()
-        .filter_map(|b| reports.and_then(|r| r.get(&b.node)).map(|r| r.weight))
+        .filter_map(|b| report_of(b).and_then(|r| r.weight))
         .collect();
     let neutral = median(&known);
     service
         .backends
         .iter()
         .map(|b| {
-            let report = reports.and_then(|r| r.get(&b.node)).cloned();
-            let (weight, reason) = match (&report, neutral) {
-                (Some(r), _) => (r.weight, r.reason.clone()),
-                (None, Some(m)) => (m, "node has no power data: neutral (median) weight".into()),
-                (None, None) => (1.0, "no node has power data: uniform".into()),
+            let report = report_of(b).cloned();
+            let (weight, reason) = match (report.as_ref().and_then(|r| r.weight), neutral) {
+                (Some(w), _) => (
+                    w,
+                    report
+                        .as_ref()
+                        .map(|r| r.reason.clone())
+                        .unwrap_or_default(),
+                ),
+                (None, Some(m)) => {
+                    let why = report
+                        .as_ref()
+                        .map_or("node has no power config", |r| r.reason.as_str());
+                    (m, format!("{why}: median weight of the other nodes"))
+                }
+                (None, None) => (1.0, "no node has a usable prediction: uniform".into()),
             };
             let backend_label = b.address.to_string();
             BackendEntry {

@@ -1,6 +1,9 @@
 //! Power: per-node inputs → predicted watts → the added watts of one more connection → weights.
 //! Never touches sockets; publishes `NodeWeights` that balance turns into selection tables.
 
+pub mod inputs;
 pub mod predict;
+pub mod remote;
+pub mod sources;
 pub mod updater;
 pub mod weights;

@@ -1,5 +1,6 @@
-//! Power models: `predict(cpu %, inlet °C, ΔP Pa) -> watts`. The embedded `curve` model
-//! interpolates a server's measured SPECpower curve and adds fan power above an inlet knee.
+//! Power models behind one interface, `predict(cpu %, inlet °C, ΔP Pa) -> watts`: the
+//! embedded `curve` model (a server's measured SPECpower curve plus fan power above an inlet
+//! knee) and remote V2-inference models.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -9,6 +10,29 @@ pub const NEUTRAL_INLET_CELSIUS: f64 = 24.0;
 
 /// Below this inlet temperature fans idle and power does not depend on it.
 const INLET_KNEE_CELSIUS: f64 = 24.0;
+
+/// A node's power model.
+#[derive(Clone)]
+pub enum Predictor {
+    Curve(Arc<CurveProfile>),
+    Remote(Arc<super::remote::V2Model>),
+}
+
+impl Predictor {
+    pub async fn predict(&self, cpu: f64, inlet: f64, delta_p: f64) -> Result<f64, String> {
+        match self {
+            Predictor::Curve(c) => Ok(c.predict(cpu, inlet, delta_p)),
+            Predictor::Remote(m) => m.predict(cpu, inlet, delta_p).await,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Predictor::Curve(c) => format!("curve {}", c.id),
+            Predictor::Remote(_) => "v2-inference".into(),
+        }
+    }
+}
 
 /// A measured server power curve: watts at 0 %, 10 % … 100 % CPU load.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]

@@ -3,22 +3,28 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{NodeConfig, NodeWeighting, Policy};
+use crate::config::Policy;
 use crate::model::NodeName;
 
 /// What the power side knows about one node for one per-connection cost, and the weight it
 /// earned. Shown as is by `/weights`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeReport {
-    pub cpu_percent: f64,
-    pub inlet_celsius: f64,
-    pub delta_p_pascal: f64,
+    pub cpu_percent: Option<f64>,
+    pub inlet_celsius: Option<f64>,
+    pub delta_p_pascal: Option<f64>,
+    /// Age of the oldest input in use, in seconds.
+    pub input_age_seconds: f64,
     /// Predicted watts now.
-    pub watts: f64,
+    pub watts: Option<f64>,
     /// Predicted extra watts of one more connection.
-    pub delta_watts: f64,
-    pub weight: f64,
+    pub delta_watts: Option<f64>,
+    /// A weight set by the operator instead of a model.
+    #[serde(skip)]
+    pub fixed: Option<f64>,
+    /// None: no usable prediction; balance gives the node a neutral weight.
+    pub weight: Option<f64>,
     pub reason: String,
 }
 
@@ -35,51 +41,22 @@ impl NodeWeights {
     }
 }
 
-/// Predicts every node's ΔW for one connection costing `cost_millicores` and applies `policy`.
-/// Nodes with a fixed weight keep it; it is on the scale of the policy (the cheapest
-/// modelled node has 1 under `marginal`, 100 under `wao`).
-pub fn compute(
-    nodes: &BTreeMap<NodeName, NodeConfig>,
-    cost_millicores: u32,
-    policy: Policy,
-) -> BTreeMap<NodeName, NodeReport> {
-    let mut modelled: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
-    let mut fixed: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
-    for (name, n) in nodes {
-        let (model, weight) = match &n.weighting {
-            NodeWeighting::Model(m) => (Some(m), 0.0),
-            NodeWeighting::Fixed(w) => (None, *w),
-        };
-        let (watts, delta_watts, reason) = match model {
-            Some(m) => {
-                let step = f64::from(cost_millicores) / (n.cores * 1000.0) * 100.0;
-                let before = m.predict(n.cpu_percent, n.inlet_celsius, n.delta_p_pascal);
-                let after = m.predict(n.cpu_percent + step, n.inlet_celsius, n.delta_p_pascal);
-                (
-                    before,
-                    after - before,
-                    format!("static inputs, model {}", m.id),
-                )
-            }
-            None => (f64::NAN, f64::NAN, "fixed weight from config".to_string()),
-        };
-        let report = NodeReport {
-            cpu_percent: n.cpu_percent,
-            inlet_celsius: n.inlet_celsius,
-            delta_p_pascal: n.delta_p_pascal,
-            watts,
-            delta_watts,
-            weight,
-            reason,
-        };
-        if model.is_some() {
-            modelled.insert(name.clone(), report);
-        } else {
-            fixed.insert(name.clone(), report);
-        }
-    }
-    let deltas: Vec<f64> = modelled.values().map(|r| r.delta_watts).collect();
-    let weights = match policy {
+/// Fills in every report's weight: fixed ones keep theirs, nodes with a ΔW share `policy`
+/// (on its scale: the cheapest node has 1 under `marginal`, 100 under `wao`), the rest get
+/// None (neutral).
+pub fn apply(policy: Policy, reports: &mut BTreeMap<NodeName, NodeReport>) {
+    let modelled: Vec<&mut NodeReport> = reports
+        .values_mut()
+        .filter_map(|r| {
+            r.weight = r.fixed;
+            (r.fixed.is_none() && r.delta_watts.is_some()).then_some(r)
+        })
+        .collect();
+    let deltas: Vec<f64> = modelled
+        .iter()
+        .map(|r| r.delta_watts.unwrap_or(f64::NAN))
+        .collect();
+    let weights: Vec<f64> = match policy {
         Policy::Wao => {
             let whole: Vec<i64> = deltas.iter().map(|d| wao_delta_watts(*d)).collect();
             wao_scores(&whole)
@@ -89,11 +66,9 @@ pub fn compute(
         }
         Policy::Marginal => marginal_weights(&deltas),
     };
-    for (report, weight) in modelled.values_mut().zip(weights) {
-        report.weight = weight;
+    for (r, w) in modelled.into_iter().zip(weights) {
+        r.weight = Some(w);
     }
-    modelled.extend(fixed);
-    modelled
 }
 
 /// WAO's ΔW: truncated to whole watts, negatives become 0.
@@ -179,6 +154,23 @@ mod tests {
             .map(|d| wao_delta_watts(*d))
             .collect();
         assert_eq!(wao_scores(&whole), vec![Some(100); 3]);
+    }
+
+    #[test]
+    fn apply_keeps_fixed_and_leaves_unknown_neutral() {
+        let mut reports: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
+        let node = |d: Option<f64>, fixed: Option<f64>| NodeReport {
+            delta_watts: d,
+            fixed,
+            ..NodeReport::default()
+        };
+        reports.insert("a".into(), node(Some(0.5), None));
+        reports.insert("b".into(), node(Some(1.0), None));
+        reports.insert("c".into(), node(None, Some(3.0)));
+        reports.insert("d".into(), node(None, None));
+        apply(Policy::Marginal, &mut reports);
+        let w: Vec<Option<f64>> = reports.values().map(|r| r.weight).collect();
+        assert_eq!(w, vec![Some(1.0), Some(0.5), Some(3.0), None]);
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub struct Metrics {
     pub accept_errors: IntCounterVec,
     pub splice_connections: IntCounter,
     pub listeners: IntGauge,
+    pub power_fallbacks: IntCounterVec,
+    pub node_cpu_percent: GaugeVec,
+    pub node_inlet_celsius: GaugeVec,
+    pub node_delta_p_pascal: GaugeVec,
+    pub node_watts: GaugeVec,
+    pub node_delta_watts: GaugeVec,
+    pub node_weight: GaugeVec,
+    pub node_input_age_seconds: GaugeVec,
 }
 
 /// Why a connection or flow was not served.
@@ -51,6 +59,13 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
         .unwrap_or_else(|e| unreachable!("metric {name} is well-formed: {e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
+}
+
+fn node_gauge(registry: &Registry, name: &str, help: &str) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), &["node"])
+        .unwrap_or_else(|e| unreachable!("metric {name} is well-formed: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -163,6 +178,47 @@ impl Metrics {
             ),
             splice_connections,
             listeners,
+            power_fallbacks: counter(
+                &r,
+                "wao_lb_power_fallbacks_total",
+                "Power inputs or predictions replaced by a fallback, by node, input and kind",
+                &["node", "input", "kind"],
+            ),
+            node_cpu_percent: node_gauge(
+                &r,
+                "wao_lb_node_cpu_percent",
+                "Node CPU utilisation in use (%)",
+            ),
+            node_inlet_celsius: node_gauge(
+                &r,
+                "wao_lb_node_inlet_celsius",
+                "Node inlet temperature in use (°C)",
+            ),
+            node_delta_p_pascal: node_gauge(
+                &r,
+                "wao_lb_node_delta_p_pascal",
+                "Node static pressure difference in use (Pa)",
+            ),
+            node_watts: node_gauge(
+                &r,
+                "wao_lb_node_predicted_watts",
+                "Predicted node power now (W)",
+            ),
+            node_delta_watts: node_gauge(
+                &r,
+                "wao_lb_node_delta_watts",
+                "Predicted extra power of one more connection (W)",
+            ),
+            node_weight: node_gauge(
+                &r,
+                "wao_lb_node_weight",
+                "Node weight from the power policy (NaN: neutral)",
+            ),
+            node_input_age_seconds: node_gauge(
+                &r,
+                "wao_lb_node_input_age_seconds",
+                "Age of the oldest power input in use",
+            ),
             registry: r,
         }
     }

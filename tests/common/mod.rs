@@ -158,7 +158,7 @@ impl Process {
             .args(["run", "--config"])
             .arg(config)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn wao-lb");
         Process { child }

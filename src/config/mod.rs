@@ -15,14 +15,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod nodes;
+pub use nodes::{
+    BasicAuth, Input, NodeConfig, NodeWeighting, RemoteModel, Source, Timing, DEFAULT_NODE_CORES,
+};
+
 use crate::model::{Affinity, Backend, Frontend, NodeName, Protocol, Service, ServiceTable};
-use crate::power::predict::CurveProfile;
 
 /// Where the admin HTTP server listens unless the config says otherwise (loopback only).
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:10349";
-
-/// CPU capacity assumed for a node whose `cores` is not given.
-pub const DEFAULT_NODE_CORES: f64 = 16.0;
 
 /// One problem in a config file: the path of the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,26 +160,6 @@ impl Default for PowerSettings {
     }
 }
 
-/// How a node's weight is decided.
-#[derive(Debug, Clone, PartialEq)]
-pub enum NodeWeighting {
-    /// Predicted by this power model.
-    Model(Arc<CurveProfile>),
-    /// Fixed by the operator (`weight:`), e.g. 0 to drain a node for maintenance.
-    Fixed(f64),
-}
-
-/// One node's power inputs and model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeConfig {
-    /// CPU capacity in cores; turns a per-connection cost in millicores into percent.
-    pub cores: f64,
-    pub cpu_percent: f64,
-    pub inlet_celsius: f64,
-    pub delta_p_pascal: f64,
-    pub weighting: NodeWeighting,
-}
-
 // ---------------------------------------------------------------------------------------------
 // The file's shape (serde). Values that need checking stay strings here.
 
@@ -198,7 +179,7 @@ struct RawConfig {
     #[serde(default)]
     services: Vec<RawService>,
     #[serde(default)]
-    nodes: BTreeMap<String, RawNode>,
+    nodes: BTreeMap<String, nodes::RawNode>,
     #[serde(default)]
     power: RawPower,
 }
@@ -274,41 +255,6 @@ enum RawAffinityKind {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawNode {
-    cores: Option<f64>,
-    cpu: Option<RawCpu>,
-    inlet_temp: Option<RawInletTemp>,
-    delta_p: Option<RawDeltaP>,
-    model: Option<RawModel>,
-    weight: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
-enum RawCpu {
-    Static { percent: f64 },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
-enum RawInletTemp {
-    Static { celsius: f64 },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
-enum RawDeltaP {
-    Static { pascal: f64 },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-enum RawModel {
-    Curve { profile: String },
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawPower {
     interval: Option<String>,
     policy: Option<Policy>,
@@ -375,19 +321,19 @@ fn strip_location(e: &serde_yaml::Error) -> String {
 }
 
 #[derive(Default)]
-struct Validator {
+pub(crate) struct Validator {
     errors: Vec<ConfigError>,
 }
 
 impl Validator {
-    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn socket_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+    pub(crate) fn socket_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
         match text.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -397,7 +343,12 @@ impl Validator {
         }
     }
 
-    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        path: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         match text.map(parse_duration) {
             None => default,
             Some(Ok(d)) if !d.is_zero() => d,
@@ -412,7 +363,7 @@ impl Validator {
         }
     }
 
-    fn millicores(&mut self, path: &str, text: Option<&str>) -> Option<u32> {
+    pub(crate) fn millicores(&mut self, path: &str, text: Option<&str>) -> Option<u32> {
         match text.map(parse_millicores)? {
             Ok(m) => Some(m),
             Err(e) => {
@@ -422,7 +373,14 @@ impl Validator {
         }
     }
 
-    fn number_in(&mut self, path: &str, value: f64, lo: f64, hi: f64, unit: &str) -> f64 {
+    pub(crate) fn number_in(
+        &mut self,
+        path: &str,
+        value: f64,
+        lo: f64,
+        hi: f64,
+        unit: &str,
+    ) -> f64 {
         if value.is_finite() && (lo..=hi).contains(&value) {
             value
         } else {
@@ -618,88 +576,6 @@ impl Validator {
         }
         (raw.kind == RawAffinityKind::ClientIp).then_some(Affinity { timeout })
     }
-
-    fn nodes(&mut self, raw: &BTreeMap<String, RawNode>) -> BTreeMap<NodeName, NodeConfig> {
-        let mut out = BTreeMap::new();
-        for (name, n) in raw {
-            let at = format!("nodes.{name}");
-            let cpu_percent = match &n.cpu {
-                Some(RawCpu::Static { percent }) => {
-                    self.number_in(&format!("{at}.cpu.percent"), *percent, 0.0, 100.0, "%")
-                }
-                None => 0.0,
-            };
-            let inlet_celsius = match &n.inlet_temp {
-                Some(RawInletTemp::Static { celsius }) => self.number_in(
-                    &format!("{at}.inletTemp.celsius"),
-                    *celsius,
-                    -40.0,
-                    80.0,
-                    "°C",
-                ),
-                None => crate::power::predict::NEUTRAL_INLET_CELSIUS,
-            };
-            let delta_p_pascal = match &n.delta_p {
-                Some(RawDeltaP::Static { pascal }) => self.number_in(
-                    &format!("{at}.deltaP.pascal"),
-                    *pascal,
-                    -1000.0,
-                    1000.0,
-                    "Pa",
-                ),
-                None => 0.0,
-            };
-            let weighting = match (&n.model, n.weight) {
-                (Some(_), Some(w)) => {
-                    self.err(
-                        format!("{at}.weight"),
-                        format!("{w}: give either weight or model, not both"),
-                    );
-                    continue;
-                }
-                (None, Some(w)) => {
-                    NodeWeighting::Fixed(self.number_in(&format!("{at}.weight"), w, 0.0, 1e6, ""))
-                }
-                (Some(RawModel::Curve { profile }), None) => {
-                    match CurveProfile::embedded(profile) {
-                        Some(p) => NodeWeighting::Model(p),
-                        None => {
-                            self.err(
-                                format!("{at}.model.profile"),
-                                format!(
-                                    "unknown profile {profile:?}; known: {}",
-                                    CurveProfile::names().join(", ")
-                                ),
-                            );
-                            continue;
-                        }
-                    }
-                }
-                (None, None) => {
-                    self.err(
-                        format!("{at}.model"),
-                        "missing: give a power model or a fixed weight",
-                    );
-                    continue;
-                }
-            };
-            let cores = match n.cores {
-                Some(c) => self.number_in(&format!("{at}.cores"), c, 0.1, 4096.0, "cores"),
-                None => DEFAULT_NODE_CORES,
-            };
-            out.insert(
-                Arc::from(name.as_str()),
-                NodeConfig {
-                    cores,
-                    cpu_percent,
-                    inlet_celsius,
-                    delta_p_pascal,
-                    weighting,
-                },
-            );
-        }
-        out
-    }
 }
 
 /// Parses a duration written as Go and Kubernetes do: `500ms`, `5s`, `1m30s`, `3h`.
@@ -773,7 +649,7 @@ mod tests {
     }
 
     #[test]
-    fn millicores() {
+    pub(crate) fn millicores() {
         assert_eq!(parse_millicores("100m"), Ok(100));
         assert_eq!(parse_millicores("0.5"), Ok(500));
         assert_eq!(parse_millicores("2"), Ok(2000));

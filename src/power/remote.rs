@@ -1,0 +1,156 @@
+//! A remote power model over the V2 inference protocol (KServe, Triton, MLServer), called
+//! exactly as WAO calls it, with optional basic auth, a timeout and a cache of answers keyed
+//! by the rounded inputs, so a busy predictor is not hammered.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::Client;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::config::RemoteModel;
+
+/// WAO caches predictions for 30 minutes keyed by the exact inputs.
+const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+const CACHE_MAX: usize = 4096;
+/// Predictions outside (0, this] watts are garbage.
+pub const MAX_PLAUSIBLE_WATTS: f64 = 100_000.0;
+
+pub struct V2Model {
+    config: RemoteModel,
+    endpoint: String,
+    client: Client,
+    cache: Mutex<HashMap<[i64; 3], (f64, Instant)>>,
+}
+
+/// Inputs rounded to 0.01 of their unit, so near-identical readings share an answer.
+fn cache_key(cpu: f64, inlet: f64, delta_p: f64) -> [i64; 3] {
+    [cpu, inlet, delta_p].map(|v| (v * 100.0).round() as i64)
+}
+
+/// The request body WAO sends: one row of [cpu %, inlet °C, ΔP Pa].
+pub fn request_body(cpu: f64, inlet: f64, delta_p: f64) -> Value {
+    json!({"inputs": [{"name": "predict-prob", "shape": [1, 3], "datatype": "FP32", "data": [[cpu, inlet, delta_p]]}]})
+}
+
+/// Watts from an answer: `outputs[0].data[0]` (a number, or a one-element row).
+pub fn parse_answer(doc: &Value) -> Result<f64, String> {
+    let first = doc
+        .get("outputs")
+        .and_then(|o| o.get(0))
+        .and_then(|o| o.get("data"))
+        .and_then(|d| d.get(0))
+        .ok_or("no outputs[0].data[0] in the answer")?;
+    let watts = first
+        .as_f64()
+        .or_else(|| first.get(0).and_then(Value::as_f64))
+        .ok_or("outputs[0].data[0] is not a number")?;
+    if watts.is_finite() && watts > 0.0 && watts <= MAX_PLAUSIBLE_WATTS {
+        Ok(watts)
+    } else {
+        Err(format!("implausible prediction {watts} W"))
+    }
+}
+
+impl V2Model {
+    pub fn new(config: RemoteModel, client: Client) -> V2Model {
+        let mut endpoint = format!("{}/v2/models/{}", config.url, config.model);
+        if let Some(v) = &config.version {
+            endpoint.push_str(&format!("/versions/{v}"));
+        }
+        endpoint.push_str("/infer");
+        V2Model {
+            config,
+            endpoint,
+            client,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn stale_after(&self) -> Duration {
+        self.config.stale_after
+    }
+
+    pub async fn predict(&self, cpu: f64, inlet: f64, delta_p: f64) -> Result<f64, String> {
+        let key = cache_key(cpu, inlet, delta_p);
+        let now = Instant::now();
+        if let Some((w, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            if now.saturating_duration_since(*at) < CACHE_TTL {
+                return Ok(*w);
+            }
+        }
+        let mut req = self
+            .client
+            .post(&self.endpoint)
+            .timeout(self.config.timeout)
+            .json(&request_body(cpu, inlet, delta_p));
+        if let Some(a) = &self.config.auth {
+            req = req.basic_auth(&a.username, Some(&a.password));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("POST {}: {e}", self.endpoint))?;
+        if !resp.status().is_success() {
+            return Err(format!("POST {}: HTTP {}", self.endpoint, resp.status()));
+        }
+        let doc: Value = resp
+            .json()
+            .await
+            .map_err(|e| format!("POST {}: {e}", self.endpoint))?;
+        let watts = parse_answer(&doc)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (watts, now));
+        Ok(watts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_is_wao_format() {
+        let b = request_body(12.5, 22.0, 5.0);
+        assert_eq!(b["inputs"][0]["name"], "predict-prob");
+        assert_eq!(b["inputs"][0]["shape"], json!([1, 3]));
+        assert_eq!(b["inputs"][0]["datatype"], "FP32");
+        assert_eq!(b["inputs"][0]["data"], json!([[12.5, 22.0, 5.0]]));
+    }
+
+    #[test]
+    fn answers_and_garbage() {
+        let ok = json!({"model_name": "m", "outputs": [{"name": "predict", "shape": [1, 1], "datatype": "FP64", "data": [94.76]}]});
+        assert_eq!(parse_answer(&ok), Ok(94.76));
+        assert_eq!(
+            parse_answer(&json!({"outputs": [{"data": [[150.6]]}]})),
+            Ok(150.6)
+        );
+        for bad in [
+            json!({"outputs": []}),
+            json!({"error": "boom"}),
+            json!({"outputs": [{"data": ["NaN"]}]}),
+            json!({"outputs": [{"data": [-3.0]}]}),
+            json!({"outputs": [{"data": [1e12]}]}),
+            json!({"outputs": [{"data": [0.0]}]}),
+        ] {
+            assert!(parse_answer(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cache_key_rounds() {
+        assert_eq!(cache_key(10.001, 22.0, 5.0), cache_key(10.004, 22.0, 5.0));
+        assert_ne!(cache_key(10.0, 22.0, 5.0), cache_key(10.1, 22.0, 5.0));
+    }
+}
