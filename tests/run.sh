@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need when it is missing, so that it
-# passes on a fresh machine: Debian packages (nftables, iproute2, iperf3) and, when the
-# tests list Python packages in tests/requirements.txt, a virtual environment in .venv.
+# passes on a fresh machine: Debian packages (nftables, iproute2, iperf3, node-exporter) and the
+# Python packages in tests/requirements.txt (MLServer, scikit-learn), in a virtual env in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(nftables iproute2 iperf3)
+packages=(nftables iproute2 iperf3 prometheus-node-exporter)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,10 +18,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 
-if [ -f tests/requirements.txt ]; then
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q -r tests/requirements.txt
-  export PATH="$PWD/.venv/bin:$PATH"
-fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+export PATH="$PWD/.venv/bin:$PATH"
+
 
 cargo test --release --workspace

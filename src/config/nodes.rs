@@ -104,6 +104,8 @@ pub struct RemoteModel {
     pub timeout: Duration,
     /// The last good prediction is used this long after the model stops answering.
     pub stale_after: Duration,
+    /// Answers are reused this long for the same (rounded) inputs; WAO uses 30 minutes.
+    pub cache_for: Duration,
     pub auth: Option<BasicAuth>,
 }
 
@@ -149,6 +151,7 @@ struct RawModel {
     password: Option<String>,
     timeout: Option<String>,
     stale_after: Option<String>,
+    cache_for: Option<String>,
 }
 
 /// Which quantity an input measures: its static key, its range, and its sources.
@@ -424,14 +427,27 @@ impl Validator {
                 let model = self
                     .required(at, "model", m.model.as_ref(), "v2-inference")
                     .cloned();
-                let timing = self.timing(at, None, m.timeout.as_deref(), m.stale_after.as_deref());
+                let d = Timing::default();
+                let timeout =
+                    self.duration(&format!("{at}.timeout"), m.timeout.as_deref(), d.timeout);
+                let stale_after = self.duration(
+                    &format!("{at}.staleAfter"),
+                    m.stale_after.as_deref(),
+                    d.stale_after,
+                );
                 let auth = self.auth(at, m.username.as_ref(), m.password.as_ref());
+                let cache_for = self.duration(
+                    &format!("{at}.cacheFor"),
+                    m.cache_for.as_deref(),
+                    Duration::from_secs(1800),
+                );
                 Some(NodeWeighting::V2Inference(RemoteModel {
                     url: url?,
                     model: model?,
                     version: m.version.clone(),
-                    timeout: timing.timeout,
-                    stale_after: timing.stale_after,
+                    timeout,
+                    stale_after,
+                    cache_for,
                     auth,
                 }))
             }

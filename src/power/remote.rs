@@ -12,8 +12,6 @@ use tokio::time::Instant;
 
 use crate::config::RemoteModel;
 
-/// WAO caches predictions for 30 minutes keyed by the exact inputs.
-const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 const CACHE_MAX: usize = 4096;
 /// Predictions outside (0, this] watts are garbage.
 pub const MAX_PLAUSIBLE_WATTS: f64 = 100_000.0;
@@ -82,7 +80,7 @@ impl V2Model {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            if now.saturating_duration_since(*at) < CACHE_TTL {
+            if now.saturating_duration_since(*at) < self.config.cache_for {
                 return Ok(*w);
             }
         }

@@ -1,0 +1,482 @@
+//! Power inputs and models against real components: a real prometheus-node-exporter as the
+//! CPU source, a real MLServer serving a scikit-learn model as the V2-inference predictor,
+//! and small HTTP servers returning the Redfish and DPAPI vendor documents (and broken
+//! ones). Every fallback must leave the weights sane.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::*;
+use serde_json::{json, Value};
+use wao_lb::telemetry::weights_view::{rows, WeightRow};
+
+/// A child process killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(l, router).await;
+    });
+    addr
+}
+
+fn weights(lb: &wao_lb::app::Running) -> Vec<WeightRow> {
+    rows(&lb.routes.load())
+}
+
+fn row<'a>(rows: &'a [WeightRow], node: &str) -> &'a WeightRow {
+    rows.iter()
+        .find(|r| r.node == node)
+        .unwrap_or_else(|| panic!("no row for {node}: {rows:?}"))
+}
+
+/// A config with one TCP service whose backends sit on `nodes` (name, yaml).
+fn config(nodes: &[(&str, String)]) -> String {
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let backends: Vec<(SocketAddr, &str)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (SocketAddr::from(([127, 0, 0, 1], 20000 + i as u16)), *n))
+        .collect();
+    let mut yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\npower: {{interval: 200ms}}\nservices:\n{}nodes:\n",
+        service_yaml("svc", "tcp", frontend, &backends)
+    );
+    for (name, body) in nodes {
+        yaml.push_str(&format!("  {name}:\n{body}"));
+    }
+    yaml
+}
+
+const CURVE: &str = "    model: {type: curve, profile: ml30-g11}\n";
+const FAST: &str = "interval: 200ms, timeout: 300ms, staleAfter: 1s";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_exporter_cpu_moves_when_cpu_burns() {
+    let port = free_port();
+    let exporter = Command::new("prometheus-node-exporter")
+        .args([
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--collector.disable-defaults",
+            "--collector.cpu",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus-node-exporter is installed (tests/run.sh installs it)");
+    let _exporter = Server(exporter);
+    let yaml = config(&[(
+        "a",
+        format!("    cpu: {{source: node-exporter, url: \"http://127.0.0.1:{port}/metrics\", {FAST}}}\n{CURVE}"),
+    )]);
+    let lb = start(&yaml).await;
+    let cpu = || weights(&lb).first().and_then(|r| r.cpu_percent);
+    assert!(
+        eventually(Duration::from_secs(10), async || cpu().is_some()).await,
+        "{:?}",
+        weights(&lb)
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let quiet = cpu().unwrap_or(100.0);
+    // Burn both cores for a while; the reading must follow.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let rose = eventually(Duration::from_secs(5), async || {
+        cpu().is_some_and(|c| c > 80.0 && c > quiet + 20.0)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for b in burners {
+        let _ = b.join();
+    }
+    assert!(
+        rose,
+        "CPU went from {quiet:.1}% to {:?} while burning",
+        cpu()
+    );
+    let r = &weights(&lb)[0];
+    assert!(
+        r.watts.is_some_and(|w| w > 22.0),
+        "a prediction from the measured CPU: {r:?}"
+    );
+    lb.stop().await;
+}
+
+/// Trains a small regression, serves it with MLServer, and returns (server, port, the
+/// model's own predictions for `queries`).
+fn mlserver(dir: &TempDir, queries: &[[f64; 3]]) -> (Server, u16, Vec<f64>) {
+    let port = free_port();
+    let script = format!(
+        r#"
+import json, sys, numpy as np, joblib
+from sklearn.linear_model import LinearRegression
+rng = np.random.default_rng(7)
+X = rng.uniform([0, 15, 0], [100, 35, 20], size=(300, 3))
+y = 55 + 1.7 * X[:, 0] + 0.9 * np.maximum(X[:, 1] - 24, 0) + 0.05 * X[:, 2]
+m = LinearRegression().fit(X, y)
+import os
+os.makedirs("power", exist_ok=True)
+joblib.dump(m, "power/model.joblib")
+json.dump({{"name": "power", "implementation": "mlserver_sklearn.SKLearnModel",
+           "parameters": {{"uri": "./model.joblib", "version": "v1"}}}}, open("power/model-settings.json", "w"))
+json.dump({{"http_port": {port}, "grpc_port": {g}, "metrics_port": {mp}, "parallel_workers": 0, "host": "127.0.0.1"}},
+          open("settings.json", "w"))
+q = np.array({queries:?}, dtype=np.float32)
+print(json.dumps([float(v) for v in m.predict(q)]))
+"#,
+        g = free_port(),
+        mp = free_port(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .current_dir(&dir.0)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "training failed (is tests/requirements.txt installed?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Vec<f64> = serde_json::from_slice(&out.stdout).expect("predictions");
+    let child = Command::new("mlserver")
+        .args(["start", "."])
+        .current_dir(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mlserver is installed (tests/run.sh installs it in .venv)");
+    (Server(child), port, expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlserver_predictions_are_used_exactly() {
+    let dir = TempDir::new("mlserver");
+    // The queries the updater will make: cpu 30 % with 2 cores → +5 % per 100m connection.
+    let queries = [[30.0, 27.0, 5.0], [35.0, 27.0, 5.0]];
+    let (_server, port, expected) = mlserver(&dir, &queries);
+    let ready = eventually(Duration::from_secs(60), async || {
+        reqwest::get(format!("http://127.0.0.1:{port}/v2/health/ready"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(ready, "MLServer came up");
+    let model = format!("    model: {{type: v2-inference, url: \"http://127.0.0.1:{port}\", model: power, version: v1}}\n");
+    let inputs = "    cores: 2\n    cpu: {source: static, percent: 30}\n    inletTemp: {source: static, celsius: 27}\n    deltaP: {source: static, pascal: 5}\n";
+    let yaml = config(&[
+        ("a", format!("{inputs}{model}")),
+        ("b", format!("{inputs}{CURVE}")),
+    ]);
+    let lb = start(&yaml).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || row(&weights(&lb), "a")
+            .watts
+            .is_some())
+        .await
+    );
+    let r = weights(&lb);
+    let a = row(&r, "a");
+    let watts = a.watts.expect("watts");
+    let delta = a.delta_watts.expect("ΔW");
+    assert!(
+        (watts - expected[0]).abs() < 1e-6,
+        "wao-lb {watts} vs model {}",
+        expected[0]
+    );
+    assert!(
+        (delta - (expected[1] - expected[0])).abs() < 1e-6,
+        "ΔW {delta} vs {}",
+        expected[1] - expected[0]
+    );
+    assert!(a.reason.contains("v2-inference"), "{}", a.reason);
+    lb.stop().await;
+}
+
+/// A fake predictor whose behaviour the test switches: 0 good, 1 down (500), 2 NaN,
+/// 3 negative, 4 wrong JSON, 5 slow.
+async fn switchable_predictor() -> (SocketAddr, Arc<AtomicU32>) {
+    let mode = Arc::new(AtomicU32::new(0));
+    let m = mode.clone();
+    let router = Router::new().route(
+        "/v2/models/p/infer",
+        post(move |Json(body): Json<Value>| {
+            let m = m.clone();
+            async move {
+                let cpu = body["inputs"][0]["data"][0][0].as_f64().unwrap_or(0.0);
+                let answer = |v: Value| {
+                    (
+                        axum::http::StatusCode::OK,
+                        Json(json!({"outputs": [{"name": "predict", "data": [v]}]})),
+                    )
+                };
+                match m.load(Ordering::Relaxed) {
+                    0 => answer(json!(100.0 + cpu)),
+                    1 => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        Json(json!({"error": "down"})),
+                    ),
+                    2 => answer(json!("NaN")),
+                    3 => answer(json!(-5.0)),
+                    4 => (
+                        axum::http::StatusCode::OK,
+                        Json(json!({"predictions": [1]})),
+                    ),
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        answer(json!(100.0 + cpu))
+                    }
+                }
+            }
+        }),
+    );
+    (serve(router).await, mode)
+}
+
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_predictor_falls_back_to_last_good_then_neutral() {
+    let (addr, mode) = switchable_predictor().await;
+    let remote = format!(
+        "    cpu: {{source: static, percent: 20}}\n    model: {{type: v2-inference, url: \"http://{addr}\", model: p, timeout: 300ms, staleAfter: 1500ms, cacheFor: 1ms}}\n"
+    );
+    let local = |cpu: u32| format!("    cpu: {{source: static, percent: {cpu}}}\n{CURVE}");
+    let yaml = config(&[
+        ("remote", remote),
+        ("local", local(20)),
+        ("local2", local(60)),
+    ]);
+    let lb = start(&yaml).await;
+    for (m, what) in [
+        (1, "down"),
+        (2, "NaN"),
+        (3, "negative"),
+        (4, "wrong JSON"),
+        (5, "slow"),
+    ] {
+        mode.store(0, Ordering::Relaxed);
+        let ok = eventually(Duration::from_secs(5), async || {
+            row(&weights(&lb), "remote").reason.starts_with("ok")
+        })
+        .await;
+        assert!(
+            ok,
+            "{what}: healthy first: {:?}",
+            row(&weights(&lb), "remote")
+        );
+        let good = row(&weights(&lb), "remote").weight;
+        mode.store(m, Ordering::Relaxed);
+        // First the last good prediction, with the same weight...
+        let last = eventually(Duration::from_secs(3), async || {
+            row(&weights(&lb), "remote")
+                .reason
+                .contains("using last prediction")
+        })
+        .await;
+        let r = weights(&lb);
+        assert!(last, "{what}: last good value: {:?}", row(&r, "remote"));
+        assert_eq!(
+            row(&r, "remote").weight,
+            good,
+            "{what}: weight unchanged while the last value is fresh"
+        );
+        // ...then, past staleAfter, a neutral weight: the median of the other nodes.
+        let neutral = eventually(Duration::from_secs(5), async || {
+            row(&weights(&lb), "remote")
+                .reason
+                .contains("neutral weight")
+        })
+        .await;
+        let r = weights(&lb);
+        assert!(neutral, "{what}: neutral: {:?}", row(&r, "remote"));
+        let others = (row(&r, "local").weight + row(&r, "local2").weight) / 2.0;
+        assert!(
+            (row(&r, "remote").weight - others).abs() < 1e-9,
+            "{what}: {r:?}"
+        );
+        assert!(
+            r.iter().all(|x| x.weight.is_finite() && x.weight > 0.0),
+            "{what}: sane weights {r:?}"
+        );
+    }
+    let m = lb.metrics.render();
+    assert!(metric_sum(&m, "wao_lb_power_fallbacks_total{input=\"model\",kind=\"predictor_failed\",node=\"remote\"}") >= 5.0, "{m}");
+    assert!(
+        metric_sum(
+            &m,
+            "wao_lb_power_fallbacks_total{input=\"model\",kind=\"neutral\",node=\"remote\"}"
+        ) >= 5.0,
+        "{m}"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_predictors_down_gives_uniform_weights() {
+    let dead = closed_port_addr();
+    let node = format!(
+        "    model: {{type: v2-inference, url: \"http://{dead}\", model: p, timeout: 300ms}}\n"
+    );
+    let lb = start(&config(&[
+        ("a", node.clone()),
+        ("b", node.clone()),
+        ("c", node),
+    ]))
+    .await;
+    let uniform = eventually(Duration::from_secs(5), async || {
+        weights(&lb)
+            .iter()
+            .all(|r| (r.share - 1.0 / 3.0).abs() < 1e-9 && r.reason.contains("uniform"))
+    })
+    .await;
+    assert!(uniform, "{:?}", weights(&lb));
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_input_neither_favours_nor_starves_its_node() {
+    let dead = closed_port_addr();
+    let broken = format!(
+        "    cpu: {{source: node-exporter, url: \"http://{dead}/metrics\", {FAST}}}\n{CURVE}"
+    );
+    let healthy = format!("    cpu: {{source: static, percent: 40}}\n{CURVE}");
+    let lb = start(&config(&[("broken", broken), ("healthy", healthy)])).await;
+    let settled = eventually(Duration::from_secs(5), async || {
+        row(&weights(&lb), "broken").reason.contains("no cpu")
+    })
+    .await;
+    let r = weights(&lb);
+    assert!(settled, "{r:?}");
+    // Two nodes, one unknown: it gets the other's weight, so traffic splits evenly.
+    assert!((row(&r, "broken").share - 0.5).abs() < 1e-9, "{r:?}");
+    assert!(row(&r, "broken").reason.contains("median"), "{r:?}");
+    let m = lb.metrics.render();
+    assert!(
+        metric_sum(
+            &m,
+            "wao_lb_power_fallbacks_total{input=\"cpu\",kind=\"missing_input\",node=\"broken\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redfish_inlet_temperature_from_each_vendor_layout() {
+    let vendors = [
+        (
+            "/redfish/v1/Chassis/System.Embedded.1/Sensors/SystemBoardInletTemp",
+            json!({"Reading": 23.0, "ReadingUnits": "Cel"}),
+            23.0,
+        ),
+        (
+            "/redfish/v1/Chassis/1/Sensors/128L0",
+            json!({"Name": "Ambient Temp", "Reading": 29.5}),
+            29.5,
+        ),
+        (
+            "/redfish/v1/Chassis/1/Thermal",
+            json!({"Temperatures": [{"Name": "CPU Temp", "ReadingCelsius": 61}, {"Name": "System Temp", "ReadingCelsius": 26}]}),
+            26.0,
+        ),
+    ];
+    let mut nodes = Vec::new();
+    let mut expect = Vec::new();
+    for (i, (path, doc, celsius)) in vendors.into_iter().enumerate() {
+        let addr = serve(Router::new().route(path, get(move || async move { Json(doc) }))).await;
+        nodes.push((
+            ["idrac", "xclarity", "supermicro"][i],
+            format!("    inletTemp: {{source: redfish, url: \"http://{addr}\", username: root, password: calvin, {FAST}}}\n{CURVE}"),
+        ));
+        expect.push(celsius);
+    }
+    // A BMC whose document is broken: the input is missing, the node neutral.
+    let broken = serve(Router::new().route(
+        "/redfish/v1/Chassis/1/Sensors/128L0",
+        get(|| async { Json(json!({"Reading": "hot"})) }),
+    ))
+    .await;
+    nodes.push((
+        "broken",
+        format!("    inletTemp: {{source: redfish, url: \"http://{broken}\", {FAST}}}\n{CURVE}"),
+    ));
+    let lb = start(&config(&nodes)).await;
+    let seen = eventually(Duration::from_secs(5), async || {
+        weights(&lb)
+            .iter()
+            .filter(|r| r.inlet_celsius.is_some())
+            .count()
+            == 3
+    })
+    .await;
+    let r = weights(&lb);
+    assert!(seen, "{r:?}");
+    for (name, celsius) in ["idrac", "xclarity", "supermicro"].iter().zip(expect) {
+        assert_eq!(row(&r, name).inlet_celsius, Some(celsius), "{name}");
+    }
+    assert_eq!(row(&r, "broken").inlet_celsius, None);
+    assert!(row(&r, "broken").reason.contains("no inlet_temp"), "{r:?}");
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpapi_pressure_and_its_broken_variants() {
+    let good = serve(Router::new().route(
+        "/api/sensor/by_nodename/rack-1",
+        get(|| async { Json(json!({"code": 200, "sensor": [{"pressure": 7.5, "sensorid": "101037B", "temperature": 26.02}]})) }),
+    ))
+    .await;
+    let empty = serve(Router::new().route(
+        "/api/sensor/by_nodename/b",
+        get(|| async { Json(json!({"code": 404, "sensor": []})) }),
+    ))
+    .await;
+    let lb = start(&config(&[
+        ("a", format!("    deltaP: {{source: dpapi, url: \"http://{good}\", node: rack-1, {FAST}}}\n{CURVE}")),
+        ("b", format!("    deltaP: {{source: dpapi, url: \"http://{empty}\", {FAST}}}\n{CURVE}")),
+    ]))
+    .await;
+    let seen = eventually(Duration::from_secs(5), async || {
+        row(&weights(&lb), "a").delta_p_pascal.is_some()
+    })
+    .await;
+    let r = weights(&lb);
+    assert!(seen, "{r:?}");
+    assert_eq!(row(&r, "a").delta_p_pascal, Some(7.5));
+    assert_eq!(row(&r, "b").delta_p_pascal, None);
+    assert!(row(&r, "b").reason.contains("sensor[0].pressure"), "{r:?}");
+    lb.stop().await;
+}
