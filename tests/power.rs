@@ -297,7 +297,7 @@ async fn a_failing_predictor_falls_back_to_last_good_then_neutral() {
             "{what}: healthy first: {:?}",
             row(&weights(&lb), "remote")
         );
-        let good = row(&weights(&lb), "remote").weight;
+        let good = row(&weights(&lb), "remote").watts;
         mode.store(m, Ordering::Relaxed);
         // First the last good prediction, with the same weight...
         let last = eventually(Duration::from_secs(3), async || {

@@ -137,7 +137,7 @@ impl Default for UdpSettings {
 pub enum Policy {
     /// WAO v1.31's exact scoring: whole-watt ΔW, score = 100·min/ΔW.
     Wao,
-    /// wao-lb's default: weights inversely proportional to the marginal watts per connection.
+    /// wao-lb's default: a controller that equalises marginal watts (`power/policy.rs`).
     #[default]
     Marginal,
 }
@@ -145,6 +145,8 @@ pub enum Policy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PowerSettings {
     pub interval: Duration,
+    /// Utilisation ceiling and minimum share every policy obeys.
+    pub limits: crate::power::policy::Limits,
     pub policy: Policy,
     /// Millicores one more connection costs a node (WAO's `cpu-per-request`, default 100m).
     pub cpu_per_connection: u32,
@@ -154,6 +156,7 @@ impl Default for PowerSettings {
     fn default() -> Self {
         PowerSettings {
             interval: Duration::from_secs(5),
+            limits: crate::power::policy::Limits::default(),
             policy: Policy::default(),
             cpu_per_connection: 100,
         }
@@ -257,6 +260,8 @@ enum RawAffinityKind {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawPower {
     interval: Option<String>,
+    ceiling_percent: Option<f64>,
+    min_share: Option<f64>,
     policy: Option<Policy>,
     cpu_per_connection: Option<String>,
 }
@@ -480,8 +485,25 @@ impl Validator {
         if interval < Duration::from_millis(100) {
             self.err("power.interval", "must be at least 100ms");
         }
+        let limits = crate::power::policy::Limits {
+            ceiling_percent: self.number_in(
+                "power.ceilingPercent",
+                raw.ceiling_percent.unwrap_or(d.limits.ceiling_percent),
+                1.0,
+                100.0,
+                "%",
+            ),
+            min_share: self.number_in(
+                "power.minShare",
+                raw.min_share.unwrap_or(d.limits.min_share),
+                0.0,
+                0.5,
+                "",
+            ),
+        };
         PowerSettings {
             interval,
+            limits,
             policy: raw.policy.unwrap_or(d.policy),
             cpu_per_connection: self
                 .millicores("power.cpuPerConnection", raw.cpu_per_connection.as_deref())

@@ -2,6 +2,7 @@
 //! Never touches sockets; publishes `NodeWeights` that balance turns into selection tables.
 
 pub mod inputs;
+pub mod policy;
 pub mod predict;
 pub mod remote;
 pub mod sources;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::inputs::{self, InputCell, Quantity, Reading};
+use super::policy::Controller;
 use super::predict::Predictor;
 use super::remote::V2Model;
 use super::weights::{apply, NodeReport, NodeWeights};
@@ -90,10 +91,11 @@ pub async fn run(
     let mut current = config.borrow_and_update().clone();
     let mut inputs_stop = stop.child_token();
     let mut nodes = start_nodes(&current, &client, &inputs_stop);
+    let mut controllers: HashMap<u32, Controller> = HashMap::new();
     // Give freshly started inputs a moment to answer before the first weights.
     tokio::time::sleep(Duration::from_millis(200)).await;
     loop {
-        let fresh = compute(&current, &mut nodes, &metrics).await;
+        let fresh = compute(&current, &mut nodes, &mut controllers, &metrics).await;
         out.send_if_modified(|w| {
             let changed = **w != fresh;
             if changed {
@@ -112,6 +114,7 @@ pub async fn run(
                     inputs_stop.cancel();
                     inputs_stop = stop.child_token();
                     nodes = start_nodes(&next, &client, &inputs_stop);
+                    controllers.clear();
                 }
                 current = next;
             }
@@ -125,6 +128,7 @@ pub async fn run(
 async fn compute(
     config: &Config,
     nodes: &mut BTreeMap<NodeName, NodeState>,
+    controllers: &mut HashMap<u32, Controller>,
     metrics: &Metrics,
 ) -> NodeWeights {
     let costs = costs(config);
@@ -168,8 +172,14 @@ async fn compute(
             }
         }
     }
-    for reports in by_cost.values_mut() {
-        apply(config.power.policy, reports);
+    for (cost, reports) in by_cost.iter_mut() {
+        let controller = controllers.entry(*cost).or_default();
+        apply(
+            config.power.policy,
+            reports,
+            controller,
+            config.power.limits,
+        );
     }
     if let Some(reports) = by_cost.get(&config.power.cpu_per_connection) {
         publish_gauges(metrics, reports);

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::policy::{limit_weights, Controller, Limits, Signal};
 use crate::config::Policy;
 use crate::model::NodeName;
 
@@ -41,33 +42,53 @@ impl NodeWeights {
     }
 }
 
-/// Fills in every report's weight: fixed ones keep theirs, nodes with a ΔW share `policy`
-/// (on its scale: the cheapest node has 1 under `marginal`, 100 under `wao`), the rest get
-/// None (neutral).
-pub fn apply(policy: Policy, reports: &mut BTreeMap<NodeName, NodeReport>) {
-    let modelled: Vec<&mut NodeReport> = reports
-        .values_mut()
-        .filter_map(|r| {
-            r.weight = r.fixed;
-            (r.fixed.is_none() && r.delta_watts.is_some()).then_some(r)
-        })
-        .collect();
-    let deltas: Vec<f64> = modelled
+/// Fills in every report's weight. Fixed weights are kept as given; nodes with a ΔW get
+/// shares from `policy` (summing to 1) under the safety `limits`; the rest get None
+/// (neutral, decided by balance).
+pub fn apply(
+    policy: Policy,
+    reports: &mut BTreeMap<NodeName, NodeReport>,
+    controller: &mut Controller,
+    limits: Limits,
+) {
+    let modelled = |r: &NodeReport| r.fixed.is_none() && r.delta_watts.is_some();
+    let cpu: BTreeMap<NodeName, f64> = reports
         .iter()
-        .map(|r| r.delta_watts.unwrap_or(f64::NAN))
+        .filter(|(_, r)| modelled(r))
+        .map(|(n, r)| (n.clone(), r.cpu_percent.unwrap_or(0.0)))
         .collect();
-    let weights: Vec<f64> = match policy {
-        Policy::Wao => {
-            let whole: Vec<i64> = deltas.iter().map(|d| wao_delta_watts(*d)).collect();
-            wao_scores(&whole)
-                .into_iter()
-                .map(|s| f64::from(s.unwrap_or(0)))
-                .collect()
+    let shares = match policy {
+        Policy::Marginal => {
+            let signals: BTreeMap<NodeName, Signal> = reports
+                .iter()
+                .filter(|(_, r)| modelled(r))
+                .map(|(n, r)| {
+                    let signal = Signal {
+                        delta_watts: r.delta_watts.unwrap_or(f64::NAN),
+                        cpu_percent: cpu[n],
+                    };
+                    (n.clone(), signal)
+                })
+                .collect();
+            controller.step(&signals, limits)
         }
-        Policy::Marginal => marginal_weights(&deltas),
+        Policy::Wao => {
+            let names: Vec<NodeName> = cpu.keys().cloned().collect();
+            let whole: Vec<i64> = names
+                .iter()
+                .map(|n| wao_delta_watts(reports[n].delta_watts.unwrap_or(f64::NAN)))
+                .collect();
+            let mut w: BTreeMap<NodeName, f64> = names
+                .into_iter()
+                .zip(wao_scores(&whole))
+                .map(|(n, s)| (n, f64::from(s.unwrap_or(0))))
+                .collect();
+            limit_weights(&mut w, &cpu, limits);
+            w
+        }
     };
-    for (r, w) in modelled.into_iter().zip(weights) {
-        r.weight = Some(w);
+    for (name, r) in reports.iter_mut() {
+        r.weight = r.fixed.or_else(|| shares.get(name).copied());
     }
 }
 
@@ -96,29 +117,6 @@ pub fn wao_scores(delta_watts: &[i64]) -> Vec<Option<u32>> {
         .collect()
 }
 
-/// The smallest ΔW the marginal policy distinguishes; below it nodes count as equally cheap.
-const MIN_DELTA_WATTS: f64 = 1e-6;
-
-/// Weights inversely proportional to the marginal watts, scaled so the cheapest node has 1.
-/// Unlike WAO it keeps fractions of a watt, so many-core nodes still differ.
-pub fn marginal_weights(delta_watts: &[f64]) -> Vec<f64> {
-    let clean: Vec<f64> = delta_watts
-        .iter()
-        .map(|d| {
-            if d.is_finite() {
-                d.max(MIN_DELTA_WATTS)
-            } else {
-                f64::INFINITY
-            }
-        })
-        .collect();
-    let min = clean.iter().copied().fold(f64::INFINITY, f64::min);
-    clean
-        .iter()
-        .map(|d| if d.is_finite() { min / d } else { 0.0 })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,37 +142,51 @@ mod tests {
         assert_eq!(wao_delta_watts(f64::NAN), 0);
     }
 
+    fn report(d: Option<f64>, fixed: Option<f64>) -> NodeReport {
+        NodeReport {
+            cpu_percent: Some(30.0),
+            delta_watts: d,
+            fixed,
+            ..NodeReport::default()
+        }
+    }
+
     #[test]
-    fn marginal_keeps_sub_watt_differences() {
-        let w = marginal_weights(&[0.2, 0.4, 0.8]);
-        assert_eq!(w, vec![1.0, 0.5, 0.25]);
-        // WAO sees all three as 0 W and scores them equally.
-        let whole: Vec<i64> = [0.2, 0.4, 0.8]
-            .iter()
-            .map(|d| wao_delta_watts(*d))
-            .collect();
-        assert_eq!(wao_scores(&whole), vec![Some(100); 3]);
+    fn sub_watt_differences_matter_to_marginal_not_to_wao() {
+        let mut reports: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
+        reports.insert("a".into(), report(Some(0.2), None));
+        reports.insert("b".into(), report(Some(0.8), None));
+        let mut wao = reports.clone();
+        apply(
+            Policy::Wao,
+            &mut wao,
+            &mut Controller::default(),
+            Limits::default(),
+        );
+        assert_eq!(wao["a"].weight, wao["b"].weight, "WAO rounds both to 0 W");
+        apply(
+            Policy::Marginal,
+            &mut reports,
+            &mut Controller::default(),
+            Limits::default(),
+        );
+        assert!(reports["a"].weight > reports["b"].weight);
     }
 
     #[test]
     fn apply_keeps_fixed_and_leaves_unknown_neutral() {
         let mut reports: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
-        let node = |d: Option<f64>, fixed: Option<f64>| NodeReport {
-            delta_watts: d,
-            fixed,
-            ..NodeReport::default()
-        };
-        reports.insert("a".into(), node(Some(0.5), None));
-        reports.insert("b".into(), node(Some(1.0), None));
-        reports.insert("c".into(), node(None, Some(3.0)));
-        reports.insert("d".into(), node(None, None));
-        apply(Policy::Marginal, &mut reports);
-        let w: Vec<Option<f64>> = reports.values().map(|r| r.weight).collect();
-        assert_eq!(w, vec![Some(1.0), Some(0.5), Some(3.0), None]);
-    }
-
-    #[test]
-    fn marginal_gives_nan_no_weight() {
-        assert_eq!(marginal_weights(&[1.0, f64::NAN]), vec![1.0, 0.0]);
+        reports.insert("a".into(), report(Some(0.5), None));
+        reports.insert("c".into(), report(None, Some(3.0)));
+        reports.insert("d".into(), report(None, None));
+        apply(
+            Policy::Marginal,
+            &mut reports,
+            &mut Controller::default(),
+            Limits::default(),
+        );
+        assert_eq!(reports["a"].weight, Some(1.0));
+        assert_eq!(reports["c"].weight, Some(3.0));
+        assert_eq!(reports["d"].weight, None);
     }
 }

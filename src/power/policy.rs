@@ -1,0 +1,262 @@
+//! wao-lb's default policy (`marginal`): a controller that moves traffic shares toward the
+//! split where every node's marginal watts are equal, which is where total power is lowest
+//! for the same traffic. It works in closed loop: shifting traffic changes each node's load,
+//! which changes its marginal watts, which the next step sees.
+//!
+//! Each step multiplies a node's share by `exp(-GAIN · (ΔW_i / ΔW̄ − 1))`, bounded to
+//! [1/2, 2], ignores differences inside a dead band (hysteresis), and blends the result with
+//! the previous shares (smoothing), so shares settle instead of oscillating. Fractions of a
+//! watt count: unlike WAO it never rounds ΔW to whole watts. Safety limits apply last: a node
+//! at or above the utilisation ceiling only gives traffic away, and every node keeps at least
+//! the minimum share.
+
+use std::collections::BTreeMap;
+
+use crate::model::NodeName;
+
+/// How strongly one step reacts to a marginal-watts difference.
+const GAIN: f64 = 0.8;
+/// Relative marginal differences below this do not move shares (hysteresis).
+const DEAD_BAND: f64 = 0.01;
+/// Weight of the new shares against the previous ones.
+const BLEND: f64 = 0.5;
+/// A node at or above the ceiling loses this fraction of its share per step.
+const CEILING_BACKOFF: f64 = 0.6;
+
+/// What the controller needs to know about a node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Signal {
+    /// Extra watts of one more connection at the node's current load.
+    pub delta_watts: f64,
+    pub cpu_percent: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Traffic must not push a node above this utilisation (%).
+    pub ceiling_percent: f64,
+    /// Every node keeps at least this share of new connections (0..1).
+    pub min_share: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            ceiling_percent: 80.0,
+            min_share: 0.0,
+        }
+    }
+}
+
+/// The controller's memory: the shares it gave last step.
+#[derive(Debug, Clone, Default)]
+pub struct Controller {
+    shares: BTreeMap<NodeName, f64>,
+}
+
+impl Controller {
+    /// The next shares (summing to 1) for the nodes in `signals`.
+    pub fn step(
+        &mut self,
+        signals: &BTreeMap<NodeName, Signal>,
+        limits: Limits,
+    ) -> BTreeMap<NodeName, f64> {
+        if signals.is_empty() {
+            self.shares.clear();
+            return BTreeMap::new();
+        }
+        let marginal = |s: &Signal| s.delta_watts.max(1e-9);
+        // Nodes seen for the first time start from inverse-marginal shares.
+        let fresh = inverse(signals);
+        let mut previous: BTreeMap<NodeName, f64> = signals
+            .keys()
+            .map(|n| (n.clone(), self.shares.get(n).copied().unwrap_or(fresh[n])))
+            .collect();
+        normalise(&mut previous);
+        let mean: f64 = signals.iter().map(|(n, s)| previous[n] * marginal(s)).sum();
+        let hot = |s: &Signal| s.cpu_percent >= limits.ceiling_percent;
+        let all_hot = signals.values().all(hot);
+        // Nodes over the ceiling shrink by a fixed factor; the others share the rest in
+        // proportion to their multiplicative update.
+        let mut next: BTreeMap<NodeName, f64> = BTreeMap::new();
+        let mut hot_total = 0.0;
+        for (n, s) in signals {
+            if hot(s) && !all_hot {
+                let v = previous[n] * CEILING_BACKOFF;
+                hot_total += v;
+                next.insert(n.clone(), v);
+            }
+        }
+        let mut cool: BTreeMap<NodeName, f64> = signals
+            .iter()
+            .filter(|(_, s)| all_hot || !hot(s))
+            .map(|(n, s)| {
+                let ratio = marginal(s) / mean.max(1e-12) - 1.0;
+                let factor = if ratio.abs() < DEAD_BAND {
+                    1.0
+                } else {
+                    (-GAIN * ratio).exp().clamp(0.5, 2.0)
+                };
+                (n.clone(), previous[n] * factor)
+            })
+            .collect();
+        normalise(&mut cool);
+        for (n, v) in cool {
+            next.insert(n, v * (1.0 - hot_total));
+        }
+        for (n, s) in next.iter_mut() {
+            *s = BLEND * *s + (1.0 - BLEND) * previous[n];
+        }
+        apply_floor(&mut next, limits.min_share);
+        self.shares = next.clone();
+        next
+    }
+}
+
+/// Shares inversely proportional to marginal watts.
+pub fn inverse(signals: &BTreeMap<NodeName, Signal>) -> BTreeMap<NodeName, f64> {
+    let mut s: BTreeMap<NodeName, f64> = signals
+        .iter()
+        .map(|(n, x)| (n.clone(), 1.0 / x.delta_watts.max(1e-9)))
+        .collect();
+    normalise(&mut s);
+    s
+}
+
+/// Scales shares to sum to 1; all-zero or garbage becomes uniform.
+pub fn normalise(shares: &mut BTreeMap<NodeName, f64>) {
+    for v in shares.values_mut() {
+        if !v.is_finite() || *v < 0.0 {
+            *v = 0.0;
+        }
+    }
+    let sum: f64 = shares.values().sum();
+    let n = shares.len() as f64;
+    for v in shares.values_mut() {
+        *v = if sum > 0.0 { *v / sum } else { 1.0 / n };
+    }
+}
+
+/// Raises every share to at least `floor` and takes the difference from the others in
+/// proportion, so shares still sum to 1.
+pub fn apply_floor(shares: &mut BTreeMap<NodeName, f64>, floor: f64) {
+    let n = shares.len() as f64;
+    let floor = floor.clamp(0.0, 1.0 / n.max(1.0));
+    if floor <= 0.0 {
+        return;
+    }
+    // Iterate: lifting some nodes can push others below the floor.
+    for _ in 0..shares.len() {
+        let low: f64 = shares
+            .values()
+            .filter(|s| **s < floor)
+            .map(|s| floor - s)
+            .sum();
+        if low <= 1e-15 {
+            break;
+        }
+        let spare: f64 = shares
+            .values()
+            .filter(|s| **s > floor)
+            .map(|s| s - floor)
+            .sum();
+        for s in shares.values_mut() {
+            if *s < floor {
+                *s = floor;
+            } else if spare > 0.0 {
+                *s -= (*s - floor) * (low / spare).min(1.0);
+            }
+        }
+    }
+    normalise(shares);
+}
+
+/// Applies the safety limits to another policy's weights: nodes at or above the ceiling get
+/// nothing new (unless every node is), then the minimum share.
+pub fn limit_weights(
+    weights: &mut BTreeMap<NodeName, f64>,
+    cpu: &BTreeMap<NodeName, f64>,
+    limits: Limits,
+) {
+    let over = |n: &NodeName| cpu.get(n).is_some_and(|c| *c >= limits.ceiling_percent);
+    if !weights.keys().all(over) {
+        for (n, w) in weights.iter_mut() {
+            if over(n) {
+                *w = 0.0;
+            }
+        }
+    }
+    normalise(weights);
+    apply_floor(weights, limits.min_share);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signals(list: &[(&str, f64, f64)]) -> BTreeMap<NodeName, Signal> {
+        list.iter()
+            .map(|(n, d, c)| {
+                (
+                    NodeName::from(*n),
+                    Signal {
+                        delta_watts: *d,
+                        cpu_percent: *c,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cheaper_node_gains_share_step_by_step() {
+        let mut c = Controller::default();
+        let s = signals(&[("cheap", 0.2, 30.0), ("dear", 0.6, 30.0)]);
+        let first = c.step(&s, Limits::default());
+        let second = c.step(&s, Limits::default());
+        assert!(second["cheap"] > first["cheap"], "{first:?} → {second:?}");
+        assert!((second.values().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn equal_marginals_hold_still() {
+        let mut c = Controller::default();
+        let s = signals(&[("a", 0.5, 30.0), ("b", 0.5, 40.0)]);
+        let first = c.step(&s, Limits::default());
+        let second = c.step(&s, Limits::default());
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn a_node_over_the_ceiling_only_gives_traffic_away() {
+        let mut c = Controller::default();
+        let s = signals(&[("hot", 0.1, 85.0), ("cool", 0.5, 30.0)]);
+        let first = c.step(&s, Limits::default());
+        let second = c.step(&s, Limits::default());
+        assert!(second["hot"] < first["hot"], "{first:?} → {second:?}");
+    }
+
+    #[test]
+    fn floor_keeps_every_node_warm() {
+        let mut shares: BTreeMap<NodeName, f64> =
+            [("a".into(), 0.98), ("b".into(), 0.01), ("c".into(), 0.01)]
+                .into_iter()
+                .collect();
+        apply_floor(&mut shares, 0.05);
+        assert!(shares.values().all(|s| *s >= 0.05 - 1e-12), "{shares:?}");
+        assert!((shares.values().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn limits_on_other_policies() {
+        let mut w: BTreeMap<NodeName, f64> = [("a".into(), 100.0), ("b".into(), 50.0)]
+            .into_iter()
+            .collect();
+        let cpu: BTreeMap<NodeName, f64> = [("a".into(), 90.0), ("b".into(), 20.0)]
+            .into_iter()
+            .collect();
+        limit_weights(&mut w, &cpu, Limits::default());
+        assert_eq!(w["a"], 0.0);
+        assert_eq!(w["b"], 1.0);
+    }
+}
