@@ -308,10 +308,9 @@ async fn a_failing_predictor_falls_back_to_last_good_then_neutral() {
         .await;
         let r = weights(&lb);
         assert!(last, "{what}: last good value: {:?}", row(&r, "remote"));
-        assert_eq!(
-            row(&r, "remote").weight,
-            good,
-            "{what}: weight unchanged while the last value is fresh"
+        assert!(
+            good.is_some() && row(&r, "remote").watts == good,
+            "{what}: the last good prediction is used"
         );
         // ...then, past staleAfter, a neutral weight: the median of the other nodes.
         let neutral = eventually(Duration::from_secs(5), async || {
