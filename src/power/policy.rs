@@ -20,8 +20,10 @@ const GAIN: f64 = 0.8;
 const DEAD_BAND: f64 = 0.01;
 /// Weight of the new shares against the previous ones.
 const BLEND: f64 = 0.5;
-/// A node at or above the ceiling loses this fraction of its share per step.
-const CEILING_BACKOFF: f64 = 0.6;
+/// A node over the ceiling is aimed this much below it.
+const CEILING_MARGIN: f64 = 0.97;
+/// Within this many percentage points under the ceiling a node's share may not grow.
+const NEAR_CEILING: f64 = 3.0;
 
 /// What the controller needs to know about a node.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,36 +78,45 @@ impl Controller {
         let mean: f64 = signals.iter().map(|(n, s)| previous[n] * marginal(s)).sum();
         let hot = |s: &Signal| s.cpu_percent >= limits.ceiling_percent;
         let all_hot = signals.values().all(hot);
-        // Nodes over the ceiling shrink by a fixed factor; the others share the rest in
-        // proportion to their multiplicative update.
+        // A node over the ceiling gets the share that would bring it just under, were all of
+        // its load ours; it never grows. The others split the rest.
         let mut next: BTreeMap<NodeName, f64> = BTreeMap::new();
         let mut hot_total = 0.0;
         for (n, s) in signals {
             if hot(s) && !all_hot {
-                let v = previous[n] * CEILING_BACKOFF;
+                let v = previous[n] * (limits.ceiling_percent / s.cpu_percent) * CEILING_MARGIN;
                 hot_total += v;
                 next.insert(n.clone(), v);
             }
         }
-        let mut cool: BTreeMap<NodeName, f64> = signals
+        let cool: Vec<(&NodeName, &Signal)> =
+            signals.iter().filter(|(_, s)| all_hot || !hot(s)).collect();
+        let mut moved: BTreeMap<NodeName, f64> = cool
             .iter()
-            .filter(|(_, s)| all_hot || !hot(s))
             .map(|(n, s)| {
                 let ratio = marginal(s) / mean.max(1e-12) - 1.0;
-                let factor = if ratio.abs() < DEAD_BAND {
+                let mut factor = if ratio.abs() < DEAD_BAND {
                     1.0
                 } else {
                     (-GAIN * ratio).exp().clamp(0.5, 2.0)
                 };
-                (n.clone(), previous[n] * factor)
+                // Close to the ceiling a node may shrink but not grow.
+                if s.cpu_percent >= limits.ceiling_percent - NEAR_CEILING {
+                    factor = factor.min(1.0);
+                }
+                ((*n).clone(), previous[*n] * factor)
             })
             .collect();
-        normalise(&mut cool);
-        for (n, v) in cool {
+        let mut kept: BTreeMap<NodeName, f64> = cool
+            .iter()
+            .map(|(n, _)| ((*n).clone(), previous[*n]))
+            .collect();
+        normalise(&mut moved);
+        normalise(&mut kept);
+        // Smoothing: the cool nodes move only part of the way.
+        for (n, m) in moved {
+            let v = BLEND * m + (1.0 - BLEND) * kept[&n];
             next.insert(n, v * (1.0 - hot_total));
-        }
-        for (n, s) in next.iter_mut() {
-            *s = BLEND * *s + (1.0 - BLEND) * previous[n];
         }
         apply_floor(&mut next, limits.min_share);
         self.shares = next.clone();

@@ -1,0 +1,63 @@
+//! `wao-bench`: the load-test harness. Scenarios so far: `energy` (closed-loop power
+//! simulation against uniform, WAO and the optimum).
+
+mod energy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "wao-bench", about = "Benchmarks and proofs for wao-lb")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Closed-loop energy simulation: total watts of uniform, wao, marginal and the optimum.
+    Energy {
+        /// Where to write energy.json and energy.svg.
+        #[arg(long, default_value = "target/wao-bench")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().scenario {
+        Scenario::Energy { out, seed } => {
+            let mut reports = Vec::new();
+            for mix in energy::mixes() {
+                match energy::run_mix(&mix, seed) {
+                    Ok(r) => reports.push(r),
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", mix.name);
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            print!("{}", energy::table(&reports));
+            let written = std::fs::create_dir_all(&out)
+                .and_then(|_| {
+                    let json =
+                        serde_json::to_string_pretty(&reports).map_err(std::io::Error::other)?;
+                    std::fs::write(out.join("energy.json"), json)
+                })
+                .and_then(|_| std::fs::write(out.join("energy.svg"), energy::svg(&reports)));
+            match written {
+                Ok(()) => {
+                    println!("wrote {0}/energy.json and {0}/energy.svg", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: writing {}: {e}", out.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
