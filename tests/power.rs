@@ -479,3 +479,53 @@ async fn dpapi_pressure_and_its_broken_variants() {
     assert!(row(&r, "b").reason.contains("sensor[0].pressure"), "{r:?}");
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tfserving_model_and_ipmi_exporter_inlet() {
+    let tf = serve(Router::new().route(
+        "/v1/models/power:predict",
+        post(|Json(body): Json<Value>| async move {
+            let row = &body["inputs"][0];
+            let watts = 100.0 + row[0].as_f64().unwrap_or(0.0) + row[1].as_f64().unwrap_or(0.0);
+            Json(json!({"outputs": [[watts]]}))
+        }),
+    ))
+    .await;
+    let ipmi = serve(Router::new().route(
+        "/metrics",
+        get(|| async { "ipmi_temperature_celsius{id=\"1\",name=\"CPU1\"} 55\nipmi_temperature_celsius{id=\"4\",name=\"Ambient\"} 21.5\n" }),
+    ))
+    .await;
+    let node = format!(
+        "    cpu: {{source: static, percent: 10}}\n    inletTemp: {{source: ipmi-exporter, url: \"http://{ipmi}/metrics\", {FAST}}}\n    model: {{type: tfserving, url: \"http://{tf}\", model: power}}\n"
+    );
+    let lb = start(&config(&[
+        ("a", node),
+        (
+            "b",
+            format!("    cpu: {{source: static, percent: 10}}\n{CURVE}"),
+        ),
+    ]))
+    .await;
+    let seen = eventually(Duration::from_secs(5), async || {
+        row(&weights(&lb), "a").watts.is_some()
+    })
+    .await;
+    let r = weights(&lb);
+    assert!(seen, "{r:?}");
+    assert_eq!(row(&r, "a").inlet_celsius, Some(21.5));
+    // The fake model adds cpu and inlet to 100 W: 100 + 10 + 21.5.
+    assert_eq!(row(&r, "a").watts, Some(131.5));
+    assert!(row(&r, "a").reason.contains("tfserving"), "{r:?}");
+    let m = lb.metrics.render();
+    for gauge in [
+        "wao_lb_node_predicted_watts{node=\"a\"} 131.5",
+        "wao_lb_node_inlet_celsius{node=\"a\"} 21.5",
+        "wao_lb_node_cpu_percent{node=\"a\"} 10",
+        "wao_lb_node_weight{node=\"a\"}",
+        "wao_lb_node_input_age_seconds{node=\"a\"}",
+    ] {
+        assert!(m.contains(gauge), "/metrics lacks {gauge}:\n{m}");
+    }
+    lb.stop().await;
+}

@@ -17,7 +17,8 @@ use serde::Deserialize;
 
 mod nodes;
 pub use nodes::{
-    BasicAuth, Input, NodeConfig, NodeWeighting, RemoteModel, Source, Timing, DEFAULT_NODE_CORES,
+    BasicAuth, Input, NodeConfig, NodeWeighting, RemoteModel, RemoteProtocol, Source, Timing,
+    DEFAULT_NODE_CORES,
 };
 
 use crate::model::{Affinity, Backend, Frontend, NodeName, Protocol, Service, ServiceTable};

@@ -90,14 +90,21 @@ impl std::fmt::Debug for BasicAuth {
 pub enum NodeWeighting {
     /// The embedded curve model with this profile.
     Curve(Arc<CurveProfile>),
-    /// A remote model speaking the V2 (KServe/Triton/MLServer) inference protocol.
-    V2Inference(RemoteModel),
+    /// A remote model: V2 inference protocol (KServe/Triton/MLServer) or TF Serving REST.
+    Remote(RemoteModel),
     /// Fixed by the operator (`weight:`), e.g. 0 to drain a node for maintenance.
     Fixed(f64),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteProtocol {
+    V2Inference,
+    TfServing,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteModel {
+    pub protocol: RemoteProtocol,
     pub url: String,
     pub model: String,
     pub version: Option<String>,
@@ -422,11 +429,14 @@ impl Validator {
                     }
                 }
             }
-            "v2-inference" => {
-                let url = self.url(at, m.url.as_ref(), "v2-inference");
-                let model = self
-                    .required(at, "model", m.model.as_ref(), "v2-inference")
-                    .cloned();
+            kind @ ("v2-inference" | "tfserving") => {
+                let protocol = if kind == "tfserving" {
+                    RemoteProtocol::TfServing
+                } else {
+                    RemoteProtocol::V2Inference
+                };
+                let url = self.url(at, m.url.as_ref(), kind);
+                let model = self.required(at, "model", m.model.as_ref(), kind).cloned();
                 let d = Timing::default();
                 let timeout =
                     self.duration(&format!("{at}.timeout"), m.timeout.as_deref(), d.timeout);
@@ -441,7 +451,8 @@ impl Validator {
                     m.cache_for.as_deref(),
                     Duration::from_secs(1800),
                 );
-                Some(NodeWeighting::V2Inference(RemoteModel {
+                Some(NodeWeighting::Remote(RemoteModel {
+                    protocol,
                     url: url?,
                     model: model?,
                     version: m.version.clone(),
@@ -454,7 +465,7 @@ impl Validator {
             other => {
                 self.err(
                     format!("{at}.type"),
-                    format!("unknown model type {other:?}; known: curve, v2-inference"),
+                    format!("unknown model type {other:?}; known: curve, v2-inference, tfserving"),
                 );
                 None
             }

@@ -29,7 +29,7 @@ impl Predictor {
     pub fn name(&self) -> String {
         match self {
             Predictor::Curve(c) => format!("curve {}", c.id),
-            Predictor::Remote(_) => "v2-inference".into(),
+            Predictor::Remote(m) => m.protocol_name().into(),
         }
     }
 }

@@ -1,6 +1,6 @@
-//! A remote power model over the V2 inference protocol (KServe, Triton, MLServer), called
-//! exactly as WAO calls it, with optional basic auth, a timeout and a cache of answers keyed
-//! by the rounded inputs, so a busy predictor is not hammered.
+//! Remote power models: the V2 inference protocol (KServe, Triton, MLServer), called exactly
+//! as WAO calls it, and TF Serving's REST predict. Optional basic auth, a timeout, and a
+//! cache of answers keyed by the rounded inputs, so a busy predictor is not hammered.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,7 +10,7 @@ use reqwest::Client;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::config::RemoteModel;
+use crate::config::{RemoteModel, RemoteProtocol};
 
 const CACHE_MAX: usize = 4096;
 /// Predictions outside (0, this] watts are garbage.
@@ -33,7 +33,21 @@ pub fn request_body(cpu: f64, inlet: f64, delta_p: f64) -> Value {
     json!({"inputs": [{"name": "predict-prob", "shape": [1, 3], "datatype": "FP32", "data": [[cpu, inlet, delta_p]]}]})
 }
 
-/// Watts from an answer: `outputs[0].data[0]` (a number, or a one-element row).
+/// TF Serving's REST predict body: `{"inputs": [[cpu, inlet, ΔP]]}`.
+pub fn tfserving_body(cpu: f64, inlet: f64, delta_p: f64) -> Value {
+    json!({"inputs": [[cpu, inlet, delta_p]]})
+}
+
+/// Watts from a TF Serving answer: `{"outputs": [[150.6]]}`.
+pub fn parse_tfserving(doc: &Value) -> Result<f64, String> {
+    let first = doc
+        .get("outputs")
+        .and_then(|o| o.get(0))
+        .ok_or("no outputs[0] in the answer")?;
+    plausible(first)
+}
+
+/// Watts from a V2 answer: `outputs[0].data[0]` (a number, or a one-element row).
 pub fn parse_answer(doc: &Value) -> Result<f64, String> {
     let first = doc
         .get("outputs")
@@ -41,6 +55,11 @@ pub fn parse_answer(doc: &Value) -> Result<f64, String> {
         .and_then(|o| o.get("data"))
         .and_then(|d| d.get(0))
         .ok_or("no outputs[0].data[0] in the answer")?;
+    plausible(first)
+}
+
+/// A number (or a one-element row) within (0, MAX_PLAUSIBLE_WATTS].
+fn plausible(first: &Value) -> Result<f64, String> {
     let watts = first
         .as_f64()
         .or_else(|| first.get(0).and_then(Value::as_f64))
@@ -54,16 +73,31 @@ pub fn parse_answer(doc: &Value) -> Result<f64, String> {
 
 impl V2Model {
     pub fn new(config: RemoteModel, client: Client) -> V2Model {
-        let mut endpoint = format!("{}/v2/models/{}", config.url, config.model);
-        if let Some(v) = &config.version {
-            endpoint.push_str(&format!("/versions/{v}"));
-        }
-        endpoint.push_str("/infer");
+        let endpoint = match config.protocol {
+            RemoteProtocol::V2Inference => {
+                let mut e = format!("{}/v2/models/{}", config.url, config.model);
+                if let Some(v) = &config.version {
+                    e.push_str(&format!("/versions/{v}"));
+                }
+                e.push_str("/infer");
+                e
+            }
+            RemoteProtocol::TfServing => {
+                format!("{}/v1/models/{}:predict", config.url, config.model)
+            }
+        };
         V2Model {
             config,
             endpoint,
             client,
             cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn protocol_name(&self) -> &'static str {
+        match self.config.protocol {
+            RemoteProtocol::V2Inference => "v2-inference",
+            RemoteProtocol::TfServing => "tfserving",
         }
     }
 
@@ -88,7 +122,10 @@ impl V2Model {
             .client
             .post(&self.endpoint)
             .timeout(self.config.timeout)
-            .json(&request_body(cpu, inlet, delta_p));
+            .json(&match self.config.protocol {
+                RemoteProtocol::V2Inference => request_body(cpu, inlet, delta_p),
+                RemoteProtocol::TfServing => tfserving_body(cpu, inlet, delta_p),
+            });
         if let Some(a) = &self.config.auth {
             req = req.basic_auth(&a.username, Some(&a.password));
         }
@@ -103,7 +140,10 @@ impl V2Model {
             .json()
             .await
             .map_err(|e| format!("POST {}: {e}", self.endpoint))?;
-        let watts = parse_answer(&doc)?;
+        let watts = match self.config.protocol {
+            RemoteProtocol::V2Inference => parse_answer(&doc)?,
+            RemoteProtocol::TfServing => parse_tfserving(&doc)?,
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_MAX {
             cache.clear();
@@ -144,6 +184,17 @@ mod tests {
         ] {
             assert!(parse_answer(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tfserving_format() {
+        assert_eq!(
+            tfserving_body(10.0, 22.0, 5.0),
+            json!({"inputs": [[10.0, 22.0, 5.0]]})
+        );
+        assert_eq!(parse_tfserving(&json!({"outputs": [[150.6]]})), Ok(150.6));
+        assert!(parse_tfserving(&json!({"outputs": [["x"]]})).is_err());
+        assert!(parse_tfserving(&json!({"error": "no model"})).is_err());
     }
 
     #[test]

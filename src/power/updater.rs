@@ -60,7 +60,7 @@ fn start_nodes(
             };
             let predictor = match &n.weighting {
                 NodeWeighting::Curve(c) => Some(Predictor::Curve(c.clone())),
-                NodeWeighting::V2Inference(m) => Some(Predictor::Remote(Arc::new(V2Model::new(
+                NodeWeighting::Remote(m) => Some(Predictor::Remote(Arc::new(V2Model::new(
                     m.clone(),
                     client.clone(),
                 )))),
