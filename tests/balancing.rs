@@ -28,14 +28,11 @@ async fn connections(frontend: SocketAddr, n: usize) {
     }
 }
 
-fn weighted_yaml(
-    frontend: SocketAddr,
-    backends: &[(SocketAddr, &str, f64)],
-    extra: &str,
-) -> String {
+/// A config with one TCP service whose backends' nodes have fixed weights.
+fn weighted_yaml(frontend: SocketAddr, backends: &[(SocketAddr, &str, f64)]) -> String {
     let list: Vec<(SocketAddr, &str)> = backends.iter().map(|(a, n, _)| (*a, *n)).collect();
     let mut yaml = format!(
-        "admin: {{listen: 127.0.0.1:0}}\n{extra}services:\n{}nodes:\n",
+        "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}nodes:\n",
         service_yaml("web", "tcp", frontend, &list)
     );
     for (_, node, w) in backends {
@@ -44,24 +41,27 @@ fn weighted_yaml(
     yaml
 }
 
+/// Echo backends on nodes a, b, c… with these fixed weights, behind a started wao-lb.
+async fn weighted(weights: &[f64]) -> (Vec<Echo>, SocketAddr, wao_lb::app::Running) {
+    let mut echoes = Vec::new();
+    for _ in weights {
+        echoes.push(echo_server().await);
+    }
+    let names = ["a", "b", "c", "d"];
+    let list: Vec<(SocketAddr, &str, f64)> = echoes
+        .iter()
+        .zip(names)
+        .zip(weights)
+        .map(|((e, n), w)| (e.addr, n, *w))
+        .collect();
+    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let lb = start(&weighted_yaml(frontend, &list)).await;
+    (echoes, frontend, lb)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shares_follow_weights_1_2_7() {
-    let echoes = [
-        echo_server().await,
-        echo_server().await,
-        echo_server().await,
-    ];
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let yaml = weighted_yaml(
-        frontend,
-        &[
-            (echoes[0].addr, "a", 1.0),
-            (echoes[1].addr, "b", 2.0),
-            (echoes[2].addr, "c", 7.0),
-        ],
-        "",
-    );
-    let lb = start(&yaml).await;
+    let (echoes, frontend, lb) = weighted(&[1.0, 2.0, 7.0]).await;
     connections(frontend, 10_000).await;
     let counts: Vec<u64> = echoes.iter().map(Echo::count).collect();
     assert_eq!(counts.iter().sum::<u64>(), 10_000);
@@ -78,22 +78,7 @@ async fn shares_follow_weights_1_2_7() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weight_zero_gets_nothing() {
-    let echoes = [
-        echo_server().await,
-        echo_server().await,
-        echo_server().await,
-    ];
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let yaml = weighted_yaml(
-        frontend,
-        &[
-            (echoes[0].addr, "a", 1.0),
-            (echoes[1].addr, "b", 0.0),
-            (echoes[2].addr, "c", 1.0),
-        ],
-        "",
-    );
-    let lb = start(&yaml).await;
+    let (echoes, frontend, lb) = weighted(&[1.0, 0.0, 1.0]).await;
     connections(frontend, 2_000).await;
     assert_eq!(echoes[1].count(), 0, "weight 0 backend got traffic");
     assert!(echoes[0].count() > 800 && echoes[2].count() > 800);
@@ -102,14 +87,7 @@ async fn weight_zero_gets_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_weights_zero_falls_back_to_uniform() {
-    let echoes = [echo_server().await, echo_server().await];
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let yaml = weighted_yaml(
-        frontend,
-        &[(echoes[0].addr, "a", 0.0), (echoes[1].addr, "b", 0.0)],
-        "",
-    );
-    let lb = start(&yaml).await;
+    let (echoes, frontend, lb) = weighted(&[0.0, 0.0]).await;
     connections(frontend, 1_000).await;
     assert!(
         echoes[0].count() > 400 && echoes[1].count() > 400,
@@ -131,7 +109,6 @@ async fn a_dead_backend_fails_no_client() {
             (dead, "dead", 5.0),
             (echoes[1].addr, "b", 1.0),
         ],
-        "",
     );
     let lb = start(&yaml).await;
     connections(frontend, 1_000).await;

@@ -10,29 +10,29 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 const BACKLOG: i32 = 4096;
 
-/// A TCP listener on `addr` with SO_REUSEADDR, so a restart rebinds at once.
-pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+/// A non-blocking socket bound to `addr` with SO_REUSEADDR (a restart rebinds at once);
+/// IPv6 sockets take IPv6 only.
+fn bound(addr: SocketAddr, kind: Type) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), kind, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// A TCP listener on `addr`.
+pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = bound(addr, Type::STREAM)?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 
 /// A UDP socket bound to `addr`.
 pub fn udp_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    UdpSocket::from_std(bound(addr, Type::DGRAM)?.into())
 }
 
 /// Connects to a backend with TCP_NODELAY, giving up after `timeout`.
