@@ -54,7 +54,7 @@ async fn weighted(weights: &[f64]) -> (Vec<Echo>, SocketAddr, wao_lb::app::Runni
         .zip(weights)
         .map(|((e, n), w)| (e.addr, n, *w))
         .collect();
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let lb = start(&weighted_yaml(frontend, &list)).await;
     (echoes, frontend, lb)
 }
@@ -100,7 +100,7 @@ async fn all_weights_zero_falls_back_to_uniform() {
 async fn a_dead_backend_fails_no_client() {
     let echoes = [echo_server().await, echo_server().await];
     let dead = closed_port_addr();
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let yaml = weighted_yaml(
         frontend,
         // The dead backend has the most weight, so most connections try it first.
@@ -127,7 +127,7 @@ async fn a_dead_backend_fails_no_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_backends_refuses_at_once() {
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let yaml = format!(
         "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}",
         service_yaml("empty", "tcp", frontend, &[])
@@ -150,7 +150,7 @@ async fn client_ip_affinity_sticks_to_one_backend() {
         echo_server().await,
         echo_server().await,
     ];
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let list: Vec<(SocketAddr, &str)> = echoes.iter().map(|e| (e.addr, "n")).collect();
     let service = service_yaml("sticky", "tcp", frontend, &list).replace(
         "    backends:",

@@ -42,7 +42,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn many_idle_connections_fit_and_hold_no_pipes() {
     const N: usize = 9_900;
     let echo = echo_server().await;
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let dir = TempDir::new("idle");
     let yaml = format!(
         "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}",

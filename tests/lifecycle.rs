@@ -47,9 +47,9 @@ async fn reloads(admin: SocketAddr, result: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_keep_serving_and_keep_connections() {
     let echo = echo_server().await;
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let web: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = free_addr();
+    let web: SocketAddr = free_addr();
+    let api: SocketAddr = free_addr();
     let dir = TempDir::new("reload");
     let one = service_yaml("web", "tcp", web, &[(echo.addr, "a")]);
     let path = dir.file("lb.yaml", &config_text(admin, &one));
@@ -117,8 +117,8 @@ async fn reloads_keep_serving_and_keep_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_connections() {
     let echo = echo_server().await;
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let web: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = free_addr();
+    let web: SocketAddr = free_addr();
     let dir = TempDir::new("drain");
     let path = dir.file(
         "lb.yaml",
@@ -158,7 +158,7 @@ async fn sigterm_drains_open_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_and_weights_cli() {
     let echo = echo_server().await;
-    let web: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let web: SocketAddr = free_addr();
     let yaml = format!(
         "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}nodes:\n  a: {{cores: 8, cpu: {{source: static, percent: 30}}, model: {{type: curve, profile: ml30-g11}}}}\n",
         service_yaml("web", "tcp", web, &[(echo.addr, "a")])
@@ -274,8 +274,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_files_backs_off_and_recovers() {
     let echo = echo_server().await;
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let web: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = free_addr();
+    let web: SocketAddr = free_addr();
     let dir = TempDir::new("emfile");
     let path = dir.file(
         "lb.yaml",

@@ -50,7 +50,7 @@ fn row<'a>(rows: &'a [WeightRow], node: &str) -> &'a WeightRow {
 
 /// A config with one TCP service whose backends sit on `nodes` (name, yaml).
 fn config(nodes: &[(&str, String)]) -> String {
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let backends: Vec<(SocketAddr, &str)> = nodes
         .iter()
         .enumerate()

@@ -30,7 +30,7 @@ fn payload_size(i: usize, rng: &mut SmallRng) -> usize {
 }
 
 async fn tcp_balancer(backends: &[SocketAddr]) -> (wao_lb::app::Running, SocketAddr) {
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let list: Vec<(SocketAddr, &str)> = backends.iter().map(|b| (*b, "n")).collect();
     let yaml = format!(
         "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}",
@@ -145,7 +145,7 @@ async fn backend_reset_reaches_the_client_as_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_datagrams_of_every_size_echo_exactly() {
     let backend = udp_echo_server().await;
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let yaml = format!(
         "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}",
         service_yaml("udp-echo", "udp", frontend, &[(backend, "n")])
@@ -176,7 +176,7 @@ async fn udp_datagrams_of_every_size_echo_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_session_cap_drops_new_flows_and_keeps_old_ones() {
     let backend = udp_echo_server().await;
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let yaml = format!(
         "admin: {{listen: 127.0.0.1:0}}\nudp: {{maxSessions: 2}}\nservices:\n{}",
         service_yaml("capped", "udp", frontend, &[(backend, "n")])
@@ -217,7 +217,7 @@ async fn udp_session_cap_drops_new_flows_and_keeps_old_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let echo = echo_server().await;
-    let frontend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let frontend: SocketAddr = free_addr();
     let yaml = format!(
         "admin: {{listen: 127.0.0.1:0}}\nproxy: {{idleTimeout: 300ms}}\nservices:\n{}",
         service_yaml("echo", "tcp", frontend, &[(echo.addr, "n")])

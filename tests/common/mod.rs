@@ -14,6 +14,21 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wao-lb");
 
+/// A free address on a random loopback host (127.a.b.c), so that it cannot collide with
+/// the ephemeral ports of the many connections tests make from and to 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let ip = std::net::Ipv4Addr::new(
+        127,
+        rng.random_range(1..=254),
+        rng.random(),
+        rng.random_range(1..=254),
+    );
+    let l = std::net::TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
