@@ -529,3 +529,113 @@ async fn tfserving_model_and_ipmi_exporter_inlet() {
     }
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_input_keeps_its_last_value_then_turns_neutral() {
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = up.clone();
+    let dpapi = serve(Router::new().route(
+        "/api/sensor/by_nodename/a",
+        get(move || {
+            let up = flag.load(Ordering::Relaxed);
+            async move {
+                if up {
+                    (
+                        axum::http::StatusCode::OK,
+                        Json(json!({"code": 200, "sensor": [{"pressure": 4.0}]})),
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        Json(json!({"code": 503})),
+                    )
+                }
+            }
+        }),
+    ))
+    .await;
+    let a = format!("    deltaP: {{source: dpapi, url: \"http://{dpapi}\", {FAST}}}\n{CURVE}");
+    let b = format!("    cpu: {{source: static, percent: 50}}\n{CURVE}");
+    let lb = start(&config(&[("a", a), ("b", b)])).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || row(&weights(&lb), "a")
+            .delta_p_pascal
+            == Some(4.0))
+        .await
+    );
+    up.store(false, Ordering::Relaxed);
+    let stale = eventually(Duration::from_secs(3), async || {
+        row(&weights(&lb), "a")
+            .reason
+            .contains("stale delta_p, using last value")
+    })
+    .await;
+    let r = weights(&lb);
+    assert!(stale, "{r:?}");
+    assert_eq!(
+        row(&r, "a").delta_p_pascal,
+        Some(4.0),
+        "last good value in use"
+    );
+    assert!(
+        row(&r, "a").watts.is_some(),
+        "still predicted from the last value"
+    );
+    let missing = eventually(Duration::from_secs(5), async || {
+        row(&weights(&lb), "a").reason.contains("no delta_p")
+    })
+    .await;
+    let r = weights(&lb);
+    assert!(missing, "{r:?}");
+    assert_eq!(
+        row(&r, "a").weight,
+        row(&r, "b").weight,
+        "neutral: the other node's weight"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_inference_sends_basic_auth() {
+    let predictor = serve(Router::new().route(
+        "/v2/models/p/versions/3/infer",
+        post(|headers: axum::http::HeaderMap| async move {
+            // "admin:s3cret" in base64.
+            let ok = headers.get("authorization").and_then(|v| v.to_str().ok())
+                == Some("Basic YWRtaW46czNjcmV0");
+            if ok {
+                (
+                    axum::http::StatusCode::OK,
+                    Json(json!({"outputs": [{"name": "predict", "data": [77.0]}]})),
+                )
+            } else {
+                (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": "auth"})),
+                )
+            }
+        }),
+    ))
+    .await;
+    let model = |password: &str| {
+        format!(
+            "    model: {{type: v2-inference, url: \"http://{predictor}\", model: p, version: \"3\", username: admin, password: {password}}}\n"
+        )
+    };
+    let lb = start(&config(&[
+        ("good", model("s3cret")),
+        ("bad", model("wrong")),
+    ]))
+    .await;
+    let seen = eventually(Duration::from_secs(5), async || {
+        row(&weights(&lb), "good").watts == Some(77.0)
+    })
+    .await;
+    let r = weights(&lb);
+    assert!(seen, "{r:?}");
+    assert!(
+        row(&r, "bad").watts.is_none() && row(&r, "bad").reason.contains("401"),
+        "{r:?}"
+    );
+    lb.stop().await;
+}
