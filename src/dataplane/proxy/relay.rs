@@ -134,9 +134,14 @@ pub async fn relay(client: TcpStream, upstream: TcpStream, settings: RelaySettin
             CopyExit::Bulky => {
                 match splice_phase(&client, &upstream, settings.idle_timeout).await {
                     SpliceResult::Done(u, d, ending) => {
-                        let r =
-                            finish(client, upstream, up.bytes + u, down.bytes + d, true, ending);
-                        return r;
+                        return finish(
+                            client,
+                            upstream,
+                            up.bytes + u,
+                            down.bytes + d,
+                            true,
+                            ending,
+                        );
                     }
                     // No pipe to be had: stay in copy mode for good.
                     SpliceResult::NoPipes => {
