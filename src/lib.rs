@@ -7,4 +7,5 @@ pub mod dataplane;
 pub mod demo;
 pub mod model;
 pub mod power;
+pub mod redirect;
 pub mod telemetry;

@@ -79,11 +79,43 @@ pub enum DataplaneMode {
     Ipvs,
 }
 
+/// Marks kube-proxy uses (masquerade 0x4000, drop 0x8000); ours must not overlap them.
+pub const KUBE_PROXY_MARKS: u32 = 0x4000 | 0x8000;
+
+/// Transparent mode: where the transparent listeners are and which marks and routing table
+/// the kernel rules use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TproxySettings {
+    /// TCP and UDP transparent listeners on 127.0.0.1 and [::1].
+    pub port: u16,
+    /// TCP listener for connections the node itself makes to a VIP (nat redirect).
+    pub local_port: u16,
+    /// Marks packets TPROXY hands to wao-lb; policy routing delivers them locally.
+    pub mark: u32,
+    /// Carried by wao-lb's own upstream sockets; the rules let them pass untouched.
+    pub upstream_mark: u32,
+    /// Policy routing table holding `local default dev lo`.
+    pub route_table: u32,
+}
+
+impl Default for TproxySettings {
+    fn default() -> Self {
+        TproxySettings {
+            port: 15001,
+            local_port: 15002,
+            mark: 0x1000,
+            upstream_mark: 0x2000,
+            route_table: 1349,
+        }
+    }
+}
+
 /// The validated configuration the rest of the program runs on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub admin: SocketAddr,
     pub redirect: RedirectMode,
+    pub tproxy: TproxySettings,
     pub dataplane: DataplaneMode,
     pub proxy: ProxySettings,
     pub udp: UdpSettings,
@@ -175,6 +207,8 @@ struct RawConfig {
     #[serde(default)]
     redirect: RedirectMode,
     #[serde(default)]
+    tproxy: RawTproxy,
+    #[serde(default)]
     dataplane: DataplaneMode,
     #[serde(default)]
     proxy: RawProxy,
@@ -186,6 +220,16 @@ struct RawConfig {
     nodes: BTreeMap<String, nodes::RawNode>,
     #[serde(default)]
     power: RawPower,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTproxy {
+    port: Option<u16>,
+    local_port: Option<u16>,
+    mark: Option<u32>,
+    upstream_mark: Option<u32>,
+    route_table: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -400,12 +444,7 @@ impl Validator {
         let admin = self
             .socket_addr("admin.listen", admin_text)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10349)));
-        if raw.redirect == RedirectMode::Tproxy {
-            self.err(
-                "redirect",
-                "tproxy is not available in this build yet; use `listen`",
-            );
-        }
+        let tproxy = self.tproxy(&raw.tproxy);
         if raw.dataplane == DataplaneMode::Ipvs {
             self.err(
                 "dataplane",
@@ -420,6 +459,7 @@ impl Validator {
         Config {
             admin,
             redirect: raw.redirect,
+            tproxy,
             dataplane: raw.dataplane,
             proxy,
             udp,
@@ -427,6 +467,48 @@ impl Validator {
             nodes,
             power,
         }
+    }
+
+    fn tproxy(&mut self, raw: &RawTproxy) -> TproxySettings {
+        let d = TproxySettings::default();
+        let t = TproxySettings {
+            port: raw.port.unwrap_or(d.port),
+            local_port: raw.local_port.unwrap_or(d.local_port),
+            mark: raw.mark.unwrap_or(d.mark),
+            upstream_mark: raw.upstream_mark.unwrap_or(d.upstream_mark),
+            route_table: raw.route_table.unwrap_or(d.route_table),
+        };
+        for (key, port) in [("port", t.port), ("localPort", t.local_port)] {
+            if port == 0 {
+                self.err(format!("tproxy.{key}"), "must not be 0");
+            }
+        }
+        if t.port == t.local_port {
+            self.err("tproxy.localPort", "must differ from tproxy.port");
+        }
+        for (key, mark) in [("mark", t.mark), ("upstreamMark", t.upstream_mark)] {
+            if mark == 0 {
+                self.err(format!("tproxy.{key}"), "must not be 0");
+            } else if mark & KUBE_PROXY_MARKS != 0 {
+                self.err(
+                    format!("tproxy.{key}"),
+                    format!("{mark:#x} overlaps kube-proxy's marks 0x4000/0x8000"),
+                );
+            }
+        }
+        if t.mark & t.upstream_mark != 0 {
+            self.err(
+                "tproxy.upstreamMark",
+                "must not share bits with tproxy.mark",
+            );
+        }
+        if matches!(t.route_table, 0 | 253..=255) {
+            self.err(
+                "tproxy.routeTable",
+                format!("{} is a reserved routing table", t.route_table),
+            );
+        }
+        t
     }
 
     fn proxy(&mut self, raw: &RawProxy) -> ProxySettings {
@@ -710,6 +792,37 @@ services:
                 "services[1].name: duplicate service name \"a\"".to_string(),
                 "services[1].address: invalid socket address \"nope\"".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn tproxy_settings_take_hex_marks_and_refuse_kube_proxy_bits() {
+        let c = Config::parse(
+            "redirect: tproxy\ntproxy: {mark: 0x100, upstreamMark: 0x200, routeTable: 77}\n",
+        )
+        .unwrap();
+        assert_eq!(c.redirect, RedirectMode::Tproxy);
+        assert_eq!(
+            (c.tproxy.mark, c.tproxy.upstream_mark, c.tproxy.route_table),
+            (0x100, 0x200, 77)
+        );
+        let errs = Config::parse("tproxy: {mark: 0x4000, upstreamMark: 0x4000, routeTable: 254}\n")
+            .unwrap_err()
+            .0;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.contains(
+                &"tproxy.mark: 0x4000 overlaps kube-proxy's marks 0x4000/0x8000".to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"tproxy.upstreamMark: must not share bits with tproxy.mark".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"tproxy.routeTable: 254 is a reserved routing table".to_string()),
+            "{text:?}"
         );
     }
 

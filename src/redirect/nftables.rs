@@ -1,0 +1,215 @@
+//! wao-lb's nftables table (`inet wao-lb`), rendered from the ServiceTable. It never
+//! touches another table (kube-proxy's `ip kube-proxy` stays as it is) and uses only its
+//! own mark bits. Every apply replaces the whole table in one `nft -f` transaction, which
+//! also replaces a stale table a crashed instance left behind.
+//!
+//! - prerouting (filter, mangle priority): wao-lb's own upstream packets pass; frontends
+//!   without a usable backend are rejected (TCP reset, ICMP for UDP); packets of
+//!   established transparent sockets are marked; new TCP and UDP packets to a frontend are
+//!   TPROXYed to the transparent listeners and marked, so policy routing delivers them.
+//! - output (nat, −110, before kube-proxy's −100): the node's own TCP connections to a
+//!   frontend are redirected to the local listener, which reads the VIP back with
+//!   SO_ORIGINAL_DST. The destination is rewritten before kube-proxy's filter sees it.
+//! - output (route, mangle): the node's own UDP to a frontend is marked, so policy routing
+//!   loops it through lo into prerouting and the TPROXY rule.
+//! - output (filter, −130): the node's own connections to a frontend without backends are
+//!   rejected too.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use super::{run, RedirectError};
+use crate::config::TproxySettings;
+use crate::model::{Frontend, Protocol};
+
+pub const TABLE: &str = "wao-lb";
+
+/// A frontend and whether its service can be served (has a usable backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub frontend: Frontend,
+    pub servable: bool,
+}
+
+fn element(f: &Frontend) -> String {
+    let proto = match f.protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    };
+    format!("{} . {proto} . {}", f.address.ip(), f.address.port())
+}
+
+fn set(out: &mut String, name: &str, ip_type: &str, members: &[String]) {
+    let _ = writeln!(
+        out,
+        "\tset {name} {{\n\t\ttype {ip_type} . inet_proto . inet_service"
+    );
+    if !members.is_empty() {
+        let _ = writeln!(out, "\t\telements = {{ {} }}", members.join(", "));
+    }
+    out.push_str("\t}\n");
+}
+
+/// The whole ruleset, as one `nft -f` transaction that replaces wao-lb's table.
+pub fn render(entries: &[Entry], t: &TproxySettings) -> String {
+    let pick = |v6: bool, servable: bool| -> Vec<String> {
+        let mut v: Vec<String> = entries
+            .iter()
+            .filter(|e| e.frontend.address.is_ipv6() == v6 && e.servable == servable)
+            .map(|e| element(&e.frontend))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (mark, up) = (t.mark, t.upstream_mark);
+    let mut out = String::new();
+    let _ = writeln!(out, "# wao-lb transparent mode; generated, do not edit");
+    let _ = writeln!(
+        out,
+        "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{"
+    );
+    set(&mut out, "frontends4", "ipv4_addr", &pick(false, true));
+    set(&mut out, "frontends6", "ipv6_addr", &pick(true, true));
+    set(&mut out, "refuse4", "ipv4_addr", &pick(false, false));
+    set(&mut out, "refuse6", "ipv6_addr", &pick(true, false));
+    let own = format!("meta mark & {up:#x} == {up:#x} return");
+    let refuse = |out: &mut String| {
+        for (family, set) in [("ip", "refuse4"), ("ip6", "refuse6")] {
+            let m = format!("{family} daddr . meta l4proto . th dport @{set}");
+            let _ = writeln!(out, "\t\t{m} meta l4proto tcp reject with tcp reset");
+            let _ = writeln!(out, "\t\t{m} meta l4proto udp reject");
+        }
+    };
+    let _ = writeln!(
+        out,
+        "\tchain prerouting {{\n\t\ttype filter hook prerouting priority mangle; policy accept;"
+    );
+    let _ = writeln!(out, "\t\t{own}");
+    refuse(&mut out);
+    let _ = writeln!(out, "\t\tmeta l4proto {{ tcp, udp }} socket transparent 1 meta mark set meta mark | {mark:#x} accept");
+    for (family, set, to) in [
+        ("ip", "frontends4", format!("127.0.0.1:{}", t.port)),
+        ("ip6", "frontends6", format!("[::1]:{}", t.port)),
+    ] {
+        for proto in ["tcp", "udp"] {
+            let _ = writeln!(
+                out,
+                "\t\t{family} daddr . meta l4proto . th dport @{set} meta l4proto {proto} tproxy {family} to {to} meta mark set meta mark | {mark:#x} accept"
+            );
+        }
+    }
+    out.push_str("\t}\n");
+    let _ = writeln!(
+        out,
+        "\tchain output_refuse {{\n\t\ttype filter hook output priority -130; policy accept;"
+    );
+    let _ = writeln!(out, "\t\t{own}");
+    refuse(&mut out);
+    out.push_str("\t}\n");
+    let _ = writeln!(
+        out,
+        "\tchain output_nat {{\n\t\ttype nat hook output priority -110; policy accept;"
+    );
+    let _ = writeln!(out, "\t\t{own}");
+    for (family, set) in [("ip", "frontends4"), ("ip6", "frontends6")] {
+        let _ = writeln!(
+            out,
+            "\t\t{family} daddr . meta l4proto . th dport @{set} meta l4proto tcp redirect to :{}",
+            t.local_port
+        );
+    }
+    out.push_str("\t}\n");
+    let _ = writeln!(
+        out,
+        "\tchain output_route {{\n\t\ttype route hook output priority mangle; policy accept;"
+    );
+    let _ = writeln!(out, "\t\t{own}");
+    for (family, set) in [("ip", "frontends4"), ("ip6", "frontends6")] {
+        let _ = writeln!(
+            out,
+            "\t\t{family} daddr . meta l4proto . th dport @{set} meta l4proto udp meta mark set meta mark | {mark:#x}"
+        );
+    }
+    out.push_str("\t}\n}\n");
+    out
+}
+
+/// Applies a rendered ruleset atomically.
+pub async fn apply(ruleset: &str) -> Result<(), RedirectError> {
+    run("nft", &["-f", "-"], Some(ruleset)).await
+}
+
+/// Removes wao-lb's table; absent is fine.
+pub async fn remove() -> Result<(), RedirectError> {
+    run(
+        "nft",
+        &["-f", "-"],
+        Some(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n")),
+    )
+    .await
+}
+
+/// The transparent listener addresses for the rendered rules.
+pub fn listener_addrs(t: &TproxySettings) -> [SocketAddr; 2] {
+    [
+        ([127, 0, 0, 1], t.port).into(),
+        (std::net::Ipv6Addr::LOCALHOST, t.port).into(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(addr: &str, protocol: Protocol, servable: bool) -> Entry {
+        Entry {
+            frontend: Frontend {
+                protocol,
+                address: addr.parse().unwrap(),
+            },
+            servable,
+        }
+    }
+
+    #[test]
+    fn renders_sets_rules_and_marks() {
+        let t = TproxySettings::default();
+        let text = render(
+            &[
+                entry("10.96.0.10:80", Protocol::Tcp, true),
+                entry("10.96.0.10:53", Protocol::Udp, true),
+                entry("[fd00::10]:80", Protocol::Tcp, true),
+                entry("10.96.0.11:80", Protocol::Tcp, false),
+            ],
+            &t,
+        );
+        assert!(text.starts_with("# wao-lb"));
+        assert!(text.contains("table inet wao-lb\ndelete table inet wao-lb\ntable inet wao-lb {"));
+        assert!(
+            text.contains("elements = { 10.96.0.10 . tcp . 80, 10.96.0.10 . udp . 53 }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("elements = { fd00::10 . tcp . 80 }"),
+            "{text}"
+        );
+        assert!(text.contains("set refuse4 {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\telements = { 10.96.0.11 . tcp . 80 }"), "{text}");
+        assert!(text.contains("meta mark & 0x2000 == 0x2000 return"));
+        assert!(
+            text.contains("tproxy ip to 127.0.0.1:15001 meta mark set meta mark | 0x1000 accept")
+        );
+        assert!(text.contains("tproxy ip6 to [::1]:15001"));
+        assert!(text.contains("meta l4proto tcp redirect to :15002"));
+        assert!(
+            !text.contains("kube-proxy"),
+            "never touches kube-proxy's table"
+        );
+    }
+
+    #[test]
+    fn empty_sets_have_no_elements_line() {
+        let text = render(&[], &TproxySettings::default());
+        assert!(!text.contains("elements"));
+    }
+}
