@@ -8,7 +8,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::routes::Routes;
-use crate::config::{Config, ConfigErrors};
-use crate::dataplane::proxy::{socket, tcp, udp, ProxyContext};
+use crate::config::{Config, ConfigErrors, RedirectMode};
+use crate::dataplane::proxy::{socket, tcp, udp, Destination, ProxyContext};
+use crate::redirect::nftables::{self, Entry};
+use crate::redirect::routing;
 use crate::model::{Frontend, Protocol};
 use crate::power::updater;
 use crate::power::weights::NodeWeights;
@@ -44,6 +46,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("redirect: tproxy: {0}")]
+    Redirect(String),
     #[error("{frontend}: cannot bind: {source}")]
     Listener {
         frontend: Frontend,
@@ -88,6 +92,7 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Running, Sta
         udp: ArcSwap::from_pointee(config.udp),
         metrics: metrics.clone(),
         tracker: TaskTracker::new(),
+        upstream_mark: (config.redirect == RedirectMode::Tproxy).then_some(config.tproxy.upstream_mark),
     });
 
     let admin_listener =
@@ -123,11 +128,18 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Running, Sta
         weights: weights_rx,
         config_tx,
         file_fingerprint: None,
+        transparent: Vec::new(),
+        applied_ruleset: None,
     };
     control.file_fingerprint = control.path.as_deref().and_then(fingerprint);
     control.rebuild_routes();
-    if let Err(e) = control.reconcile_listeners() {
+    let started = match control.config.redirect {
+        RedirectMode::Listen => control.reconcile_listeners(),
+        RedirectMode::Tproxy => control.start_transparent().await,
+    };
+    if let Err(e) = started {
         control.stop_listeners();
+        control.remove_redirect().await;
         background.cancel();
         return Err(e);
     }
@@ -199,6 +211,10 @@ struct Control {
     weights: watch::Receiver<Arc<NodeWeights>>,
     config_tx: watch::Sender<Arc<Config>>,
     file_fingerprint: Option<u64>,
+    /// Transparent mode's listeners (one token per address family).
+    transparent: Vec<CancellationToken>,
+    /// The nftables ruleset last applied, so unchanged ones are not re-applied.
+    applied_ruleset: Option<String>,
 }
 
 impl Control {
@@ -214,12 +230,12 @@ impl Control {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(()) = reload.recv() => self.reload("signal"),
+                Some(()) = reload.recv() => self.reload("signal").await,
                 _ = poll.tick() => {
                     let now = self.path.as_deref().and_then(fingerprint);
                     if now.is_some() && now != self.file_fingerprint {
                         self.file_fingerprint = now;
-                        self.reload("file changed");
+                        self.reload("file changed").await;
                     }
                 }
                 r = self.weights.changed() => {
@@ -243,11 +259,12 @@ impl Control {
                 "drain period over; closing remaining connections"
             );
         }
+        self.remove_redirect().await;
         background.cancel();
     }
 
     /// Re-reads the config file. A bad file is logged and counted; the running config stays.
-    fn reload(&mut self, why: &str) {
+    async fn reload(&mut self, why: &str) {
         let Some(path) = self.path.clone() else {
             return;
         };
@@ -261,11 +278,13 @@ impl Control {
                 if new == *self.config {
                     return;
                 }
-                if new.admin != self.config.admin
-                    || new.redirect != self.config.redirect
-                    || new.dataplane != self.config.dataplane
-                {
-                    tracing::warn!("admin, redirect and dataplane changes take effect on restart");
+                if new.redirect != self.config.redirect || new.tproxy != self.config.tproxy {
+                    reloads.with_label_values(&["failure"]).inc();
+                    tracing::error!("config reload rejected: redirect and tproxy settings change only on restart");
+                    return;
+                }
+                if new.admin != self.config.admin || new.dataplane != self.config.dataplane {
+                    tracing::warn!("admin and dataplane changes take effect on restart");
                 }
                 self.config = Arc::new(new);
                 self.ctx.tcp.store(Arc::new(self.config.proxy));
@@ -274,7 +293,11 @@ impl Control {
                 // too so that new services have routes before their listeners accept.
                 self.config_tx.send_replace(self.config.clone());
                 self.rebuild_routes();
-                match self.reconcile_listeners() {
+                let applied = match self.config.redirect {
+                    RedirectMode::Listen => self.reconcile_listeners(),
+                    RedirectMode::Tproxy => self.sync_ruleset().await,
+                };
+                match applied {
                     Ok(()) => {
                         reloads.with_label_values(&["success"]).inc();
                         tracing::info!(
@@ -285,7 +308,7 @@ impl Control {
                     }
                     Err(e) => {
                         reloads.with_label_values(&["failure"]).inc();
-                        tracing::error!(error = %e, "config reloaded, but a listener could not be bound");
+                        tracing::error!(error = %e, "config reloaded, but the frontends could not all be set up");
                     }
                 }
             }
@@ -347,14 +370,19 @@ impl Control {
                 let listener = socket::tcp_listener(frontend.address)?;
                 tokio::spawn(tcp::serve(
                     listener,
-                    frontend,
+                    Destination::Bound(frontend),
                     self.ctx.clone(),
                     token.clone(),
                 ));
             }
             Protocol::Udp => {
                 let sock = socket::udp_listener(frontend.address)?;
-                tokio::spawn(udp::serve(sock, frontend, self.ctx.clone(), token.clone()));
+                tokio::spawn(udp::serve(
+                    sock,
+                    Destination::Bound(frontend),
+                    self.ctx.clone(),
+                    token.clone(),
+                ));
             }
         }
         tracing::info!(%frontend, "listening");
@@ -365,7 +393,83 @@ impl Control {
         for (_, token) in std::mem::take(&mut self.listeners) {
             token.cancel();
         }
+        for token in std::mem::take(&mut self.transparent) {
+            token.cancel();
+        }
         self.ctx.metrics.listeners.set(0);
+    }
+}
+
+impl Control {
+    /// Transparent mode: policy routing, the nftables table, then the transparent TCP and
+    /// UDP listeners and the local-redirect TCP listeners, IPv4 and IPv6. The first failure
+    /// is returned; the caller removes whatever was installed.
+    async fn start_transparent(&mut self) -> Result<(), StartError> {
+        let t = self.config.tproxy;
+        routing::install(&t)
+            .await
+            .map_err(|e| StartError::Redirect(format!("policy routing: {e}")))?;
+        self.sync_ruleset().await?;
+        let v6 = std::path::Path::new("/proc/net/if_inet6").exists();
+        let hosts: Vec<IpAddr> = if v6 {
+            vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+        } else {
+            vec![Ipv4Addr::LOCALHOST.into()]
+        };
+        for host in hosts {
+            let bind_err = |what: &str, addr: SocketAddr, e: std::io::Error| {
+                StartError::Redirect(format!("{what} {addr}: {e} (IP_TRANSPARENT needs CAP_NET_ADMIN)"))
+            };
+            let at = SocketAddr::new(host, t.port);
+            let local = SocketAddr::new(host, t.local_port);
+            let tcp_l = socket::transparent_tcp_listener(at).map_err(|e| bind_err("transparent TCP listener", at, e))?;
+            let udp_l = socket::transparent_udp_listener(at).map_err(|e| bind_err("transparent UDP listener", at, e))?;
+            let local_l = socket::tcp_listener(local).map_err(|e| bind_err("local TCP listener", local, e))?;
+            let token = CancellationToken::new();
+            tokio::spawn(tcp::serve(tcp_l, Destination::Transparent, self.ctx.clone(), token.clone()));
+            tokio::spawn(udp::serve(udp_l, Destination::Transparent, self.ctx.clone(), token.clone()));
+            tokio::spawn(tcp::serve(local_l, Destination::Redirected, self.ctx.clone(), token.clone()));
+            self.transparent.push(token);
+            tracing::info!(%at, %local, "transparent listeners up");
+        }
+        self.ctx.metrics.listeners.set(self.transparent.len() as i64 * 3);
+        Ok(())
+    }
+
+    /// Renders the ruleset for the current routes and applies it when it changed.
+    async fn sync_ruleset(&mut self) -> Result<(), StartError> {
+        let entries: Vec<Entry> = self
+            .ctx
+            .routes
+            .load()
+            .by_frontend
+            .iter()
+            .map(|(f, e)| Entry {
+                frontend: *f,
+                servable: !e.backends.is_empty(),
+            })
+            .collect();
+        let ruleset = nftables::render(&entries, &self.config.tproxy);
+        if self.applied_ruleset.as_deref() == Some(ruleset.as_str()) {
+            return Ok(());
+        }
+        nftables::apply(&ruleset)
+            .await
+            .map_err(|e| StartError::Redirect(format!("nftables: {e}")))?;
+        self.applied_ruleset = Some(ruleset);
+        Ok(())
+    }
+
+    /// Removes the nftables table and the routing rules, if transparent mode put them there.
+    async fn remove_redirect(&mut self) {
+        if self.config.redirect != RedirectMode::Tproxy {
+            return;
+        }
+        if let Err(e) = nftables::remove().await {
+            tracing::warn!(error = %e, "could not remove the nftables table");
+        }
+        routing::remove(&self.config.tproxy).await;
+        self.applied_ruleset = None;
     }
 }
 

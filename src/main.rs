@@ -1,10 +1,12 @@
-//! The `wao-lb` command line: run, check, weights, demo.
+//! The `wao-lb` command line: run, check, nft, weights, demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wao_lb::config::{Config, DEFAULT_ADMIN};
+use wao_lb::redirect::nftables::{self, Entry};
+use wao_lb::redirect::routing;
 use wao_lb::telemetry::logging::{self, LogFormat};
 use wao_lb::telemetry::weights_view::{render_table, WeightRow};
 
@@ -34,6 +36,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the nftables ruleset and routing commands transparent mode would apply.
+    Nft {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Print the live weights table of a running wao-lb.
     Weights {
         /// The admin address of the running wao-lb.
@@ -60,6 +67,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, level);
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Nft { config } => nft(&config),
         command => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -97,7 +105,7 @@ async fn async_main(command: Command) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { .. } => ExitCode::FAILURE,
+        Command::Check { .. } | Command::Nft { .. } => ExitCode::FAILURE,
     }
 }
 
@@ -117,6 +125,31 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn nft(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let entries: Vec<Entry> = config
+        .services
+        .services
+        .values()
+        .map(|s| Entry {
+            frontend: s.frontend,
+            servable: !s.backends.is_empty(),
+        })
+        .collect();
+    print!("{}", nftables::render(&entries, &config.tproxy));
+    println!("# policy routing:");
+    for cmd in routing::install_commands(&config.tproxy) {
+        println!("#   ip {}", cmd.join(" "));
+    }
+    ExitCode::SUCCESS
 }
 
 async fn weights(admin: &str, json: bool) -> ExitCode {

@@ -10,21 +10,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::relay::{relay, RelaySettings};
-use super::socket::{connect, errno_name, is_resource_exhaustion, reset};
-use super::ProxyContext;
+use super::socket::{connect, errno_name, is_resource_exhaustion, original_dst, reset};
+use super::{Destination, ProxyContext};
 use crate::balance::routes::ServiceEntry;
 use crate::model::Frontend;
 
 /// Connect attempts per connection never exceed this, whatever the config says.
 const MAX_ATTEMPTS: usize = 16;
 
-/// Accepts connections on `listener` for `frontend` until `stop` is cancelled.
+/// Accepts connections on `listener` until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,
-    frontend: Frontend,
+    destination: Destination,
     ctx: Arc<ProxyContext>,
     stop: CancellationToken,
 ) {
+    let at = listener.local_addr().ok();
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -35,7 +36,7 @@ pub async fn serve(
             Ok((client, peer)) => {
                 backoff = Duration::ZERO;
                 let ctx2 = ctx.clone();
-                ctx.tracker.spawn(handle(client, peer, frontend, ctx2));
+                ctx.tracker.spawn(handle(client, peer, destination, ctx2));
             }
             Err(e) => {
                 ctx.metrics
@@ -43,11 +44,11 @@ pub async fn serve(
                     .with_label_values(&[errno_name(&e)])
                     .inc();
                 if !is_resource_exhaustion(&e) {
-                    tracing::debug!(%frontend, error = %e, "accept failed");
+                    tracing::debug!(?at, error = %e, "accept failed");
                     continue;
                 }
                 backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                tracing::warn!(%frontend, error = %e, backoff_ms = backoff.as_millis() as u64,
+                tracing::warn!(?at, error = %e, backoff_ms = backoff.as_millis() as u64,
                     "accept: out of resources, backing off");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -58,15 +59,32 @@ pub async fn serve(
     }
 }
 
-/// Serves one accepted connection for `frontend`.
+/// The frontend an accepted connection was for.
+fn frontend_of(client: &TcpStream, destination: Destination) -> std::io::Result<Frontend> {
+    let address = match destination {
+        Destination::Bound(f) => return Ok(f),
+        Destination::Transparent => client.local_addr()?,
+        Destination::Redirected => original_dst(client)?,
+    };
+    Ok(Frontend {
+        protocol: crate::model::Protocol::Tcp,
+        address,
+    })
+}
+
+/// Serves one accepted connection. A connection for an address that is no configured
+/// frontend is reset at once: wao-lb is never an open relay.
 pub async fn handle(
     client: TcpStream,
     peer: SocketAddr,
-    frontend: Frontend,
+    destination: Destination,
     ctx: Arc<ProxyContext>,
 ) {
-    let Some(entry) = ctx.routes.load().get(&frontend).cloned() else {
-        // The service went away between accept and lookup.
+    let entry = frontend_of(&client, destination)
+        .ok()
+        .and_then(|f| ctx.routes.load().get(&f).cloned());
+    let Some(entry) = entry else {
+        ctx.refuse_unknown();
         reset(client);
         return;
     };
@@ -81,6 +99,7 @@ pub async fn handle(
     let Some(upstream) = connect_any(
         &entry,
         peer,
+        ctx.upstream_mark,
         settings.connect_attempts as usize,
         settings.connect_timeout,
     )
@@ -116,6 +135,7 @@ pub async fn handle(
 async fn connect_any(
     entry: &ServiceEntry,
     peer: SocketAddr,
+    mark: Option<u32>,
     attempts: usize,
     timeout: Duration,
 ) -> Option<TcpStream> {
@@ -129,7 +149,7 @@ async fn connect_any(
         if n > 0 {
             entry.counters.retries.inc();
         }
-        match connect(backend.backend.address, timeout).await {
+        match connect(backend.backend.address, timeout, mark).await {
             Ok(stream) => return Some(stream),
             Err(e) => {
                 backend.connect_failures.inc();

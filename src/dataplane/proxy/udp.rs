@@ -16,13 +16,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::scratch::with_scratch;
-use super::ProxyContext;
+use super::socket::{recv_with_original_dst, transparent_reply_socket};
+use super::{Destination, ProxyContext};
 use crate::balance::routes::ServiceEntry;
-use crate::model::Frontend;
+use crate::model::{Frontend, Protocol};
 
 const MAX_DATAGRAM: usize = super::scratch::SCRATCH_BYTES;
 
-type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
+/// Sessions by (client, frontend address).
+type Sessions = Arc<Mutex<HashMap<(SocketAddr, SocketAddr), Arc<Session>>>>;
 
 struct Session {
     upstream: UdpSocket,
@@ -43,41 +45,62 @@ impl Session {
     }
 }
 
-/// Receives datagrams on `socket` for `frontend` until `stop` is cancelled.
+/// Receives datagrams on `socket` until `stop` is cancelled.
 pub async fn serve(
     socket: UdpSocket,
-    frontend: Frontend,
+    destination: Destination,
     ctx: Arc<ProxyContext>,
     stop: CancellationToken,
 ) {
     let socket = Arc::new(socket);
     let sessions: Sessions = Arc::default();
+    // Transparent mode replies from a socket bound to each VIP.
+    let mut reply_sockets: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let (n, client) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
+        let (n, client, dst) = tokio::select! {
+            r = receive(&socket, destination, &mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // ICMP errors for earlier replies surface here on some kernels; keep going.
-                    tracing::debug!(%frontend, error = %e, "udp receive failed");
+                    tracing::debug!(error = %e, "udp receive failed");
                     continue;
                 }
             },
             _ = stop.cancelled() => return,
         };
-        let existing = lock(&sessions).get(&client).cloned();
+        let frontend = Frontend {
+            protocol: Protocol::Udp,
+            address: dst,
+        };
+        let existing = lock(&sessions).get(&(client, dst)).cloned();
         let Some(entry) = ctx.routes.load().get(&frontend).cloned() else {
+            ctx.refuse_unknown();
             continue;
         };
         let session = match existing {
             Some(s) => s,
-            None => match open_session(&entry, client, &sessions, &socket, &ctx, &stop).await {
-                Some(s) => s,
-                None => {
-                    entry.counters.udp_dropped.inc();
-                    continue;
+            None => {
+                let reply = match destination {
+                    Destination::Bound(_) => socket.clone(),
+                    _ => match reply_socket(&mut reply_sockets, dst) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(%dst, error = %e, "cannot bind a reply socket");
+                            entry.counters.udp_dropped.inc();
+                            continue;
+                        }
+                    },
+                };
+                let opened = open_session(&entry, client, dst, &sessions, &reply, &ctx, &stop).await;
+                match opened {
+                    Some(s) => s,
+                    None => {
+                        entry.counters.udp_dropped.inc();
+                        continue;
+                    }
                 }
-            },
+            }
         };
         session.touch();
         if session.upstream.send(&buf[..n]).await.is_ok() {
@@ -86,7 +109,43 @@ pub async fn serve(
     }
 }
 
-fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<Session>>> {
+/// One datagram: its length, its client, and the frontend address it was sent to.
+async fn receive(
+    socket: &UdpSocket,
+    destination: Destination,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, SocketAddr)> {
+    if let Destination::Bound(f) = destination {
+        let (n, client) = socket.recv_from(buf).await?;
+        return Ok((n, client, f.address));
+    }
+    loop {
+        socket.readable().await?;
+        match recv_with_original_dst(socket, buf) {
+            Ok((n, client, Some(dst))) => return Ok((n, client, dst)),
+            // Without an original destination the datagram cannot be placed: drop it.
+            Ok((_, _, None)) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn reply_socket(
+    cache: &mut HashMap<SocketAddr, Arc<UdpSocket>>,
+    vip: SocketAddr,
+) -> io::Result<Arc<UdpSocket>> {
+    if let Some(s) = cache.get(&vip) {
+        return Ok(s.clone());
+    }
+    let s = Arc::new(transparent_reply_socket(vip)?);
+    cache.insert(vip, s.clone());
+    Ok(s)
+}
+
+fn lock(
+    sessions: &Sessions,
+) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, SocketAddr), Arc<Session>>> {
     sessions.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -95,6 +154,7 @@ fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Ar
 async fn open_session(
     entry: &Arc<ServiceEntry>,
     client: SocketAddr,
+    frontend: SocketAddr,
     sessions: &Sessions,
     reply: &Arc<UdpSocket>,
     ctx: &Arc<ProxyContext>,
@@ -108,7 +168,7 @@ async fn open_session(
     let i = entry.choose(client.ip(), &[], &mut rand::rng())?;
     let backend = &entry.backends[i];
     backend.picks.inc();
-    let upstream = match connect_upstream(backend.backend.address).await {
+    let upstream = match connect_upstream(backend.backend.address, ctx.upstream_mark).await {
         Ok(s) => s,
         Err(e) => {
             backend.connect_failures.inc();
@@ -121,12 +181,13 @@ async fn open_session(
         last_active: AtomicU64::new(0),
         epoch: Instant::now(),
     });
-    lock(sessions).insert(client, session.clone());
+    lock(sessions).insert((client, frontend), session.clone());
     entry.counters.udp_sessions.inc();
     entry.counters.udp_sessions_active.inc();
     ctx.tracker.spawn(replies(
         session.clone(),
         client,
+        frontend,
         reply.clone(),
         sessions.clone(),
         entry.clone(),
@@ -136,13 +197,16 @@ async fn open_session(
     Some(session)
 }
 
-async fn connect_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
+async fn connect_upstream(backend: SocketAddr, mark: Option<u32>) -> io::Result<UdpSocket> {
     let local: SocketAddr = if backend.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(local).await?;
+    if let Some(m) = mark {
+        socket2::SockRef::from(&socket).set_mark(m)?;
+    }
     socket.connect(backend).await?;
     Ok(socket)
 }
@@ -176,9 +240,11 @@ fn forward_replies(
 }
 
 /// Carries the backend's replies to the client until the session idles out or fails.
+#[allow(clippy::too_many_arguments)]
 async fn replies(
     session: Arc<Session>,
     client: SocketAddr,
+    frontend: SocketAddr,
     reply: Arc<UdpSocket>,
     sessions: Sessions,
     entry: Arc<ServiceEntry>,
@@ -206,6 +272,6 @@ async fn replies(
             _ = stop.cancelled() => break,
         }
     }
-    lock(&sessions).remove(&client);
+    lock(&sessions).remove(&(client, frontend));
     entry.counters.udp_sessions_active.dec();
 }
