@@ -23,11 +23,11 @@ use tokio_util::task::TaskTracker;
 use crate::balance::routes::Routes;
 use crate::config::{Config, ConfigErrors, RedirectMode};
 use crate::dataplane::proxy::{socket, tcp, udp, Destination, ProxyContext};
-use crate::redirect::nftables::{self, Entry};
-use crate::redirect::routing;
 use crate::model::{Frontend, Protocol};
 use crate::power::updater;
 use crate::power::weights::NodeWeights;
+use crate::redirect::nftables::{self, Entry};
+use crate::redirect::routing;
 use crate::telemetry::admin::{self, AdminState};
 use crate::telemetry::metrics::Metrics;
 
@@ -92,7 +92,8 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Running, Sta
         udp: ArcSwap::from_pointee(config.udp),
         metrics: metrics.clone(),
         tracker: TaskTracker::new(),
-        upstream_mark: (config.redirect == RedirectMode::Tproxy).then_some(config.tproxy.upstream_mark),
+        upstream_mark: (config.redirect == RedirectMode::Tproxy)
+            .then_some(config.tproxy.upstream_mark),
     });
 
     let admin_listener =
@@ -418,21 +419,44 @@ impl Control {
         };
         for host in hosts {
             let bind_err = |what: &str, addr: SocketAddr, e: std::io::Error| {
-                StartError::Redirect(format!("{what} {addr}: {e} (IP_TRANSPARENT needs CAP_NET_ADMIN)"))
+                StartError::Redirect(format!(
+                    "{what} {addr}: {e} (IP_TRANSPARENT needs CAP_NET_ADMIN)"
+                ))
             };
             let at = SocketAddr::new(host, t.port);
             let local = SocketAddr::new(host, t.local_port);
-            let tcp_l = socket::transparent_tcp_listener(at).map_err(|e| bind_err("transparent TCP listener", at, e))?;
-            let udp_l = socket::transparent_udp_listener(at).map_err(|e| bind_err("transparent UDP listener", at, e))?;
-            let local_l = socket::tcp_listener(local).map_err(|e| bind_err("local TCP listener", local, e))?;
+            let tcp_l = socket::transparent_tcp_listener(at)
+                .map_err(|e| bind_err("transparent TCP listener", at, e))?;
+            let udp_l = socket::transparent_udp_listener(at)
+                .map_err(|e| bind_err("transparent UDP listener", at, e))?;
+            let local_l = socket::tcp_listener(local)
+                .map_err(|e| bind_err("local TCP listener", local, e))?;
             let token = CancellationToken::new();
-            tokio::spawn(tcp::serve(tcp_l, Destination::Transparent, self.ctx.clone(), token.clone()));
-            tokio::spawn(udp::serve(udp_l, Destination::Transparent, self.ctx.clone(), token.clone()));
-            tokio::spawn(tcp::serve(local_l, Destination::Redirected, self.ctx.clone(), token.clone()));
+            tokio::spawn(tcp::serve(
+                tcp_l,
+                Destination::Transparent,
+                self.ctx.clone(),
+                token.clone(),
+            ));
+            tokio::spawn(udp::serve(
+                udp_l,
+                Destination::Transparent,
+                self.ctx.clone(),
+                token.clone(),
+            ));
+            tokio::spawn(tcp::serve(
+                local_l,
+                Destination::Redirected,
+                self.ctx.clone(),
+                token.clone(),
+            ));
             self.transparent.push(token);
             tracing::info!(%at, %local, "transparent listeners up");
         }
-        self.ctx.metrics.listeners.set(self.transparent.len() as i64 * 3);
+        self.ctx
+            .metrics
+            .listeners
+            .set(self.transparent.len() as i64 * 3);
         Ok(())
     }
 

@@ -37,7 +37,11 @@ pub fn udp_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// Connects to a backend with TCP_NODELAY, giving up after `timeout`. `mark` (SO_MARK)
 /// lets transparent mode's rules pass wao-lb's own upstream packets.
-pub async fn connect(addr: SocketAddr, timeout: Duration, mark: Option<u32>) -> io::Result<TcpStream> {
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    mark: Option<u32>,
+) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -113,7 +117,12 @@ pub fn errno_name(e: &io::Error) -> &'static str {
 }
 
 /// Sets an integer socket option; for options socket2 has no call for.
-fn set_int_option(socket: &Socket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int_option(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int on our stack and
     // the fd belongs to `socket`, which outlives the call.
@@ -201,7 +210,10 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
 }
 
 /// Receives one datagram with its source and original destination.
-pub fn recv_with_original_dst(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<SocketAddr>)> {
+pub fn recv_with_original_dst(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<SocketAddr>)> {
     use std::os::fd::AsRawFd;
     socket.try_io(tokio::io::Interest::READABLE, || {
         // SAFETY: all-zero is a valid value for these plain C structs.
@@ -224,7 +236,8 @@ pub fn recv_with_original_dst(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let from = sockaddr_to_std(&src).ok_or_else(|| io::Error::other("datagram from a non-IP source"))?;
+        let from = sockaddr_to_std(&src)
+            .ok_or_else(|| io::Error::other("datagram from a non-IP source"))?;
         let mut original = None;
         // SAFETY: CMSG_* walk the control buffer the kernel filled, within msg_controllen.
         unsafe {
@@ -237,7 +250,11 @@ pub fn recv_with_original_dst(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<
                     let mut storage: libc::sockaddr_storage = std::mem::zeroed();
                     let len = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                     let len = len.min(std::mem::size_of::<libc::sockaddr_storage>());
-                    std::ptr::copy_nonoverlapping(libc::CMSG_DATA(c), (&mut storage as *mut libc::sockaddr_storage).cast(), len);
+                    std::ptr::copy_nonoverlapping(
+                        libc::CMSG_DATA(c),
+                        (&mut storage as *mut libc::sockaddr_storage).cast(),
+                        len,
+                    );
                     original = sockaddr_to_std(&storage);
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
@@ -252,12 +269,18 @@ fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
         libc::AF_INET => {
             // SAFETY: the family says this storage holds a sockaddr_in.
             let a: &libc::sockaddr_in = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::from((u32::from_be(a.sin_addr.s_addr).to_be_bytes(), u16::from_be(a.sin_port))))
+            Some(SocketAddr::from((
+                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(a.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says this storage holds a sockaddr_in6.
             let a: &libc::sockaddr_in6 = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::from((a.sin6_addr.s6_addr, u16::from_be(a.sin6_port))))
+            Some(SocketAddr::from((
+                a.sin6_addr.s6_addr,
+                u16::from_be(a.sin6_port),
+            )))
         }
         _ => None,
     }

@@ -54,8 +54,6 @@ pub async fn serve(
 ) {
     let socket = Arc::new(socket);
     let sessions: Sessions = Arc::default();
-    // Transparent mode replies from a socket bound to each VIP.
-    let mut reply_sockets: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, client, dst) = tokio::select! {
@@ -83,7 +81,7 @@ pub async fn serve(
             None => {
                 let reply = match destination {
                     Destination::Bound(_) => socket.clone(),
-                    _ => match reply_socket(&mut reply_sockets, dst) {
+                    _ => match client_socket(dst, client).await {
                         Ok(s) => s,
                         Err(e) => {
                             tracing::warn!(%dst, error = %e, "cannot bind a reply socket");
@@ -92,7 +90,8 @@ pub async fn serve(
                         }
                     },
                 };
-                let opened = open_session(&entry, client, dst, &sessions, &reply, &ctx, &stop).await;
+                let opened =
+                    open_session(&entry, client, dst, &sessions, &reply, &ctx, &stop).await;
                 match opened {
                     Some(s) => s,
                     None => {
@@ -131,16 +130,33 @@ async fn receive(
     }
 }
 
-fn reply_socket(
-    cache: &mut HashMap<SocketAddr, Arc<UdpSocket>>,
-    vip: SocketAddr,
-) -> io::Result<Arc<UdpSocket>> {
-    if let Some(s) = cache.get(&vip) {
-        return Ok(s.clone());
-    }
-    let s = Arc::new(transparent_reply_socket(vip)?);
-    cache.insert(vip, s.clone());
-    Ok(s)
+/// Transparent mode: a socket bound to the VIP and connected to the client. It sends the
+/// replies from the VIP, and because the kernel matches the exact flow to it, it also
+/// receives the client's further datagrams; the listener only sees each flow's first one.
+async fn client_socket(vip: SocketAddr, client: SocketAddr) -> io::Result<Arc<UdpSocket>> {
+    let s = transparent_reply_socket(vip)?;
+    s.connect(client).await?;
+    Ok(Arc::new(s))
+}
+
+/// Forwards what the client sent on its own socket (transparent mode) to the backend.
+fn forward_requests(
+    session: &Session,
+    from_client: &UdpSocket,
+    entry: &ServiceEntry,
+) -> io::Result<()> {
+    with_scratch(|buf| loop {
+        match from_client.try_recv(buf) {
+            Ok(n) => {
+                session.touch();
+                if session.upstream.try_send(&buf[..n]).is_ok() {
+                    entry.counters.udp_datagrams_upstream.inc();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    })
 }
 
 fn lock(
@@ -251,6 +267,9 @@ async fn replies(
     timeout: Duration,
     stop: CancellationToken,
 ) {
+    // A connected reply socket is the session's own (transparent mode); the shared listener
+    // socket is read by `serve`.
+    let owns_reply = reply.peer_addr().is_ok();
     loop {
         let wait = timeout.saturating_sub(session.idle_for());
         if wait.is_zero() {
@@ -266,6 +285,11 @@ async fn replies(
                     if reply.send_to(&datagram, client).await.is_ok() {
                         entry.counters.udp_datagrams_downstream.inc();
                     }
+                }
+            }
+            r = reply.readable(), if owns_reply => {
+                if r.and_then(|_| forward_requests(&session, &reply, &entry)).is_err() {
+                    break;
                 }
             }
             _ = tokio::time::sleep(wait) => {}
