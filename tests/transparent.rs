@@ -571,3 +571,38 @@ fn without_nftables_it_exits_naming_what_is_missing_and_leaves_nothing() {
     );
     assert!(!net.tables().contains("wao-lb"));
 }
+
+#[test]
+fn nft_command_prints_a_ruleset_the_kernel_accepts() {
+    let net = Net::new();
+    let config = net.config();
+    let out = Command::new(BIN)
+        .args(["nft", "--config"])
+        .arg(&config)
+        .output()
+        .expect("wao-lb nft");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ruleset = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        ruleset.contains(&format!("{} . tcp . 80", net.vip4())),
+        "{ruleset}"
+    );
+    assert!(
+        ruleset.contains(&format!("{} . tcp . 81", net.vip4())),
+        "the empty service is refused: {ruleset}"
+    );
+    let file = net.dir.join("rules.nft");
+    std::fs::write(&file, &ruleset).expect("write ruleset");
+    // `nft -c` checks against the kernel without applying anything.
+    let check = net.exec("nd", &["nft", "-c", "-f", &file.to_string_lossy()]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(!net.tables().contains("wao-lb"), "printing applies nothing");
+}
