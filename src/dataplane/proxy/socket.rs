@@ -11,9 +11,13 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 const BACKLOG: i32 = 4096;
 
 /// A non-blocking socket bound to `addr` with SO_REUSEADDR (a restart rebinds at once);
-/// IPv6 sockets take IPv6 only.
-fn bound(addr: SocketAddr, kind: Type) -> io::Result<Socket> {
+/// IPv6 sockets take IPv6 only. `transparent` sets IP(V6)_TRANSPARENT first, which lets it
+/// bind and receive for addresses that are not local.
+fn bound(addr: SocketAddr, kind: Type, transparent: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), kind, None)?;
+    if transparent {
+        set_transparent(&socket, addr.is_ipv6())?;
+    }
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -25,14 +29,14 @@ fn bound(addr: SocketAddr, kind: Type) -> io::Result<Socket> {
 
 /// A TCP listener on `addr`.
 pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = bound(addr, Type::STREAM)?;
+    let socket = bound(addr, Type::STREAM, false)?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 
 /// A UDP socket bound to `addr`.
 pub fn udp_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
-    UdpSocket::from_std(bound(addr, Type::DGRAM)?.into())
+    UdpSocket::from_std(bound(addr, Type::DGRAM, false)?.into())
 }
 
 /// Connects to a backend with TCP_NODELAY, giving up after `timeout`. `mark` (SO_MARK)
@@ -155,14 +159,7 @@ fn set_transparent(socket: &Socket, v6: bool) -> io::Result<()> {
 /// A transparent TCP listener: an accepted socket's local address is the original
 /// destination of the connection.
 pub fn transparent_tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    set_transparent(&socket, addr.is_ipv6())?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
+    let socket = bound(addr, Type::STREAM, true)?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
@@ -170,32 +167,18 @@ pub fn transparent_tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// A transparent UDP socket that reports each datagram's original destination
 /// (IP_RECVORIGDSTADDR / IPV6_RECVORIGDSTADDR).
 pub fn transparent_udp_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-    let v6 = addr.is_ipv6();
-    set_transparent(&socket, v6)?;
-    if v6 {
-        socket.set_only_v6(true)?;
+    let socket = bound(addr, Type::DGRAM, true)?;
+    if addr.is_ipv6() {
         set_int_option(&socket, libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, 1)?;
     } else {
         set_int_option(&socket, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1)?;
     }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }
 
 /// A UDP socket bound to a VIP that is not a local address, to send replies from it.
 pub fn transparent_reply_socket(vip: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(vip), Type::DGRAM, None)?;
-    set_transparent(&socket, vip.is_ipv6())?;
-    socket.set_reuse_address(true)?;
-    if vip.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&vip.into())?;
-    UdpSocket::from_std(socket.into())
+    UdpSocket::from_std(bound(vip, Type::DGRAM, true)?.into())
 }
 
 /// The destination a NAT-redirected TCP connection was originally sent to (SO_ORIGINAL_DST).
