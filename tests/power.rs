@@ -639,3 +639,68 @@ async fn v2_inference_sends_basic_auth() {
     );
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redfish_over_https_with_a_self_signed_certificate() {
+    let dir = TempDir::new("redfish-tls");
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bmc",
+        ])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(&dir.0)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = free_port();
+    // An iDRAC-like BMC: HTTPS with a self-signed certificate.
+    let script = format!(
+        r#"
+import http.server, json, ssl
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/redfish/v1/Chassis/System.Embedded.1/Sensors/SystemBoardInletTemp":
+            body = json.dumps({{"Reading": 24.5}}).encode(); self.send_response(200)
+        else:
+            body = b"{{}}"; self.send_response(404)
+        self.send_header("Content-Type", "application/json"); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", {port}), H)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain("cert.pem", "key.pem")
+s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#
+    );
+    let bmc = Command::new("python3")
+        .args(["-c", &script])
+        .current_dir(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let _bmc = Server(bmc);
+    let node = |insecure: bool| {
+        format!(
+            "    inletTemp: {{source: redfish, url: \"https://127.0.0.1:{port}\", insecureSkipVerify: {insecure}, {FAST}}}\n{CURVE}"
+        )
+    };
+    let lb = start(&config(&[
+        ("trusting", node(true)),
+        ("checking", node(false)),
+    ]))
+    .await;
+    let seen = eventually(Duration::from_secs(10), async || {
+        row(&weights(&lb), "trusting").inlet_celsius == Some(24.5)
+    })
+    .await;
+    let r = weights(&lb);
+    assert!(seen, "{r:?}");
+    // Without insecureSkipVerify the self-signed certificate is refused.
+    assert_eq!(row(&r, "checking").inlet_celsius, None, "{r:?}");
+    lb.stop().await;
+}

@@ -58,9 +58,11 @@ pub enum Source {
         url: String,
     },
     /// A BMC's Redfish API: inlet temperature, vendor path detected automatically.
+    /// `insecure` accepts the self-signed certificates BMCs usually have.
     Redfish {
         url: String,
         auth: Option<BasicAuth>,
+        insecure: bool,
     },
     /// An ipmi_exporter: `ipmi_temperature_celsius{name="Ambient"}`.
     IpmiExporter {
@@ -140,6 +142,7 @@ struct RawInput {
     node: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    insecure_skip_verify: Option<bool>,
     interval: Option<String>,
     timeout: Option<String>,
     stale_after: Option<String>,
@@ -364,6 +367,12 @@ impl Validator {
                 );
             }
         }
+        if r.insecure_skip_verify.is_some() && r.source != "redfish" {
+            self.err(
+                format!("{at}.insecureSkipVerify"),
+                format!("not used by source {}", r.source),
+            );
+        }
         let timing = self.timing(
             &at,
             r.interval.as_deref(),
@@ -401,6 +410,7 @@ impl Validator {
             "redfish" => Source::Redfish {
                 url: self.url(&at, r.url.as_ref(), "redfish")?,
                 auth: self.auth(&at, r.username.as_ref(), r.password.as_ref()),
+                insecure: r.insecure_skip_verify.unwrap_or(false),
             },
             "dpapi" => Source::Dpapi {
                 url: self.url(&at, r.url.as_ref(), "dpapi")?,

@@ -201,7 +201,7 @@ impl Collector {
                     .await?;
                 sources::dpapi_pressure(&doc).map(Some)
             }
-            Source::Redfish { url, auth } => self.redfish(&url, auth.as_ref()).await.map(Some),
+            Source::Redfish { url, auth, .. } => self.redfish(&url, auth.as_ref()).await.map(Some),
         }
         .map_err(|e| format!("{}: {e}", self.quantity.label()))
     }

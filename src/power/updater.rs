@@ -42,9 +42,37 @@ fn costs(config: &Config) -> BTreeSet<u32> {
     costs
 }
 
+/// HTTP clients for the inputs: the normal one, and one that accepts self-signed
+/// certificates for Redfish sources that ask for it.
+struct Clients {
+    normal: reqwest::Client,
+    insecure: reqwest::Client,
+}
+
+impl Clients {
+    fn new() -> Clients {
+        let normal = reqwest::Client::new();
+        let insecure = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no client for insecureSkipVerify; certificates will be checked");
+                normal.clone()
+            });
+        Clients { normal, insecure }
+    }
+
+    fn for_input(&self, input: &crate::config::Input) -> reqwest::Client {
+        match input.source {
+            crate::config::Source::Redfish { insecure: true, .. } => self.insecure.clone(),
+            _ => self.normal.clone(),
+        }
+    }
+}
+
 fn start_nodes(
     config: &Config,
-    client: &reqwest::Client,
+    clients: &Clients,
     stop: &CancellationToken,
 ) -> BTreeMap<NodeName, NodeState> {
     config
@@ -54,7 +82,7 @@ fn start_nodes(
             let cell = |q, input: &crate::config::Input| {
                 (
                     q,
-                    inputs::spawn(input, q, client.clone(), stop.clone()),
+                    inputs::spawn(input, q, clients.for_input(input), stop.clone()),
                     input.timing,
                 )
             };
@@ -62,7 +90,7 @@ fn start_nodes(
                 NodeWeighting::Curve(c) => Some(Predictor::Curve(c.clone())),
                 NodeWeighting::Remote(m) => Some(Predictor::Remote(Arc::new(V2Model::new(
                     m.clone(),
-                    client.clone(),
+                    clients.normal.clone(),
                 )))),
                 NodeWeighting::Fixed(_) => None,
             };
@@ -87,10 +115,10 @@ pub async fn run(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let client = reqwest::Client::new();
+    let clients = Clients::new();
     let mut current = config.borrow_and_update().clone();
     let mut inputs_stop = stop.child_token();
-    let mut nodes = start_nodes(&current, &client, &inputs_stop);
+    let mut nodes = start_nodes(&current, &clients, &inputs_stop);
     let mut controllers: HashMap<u32, Controller> = HashMap::new();
     // Give freshly started inputs a moment to answer before the first weights.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -113,7 +141,7 @@ pub async fn run(
                 if next.nodes != current.nodes {
                     inputs_stop.cancel();
                     inputs_stop = stop.child_token();
-                    nodes = start_nodes(&next, &client, &inputs_stop);
+                    nodes = start_nodes(&next, &clients, &inputs_stop);
                     controllers.clear();
                 }
                 current = next;
