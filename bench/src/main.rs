@@ -1,7 +1,9 @@
 //! `wao-bench`: the load-test harness. Scenarios so far: `energy` (closed-loop power
-//! simulation against uniform, WAO and the optimum).
+//! simulation against uniform, WAO and the optimum) and `rr` (1-byte request/response
+//! latency: direct, wao-lb, HAProxy).
 
 mod energy;
+mod rr;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,10 +27,59 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// 1-byte request/response over kept-alive connections: rate, p50–p99.9, proxy CPU.
+    Rr {
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// The wao-lb binary to measure.
+        #[arg(long, default_value = "target/release/wao-lb")]
+        wao_lb: PathBuf,
+        #[arg(long, default_value = "target/wao-bench")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().scenario {
+        Scenario::Rr {
+            connections,
+            seconds,
+            wao_lb,
+            out,
+        } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let duration = std::time::Duration::from_secs_f64(seconds.max(0.1));
+            let result = std::fs::create_dir_all(&out)
+                .and_then(|_| runtime.block_on(rr::run(&wao_lb, connections, duration, &out)))
+                .and_then(|results| {
+                    print!("{}", rr::table(&results));
+                    let json =
+                        serde_json::to_string_pretty(&results).map_err(std::io::Error::other)?;
+                    std::fs::write(out.join("rr.json"), json)
+                });
+            match result {
+                Ok(()) => {
+                    println!("wrote {}/rr.json", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: rr: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Scenario::Energy { out, seed } => {
             let mut reports = Vec::new();
             for mix in energy::mixes() {
