@@ -425,7 +425,10 @@ fn assert_split(v: &Value, total: u64) {
     // Weights 1:3 → b1 gets 25 %. The band is 4.5 binomial σ wide, so a correct split fails
     // it about once in 150,000 runs, and it still excludes uniform picking (50 %).
     let sigma = (0.25 * 0.75 / total as f64).sqrt();
-    assert!(0.25 + 4.5 * sigma < 0.5, "{total} connections cannot tell 1:3 from uniform");
+    assert!(
+        0.25 + 4.5 * sigma < 0.5,
+        "{total} connections cannot tell 1:3 from uniform"
+    );
     let share = b1 as f64 / total as f64;
     assert!((share - 0.25).abs() <= 4.5 * sigma, "b1 share {share}: {v}");
 }
