@@ -1,6 +1,7 @@
 //! `wao-bench`: the load-test harness. Scenarios so far: `energy` (closed-loop power
 //! simulation against uniform, WAO and the optimum) and `rr` (1-byte request/response
-//! latency: direct, wao-lb, HAProxy).
+//! latency over kept-alive or, with `--new-connections`, new connections: direct, wao-lb,
+//! HAProxy).
 
 mod energy;
 mod rr;
@@ -29,6 +30,9 @@ enum Scenario {
     },
     /// 1-byte request/response over kept-alive connections: rate, p50–p99.9, proxy CPU.
     Rr {
+        /// A new connection per request (the crr scenario) instead of kept-alive ones.
+        #[arg(long)]
+        new_connections: bool,
         #[arg(long, default_value_t = 16)]
         connections: usize,
         #[arg(long, default_value_t = 5.0)]
@@ -44,6 +48,7 @@ enum Scenario {
 fn main() -> ExitCode {
     match Cli::parse().scenario {
         Scenario::Rr {
+            new_connections,
             connections,
             seconds,
             wao_lb,
@@ -62,16 +67,28 @@ fn main() -> ExitCode {
             };
             let duration = std::time::Duration::from_secs_f64(seconds.max(0.1));
             let result = std::fs::create_dir_all(&out)
-                .and_then(|_| runtime.block_on(rr::run(&wao_lb, connections, duration, &out)))
+                .and_then(|_| {
+                    let mode = if new_connections {
+                        rr::Mode::NewConnection
+                    } else {
+                        rr::Mode::KeepAlive
+                    };
+                    runtime.block_on(rr::run(&wao_lb, mode, connections, duration, &out))
+                })
                 .and_then(|results| {
                     print!("{}", rr::table(&results));
                     let json =
                         serde_json::to_string_pretty(&results).map_err(std::io::Error::other)?;
-                    std::fs::write(out.join("rr.json"), json)
+                    let name = if new_connections {
+                        "crr.json"
+                    } else {
+                        "rr.json"
+                    };
+                    std::fs::write(out.join(name), json)
                 });
             match result {
                 Ok(()) => {
-                    println!("wrote {}/rr.json", out.display());
+                    println!("wrote a JSON report to {}", out.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

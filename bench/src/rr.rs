@@ -1,6 +1,6 @@
-//! `wao-bench rr`: 1-byte request/response over kept-alive connections, as fast as the
-//! connections go, against the backend directly, through wao-lb and through HAProxy
-//! (`mode tcp`, one thread). Each proxy runs alone on core 1 (taskset); the load and the
+//! `wao-bench rr` and `crr`: 1-byte request/response as fast as it goes, over kept-alive
+//! connections (`rr`) or with a new connection per request (`crr`), against the backend
+//! directly, through wao-lb and through HAProxy (`mode tcp`, one thread). Each proxy runs alone on core 1 (taskset); the load and the
 //! built-in backend share core 0. Reports rate, latency percentiles (hdrhistogram) and the
 //! proxy's own CPU time per request. A peer that is not installed is skipped with a line
 //! saying so.
@@ -77,26 +77,51 @@ async fn rr_backend() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// `connections` ping-pong loops for `duration`; all latencies in one histogram.
+/// Whether each request reuses its connection (`rr`) or opens a new one (`crr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    KeepAlive,
+    NewConnection,
+}
+
+async fn connect(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(target).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// `connections` ping-pong loops for `duration`; all latencies (including the connect
+/// under `crr`) in one histogram.
 async fn drive(
     target: SocketAddr,
+    mode: Mode,
     connections: usize,
     duration: Duration,
 ) -> std::io::Result<(Histogram<u64>, u64)> {
     let end = Instant::now() + duration;
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let mut s = TcpStream::connect(target).await?;
-        s.set_nodelay(true)?;
+        let mut kept = match mode {
+            Mode::KeepAlive => Some(connect(target).await?),
+            Mode::NewConnection => None,
+        };
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3)
                 .map_err(std::io::Error::other)?;
             let mut b = [7u8; 1];
             while Instant::now() < end {
                 let t = Instant::now();
+                let mut fresh = match kept {
+                    Some(_) => None,
+                    None => Some(connect(target).await?),
+                };
+                let Some(s) = kept.as_mut().or(fresh.as_mut()) else {
+                    break;
+                };
                 s.write_all(&b).await?;
                 s.read_exact(&mut b).await?;
                 let _ = h.record(t.elapsed().as_nanos() as u64);
+                drop(fresh.take());
             }
             Ok::<_, std::io::Error>(h)
         }));
@@ -149,12 +174,13 @@ async fn measure(
     name: &str,
     target: SocketAddr,
     pid: Option<u32>,
+    mode: Mode,
     connections: usize,
     duration: Duration,
 ) -> std::io::Result<RrResult> {
     let cpu0 = pid.map(cpu_seconds);
     let started = Instant::now();
-    let (h, n) = drive(target, connections, duration).await?;
+    let (h, n) = drive(target, mode, connections, duration).await?;
     let secs = started.elapsed().as_secs_f64();
     let [p50, p90, p99, p999] = percentiles(&h);
     Ok(RrResult {
@@ -173,12 +199,13 @@ async fn measure(
 /// Runs the scenario; `wao_lb` is the wao-lb binary to start.
 pub async fn run(
     wao_lb: &Path,
+    mode: Mode,
     connections: usize,
     duration: Duration,
     work: &Path,
 ) -> std::io::Result<Vec<RrResult>> {
     let backend = rr_backend().await?;
-    let mut results = vec![measure("direct", backend, None, connections, duration).await?];
+    let mut results = vec![measure("direct", backend, None, mode, connections, duration).await?];
 
     let lb_addr = free_addr()?;
     let lb_cfg = work.join("rr-wao-lb.yaml");
@@ -187,8 +214,17 @@ pub async fn run(
     let cfg = lb_cfg.to_string_lossy().to_string();
     match spawn_pinned(&lb_path, &["run", "--config", &cfg]) {
         Some(peer) if wait_listening(lb_addr).await => {
-            results
-                .push(measure("wao-lb", lb_addr, Some(peer.0.id()), connections, duration).await?);
+            results.push(
+                measure(
+                    "wao-lb",
+                    lb_addr,
+                    Some(peer.0.id()),
+                    mode,
+                    connections,
+                    duration,
+                )
+                .await?,
+            );
         }
         _ => eprintln!("skipped wao-lb: {lb_path} did not start"),
     }
@@ -199,8 +235,17 @@ pub async fn run(
     let hp = hp_cfg.to_string_lossy().to_string();
     match spawn_pinned("haproxy", &["-f", &hp, "-db"]) {
         Some(peer) if wait_listening(hp_addr).await => {
-            results
-                .push(measure("haproxy", hp_addr, Some(peer.0.id()), connections, duration).await?);
+            results.push(
+                measure(
+                    "haproxy",
+                    hp_addr,
+                    Some(peer.0.id()),
+                    mode,
+                    connections,
+                    duration,
+                )
+                .await?,
+            );
         }
         _ => eprintln!("skipped haproxy: not installed or did not start (apt-get install haproxy)"),
     }
@@ -287,15 +332,20 @@ mod tests {
         };
         let work = std::env::temp_dir().join(format!("wao-bench-smoke-{}", std::process::id()));
         std::fs::create_dir_all(&work).unwrap();
-        let results = run(&bin, 2, Duration::from_millis(300), &work)
-            .await
-            .unwrap();
+        for mode in [Mode::KeepAlive, Mode::NewConnection] {
+            let results = run(&bin, mode, 2, Duration::from_millis(300), &work)
+                .await
+                .unwrap();
+            let lb = results
+                .iter()
+                .find(|r| r.target == "wao-lb")
+                .expect("wao-lb measured");
+            assert!(lb.requests_per_second > 100.0, "{mode:?}: {lb:?}");
+            assert!(
+                lb.p50_us > 0.0 && lb.p50_us <= lb.p99_us,
+                "{mode:?}: {lb:?}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&work);
-        let lb = results
-            .iter()
-            .find(|r| r.target == "wao-lb")
-            .expect("wao-lb measured");
-        assert!(lb.requests_per_second > 100.0, "{lb:?}");
-        assert!(lb.p50_us > 0.0 && lb.p50_us <= lb.p99_us, "{lb:?}");
     }
 }
