@@ -274,6 +274,14 @@ impl Net {
             .unwrap_or_else(|e| panic!("spawn in {role}: {e}"))
     }
 
+    /// A topology with both backends and wao-lb up and ready.
+    fn running() -> Net {
+        let mut net = Net::new();
+        net.backends();
+        net.start_lb();
+        net
+    }
+
     /// Starts both backends on port 8080 (IPv4 and IPv6 each).
     fn backends(&mut self) {
         for role in ["b1", "b2"] {
@@ -435,9 +443,7 @@ fn assert_split(v: &Value, total: u64) {
 
 #[test]
 fn tcp_and_udp_to_a_vip_reach_the_backends_byte_exact_by_weight() {
-    let mut net = Net::new();
-    net.backends();
-    net.start_lb();
+    let net = Net::running();
     let vip = net.vip4();
     let tcp = net.client("cl", &["tcp", &vip, "80", "300", "20000"]);
     assert_split(&tcp, 300);
@@ -458,9 +464,7 @@ fn tcp_and_udp_to_a_vip_reach_the_backends_byte_exact_by_weight() {
 
 #[test]
 fn the_same_over_ipv6() {
-    let mut net = Net::new();
-    net.backends();
-    net.start_lb();
+    let net = Net::running();
     let vip = net.vip6();
     assert_split(&net.client("cl", &["tcp", &vip, "80", "200", "5000"]), 200);
     assert_split(&net.client("cl", &["udp", &vip, "53", "200", "800"]), 200);
@@ -468,9 +472,7 @@ fn the_same_over_ipv6() {
 
 #[test]
 fn a_process_on_the_node_reaches_the_vip() {
-    let mut net = Net::new();
-    net.backends();
-    net.start_lb();
+    let net = Net::running();
     let vip = net.vip4();
     assert_split(&net.client("nd", &["tcp", &vip, "80", "200", "3000"]), 200);
     assert_split(&net.client("nd", &["udp", &vip, "53", "200", "500"]), 200);
@@ -478,9 +480,7 @@ fn a_process_on_the_node_reaches_the_vip() {
 
 #[test]
 fn a_vip_port_without_backends_is_refused_at_once() {
-    let mut net = Net::new();
-    net.backends();
-    net.start_lb();
+    let net = Net::running();
     for role in ["cl", "nd"] {
         let r = net.client(role, &["refused", &net.vip4(), "81"]);
         assert_eq!(r["result"], "refused", "{role}: {r}");
@@ -493,9 +493,7 @@ fn a_vip_port_without_backends_is_refused_at_once() {
 
 #[test]
 fn an_unknown_destination_on_the_transparent_port_is_closed() {
-    let mut net = Net::new();
-    net.backends();
-    net.start_lb();
+    let net = Net::running();
     let r = net.client("nd", &["refused", "127.0.0.1", "15001"]);
     assert!(r["result"] == "refused" || r["result"] == "closed", "{r}");
     let metrics = net.admin("/metrics").unwrap_or_default();
@@ -507,9 +505,7 @@ fn an_unknown_destination_on_the_transparent_port_is_closed() {
 
 #[test]
 fn a_clean_stop_removes_the_table_and_rules() {
-    let mut net = Net::new();
-    net.backends();
-    net.start_lb();
+    let mut net = Net::running();
     assert!(net.tables().contains("table inet wao-lb"));
     assert!(net.rules().contains("fwmark 0x1000/0x1000 lookup 1349"));
     let status = net.signal_lb("TERM").expect("wao-lb exits on SIGTERM");
@@ -520,9 +516,7 @@ fn a_clean_stop_removes_the_table_and_rules() {
 
 #[test]
 fn after_sigkill_a_restart_leaves_exactly_one_table_and_traffic_flows() {
-    let mut net = Net::new();
-    net.backends();
-    net.start_lb();
+    let mut net = Net::running();
     net.signal_lb("KILL").expect("killed");
     assert!(
         net.tables().contains("wao-lb"),

@@ -151,6 +151,8 @@ impl Routes {
         previous: &Routes,
         metrics: &Metrics,
     ) -> Routes {
+        // Every current backend's gauge is set below; clearing first drops removed ones.
+        metrics.backend_weight.reset();
         let by_frontend = services
             .services
             .iter()

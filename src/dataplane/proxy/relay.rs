@@ -169,6 +169,9 @@ async fn copy(
     idle_timeout: Duration,
     splice_after: u64,
 ) -> CopyExit {
+    // The timer is re-armed only when it fires, not on every step: a step records the
+    // time, and a firing timer checks whether the connection really was idle that long.
+    let mut last_active = Instant::now();
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     loop {
@@ -184,12 +187,18 @@ async fn copy(
             r = upstream.writable(), if up.wants_write() => r.and_then(|_| up.flush(upstream)),
             r = upstream.readable(), if down.wants_read() => r.and_then(|_| down.pump(upstream, client)),
             r = client.writable(), if down.wants_write() => r.and_then(|_| down.flush(client)),
-            _ = &mut idle => return CopyExit::Ended(Ending::Idle),
+            _ = &mut idle => {
+                if last_active.elapsed() >= idle_timeout {
+                    return CopyExit::Ended(Ending::Idle);
+                }
+                idle.as_mut().reset(last_active + idle_timeout);
+                continue;
+            }
         };
         if step.is_err() {
             return CopyExit::Ended(Ending::Error);
         }
-        idle.as_mut().reset(Instant::now() + idle_timeout);
+        last_active = Instant::now();
     }
 }
 

@@ -1,6 +1,7 @@
 //! UDP: per-client sessions. The first datagram from a client address picks a backend and
-//! opens an upstream socket connected to it; replies go back from the service's own socket,
-//! so the client sees the address it sent to. Sessions end after the idle timeout, when the
+//! opens an upstream socket connected to it; replies go back from the address the client
+//! sent to: the service's own socket (`listen`), or in transparent mode a socket of the
+//! flow's own, bound to the VIP and connected to the client. Sessions end after the idle timeout, when the
 //! backend refuses (ICMP), or at stop. Past `maxSessions`, new flows are dropped and counted
 //! while existing flows keep working.
 
