@@ -1,131 +1,202 @@
-//! `wao-bench`: the load-test harness. Scenarios so far: `energy` (closed-loop power
-//! simulation against uniform, WAO and the optimum) and `rr` (1-byte request/response
-//! latency over kept-alive or, with `--new-connections`, new connections: direct, wao-lb,
-//! HAProxy).
+//! `wao-bench`: the load-test harness. It runs scenarios (throughput, rr, crr, idle, udp,
+//! energy) against targets (direct, wao-lb, HAProxy, nginx stream, nftables DNAT) in one
+//! go, pinning each proxy alone on one core and the load on the other, and writes a table,
+//! a JSON report and an SVG chart per scenario.
 
-mod energy;
-mod rr;
+mod backends;
+mod measure;
+mod report;
+mod run;
+mod scenario;
+mod targets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use scenario::{energy, Scenario};
+use targets::{Setup, Target};
 
 #[derive(Parser)]
-#[command(name = "wao-bench", about = "Benchmarks and proofs for wao-lb")]
+#[command(
+    name = "wao-bench",
+    about = "Load tests for wao-lb against direct, HAProxy, nginx and the kernel's DNAT"
+)]
 struct Cli {
-    #[command(subcommand)]
-    scenario: Scenario,
+    /// Scenarios to run, in order (`all` runs each).
+    #[arg(value_enum, default_value = "all")]
+    scenarios: Vec<Scenario>,
+    /// Targets to measure, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["direct", "wao-lb", "haproxy", "nginx", "dnat"])]
+    targets: Vec<Target>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Connections (rr, crr) or sockets (udp) in parallel.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// The paced rr rate, requests per second over all connections.
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    /// Idle connections to hold (capped by the open-files limit, with a line saying so).
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Tiny sizes that exercise every path in seconds (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// The wao-lb binary to measure.
+    #[arg(long, default_value = "target/release/wao-lb")]
+    wao_lb: PathBuf,
+    /// Where the JSON and SVG files go.
+    #[arg(long, default_value = "target/wao-bench")]
+    out: PathBuf,
+    /// Seed of the energy simulation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Serve a TCP echo and print its address (the idle scenario's backend process).
+    #[arg(long, hide = true)]
+    serve_echo: bool,
 }
 
-#[derive(Subcommand)]
-enum Scenario {
-    /// Closed-loop energy simulation: total watts of uniform, wao, marginal and the optimum.
-    Energy {
-        /// Where to write energy.json and energy.svg.
-        #[arg(long, default_value = "target/wao-bench")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-    /// 1-byte request/response over kept-alive connections: rate, p50–p99.9, proxy CPU.
-    Rr {
-        /// A new connection per request (the crr scenario) instead of kept-alive ones.
-        #[arg(long)]
-        new_connections: bool,
-        #[arg(long, default_value_t = 16)]
-        connections: usize,
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        /// The wao-lb binary to measure.
-        #[arg(long, default_value = "target/release/wao-lb")]
-        wao_lb: PathBuf,
-        #[arg(long, default_value = "target/wao-bench")]
-        out: PathBuf,
-    },
+/// Pins the calling thread, and every thread it later starts, to `core`.
+fn pin_to_core(core: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write into our local set and
+    // sched_setaffinity only reads it. pid 0 is the calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().scenario {
-        Scenario::Rr {
-            new_connections,
-            connections,
-            seconds,
-            wao_lb,
-            out,
-        } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let duration = std::time::Duration::from_secs_f64(seconds.max(0.1));
-            let result = std::fs::create_dir_all(&out)
-                .and_then(|_| {
-                    let mode = if new_connections {
-                        rr::Mode::NewConnection
-                    } else {
-                        rr::Mode::KeepAlive
-                    };
-                    runtime.block_on(rr::run(&wao_lb, mode, connections, duration, &out))
-                })
-                .and_then(|results| {
-                    print!("{}", rr::table(&results));
-                    let json =
-                        serde_json::to_string_pretty(&results).map_err(std::io::Error::other)?;
-                    let name = if new_connections {
-                        "crr.json"
-                    } else {
-                        "rr.json"
-                    };
-                    std::fs::write(out.join(name), json)
-                });
-            match result {
-                Ok(()) => {
-                    println!("wrote a JSON report to {}", out.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: rr: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+    let cli = Cli::parse();
+    if cli.serve_echo {
+        let served = runtime().and_then(|rt| rt.block_on(backends::serve_echo_forever()));
+        if let Err(e) = served {
+            eprintln!("error: echo backend: {e}");
+            return ExitCode::FAILURE;
         }
-        Scenario::Energy { out, seed } => {
-            let mut reports = Vec::new();
-            for mix in energy::mixes() {
-                match energy::run_mix(&mix, seed) {
-                    Ok(r) => reports.push(r),
-                    Err(e) => {
-                        eprintln!("error: {}: {e}", mix.name);
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            print!("{}", energy::table(&reports));
-            let written = std::fs::create_dir_all(&out)
-                .and_then(|_| {
-                    let json =
-                        serde_json::to_string_pretty(&reports).map_err(std::io::Error::other)?;
-                    std::fs::write(out.join("energy.json"), json)
-                })
-                .and_then(|_| std::fs::write(out.join("energy.svg"), energy::svg(&reports)));
-            match written {
-                Ok(()) => {
-                    println!("wrote {0}/energy.json and {0}/energy.svg", out.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: writing {}: {e}", out.display());
-                    ExitCode::FAILURE
-                }
+        return ExitCode::SUCCESS;
+    }
+    match bench(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(cli: Cli) -> std::io::Result<()> {
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for s in &cli.scenarios {
+        let each: &[Scenario] = if *s == Scenario::All {
+            &Scenario::EACH
+        } else {
+            std::slice::from_ref(s)
+        };
+        for s in each {
+            if !scenarios.contains(s) {
+                scenarios.push(*s);
             }
         }
     }
+    let mut targets: Vec<Target> = Vec::new();
+    for t in &cli.targets {
+        if !targets.contains(t) {
+            targets.push(*t);
+        }
+    }
+    let sizes = if cli.smoke {
+        run::Sizes::smoke()
+    } else {
+        run::Sizes {
+            seconds: cli.seconds,
+            connections: cli.connections,
+            rate: cli.rate,
+            idle: cli.idle,
+            streams: vec![1, 8],
+            settle: Duration::from_secs(1),
+        }
+    };
+    std::fs::create_dir_all(&cli.out)?;
+    let work = cli.out.join("work");
+    std::fs::create_dir_all(&work)?;
+
+    // Fairness on two cores: the proxy alone on core 1, the harness (load and backends)
+    // on core 0. Children started with taskset move; everything else inherits core 0.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let proxy_core = if cores >= 2 {
+        pin_to_core(0)?;
+        Some(1)
+    } else {
+        println!("one core: the proxy and the load share it, so rates are lower bounds");
+        None
+    };
+    let open_files = wao_lb::dataplane::proxy::socket::raise_nofile_limit()?;
+    if scenarios.contains(&Scenario::Idle) {
+        let fits = scenario::idle::fitting_connections(sizes.idle, open_files, 100);
+        if fits < sizes.idle {
+            println!(
+                "idle: {} connections need two sockets each in the proxy; the open-files limit is {open_files}, so the run holds {fits}",
+                sizes.idle
+            );
+        }
+    }
+    let setup = Setup {
+        wao_lb: cli.wao_lb.clone(),
+        work,
+        proxy_core,
+        max_connections: sizes.idle.max(sizes.connections) + 64,
+        open_files,
+    };
+
+    let total: u64 = scenarios.iter().map(|s| run::steps(*s, &targets)).sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .map_err(std::io::Error::other)?,
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let rt = runtime()?;
+    let mut written = Vec::new();
+    for s in scenarios {
+        if s == Scenario::Energy {
+            bar.set_message("energy simulation");
+            let reports = energy::run_all(cli.seed).map_err(std::io::Error::other)?;
+            bar.suspend(|| print!("{}", energy::table(&reports)));
+            let json = serde_json::to_string_pretty(&reports).map_err(std::io::Error::other)?;
+            std::fs::write(cli.out.join("energy.json"), json)?;
+            std::fs::write(cli.out.join("energy.svg"), energy::svg(&reports))?;
+        } else {
+            let report = rt.block_on(run::scenario(s, &targets, &setup, &sizes, &bar))?;
+            bar.suspend(|| println!("{}", report.table()));
+            std::fs::write(cli.out.join(format!("{}.json", s.name())), report.json())?;
+            std::fs::write(cli.out.join(format!("{}.svg", s.name())), report.svg())?;
+        }
+        written.push(s.name());
+    }
+    bar.finish_and_clear();
+    println!(
+        "wrote {} .json and .svg to {}",
+        written.join(", "),
+        cli.out.display()
+    );
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `wao-bench energy`: a closed-loop simulation of heterogeneous clusters that proves the
+//! `energy`: a closed-loop simulation of heterogeneous clusters that proves the
 //! energy saving. Nodes have the shipped SPECpower curves and different background loads;
 //! traffic adds CPU to the node that receives it. Each tick the real policy code
 //! (`wao_lb::power::weights::apply`) turns the nodes' current loads into weights, the real
@@ -291,6 +291,14 @@ pub fn run_mix(mix: &Mix, seed: u64) -> Result<MixReport, String> {
         wao_of_optimum: of_optimum(&wao),
         outcomes: vec![uniform, wao, marginal, best],
     })
+}
+
+/// Every mix with the same seed.
+pub fn run_all(seed: u64) -> Result<Vec<MixReport>, String> {
+    mixes()
+        .iter()
+        .map(|m| run_mix(m, seed).map_err(|e| format!("{}: {e}", m.name)))
+        .collect()
 }
 
 /// The terminal table.

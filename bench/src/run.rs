@@ -1,0 +1,224 @@
+//! Runs one load scenario against every selected target in turn: starts the scenario's
+//! built-in backend, then for each target starts it, measures, and stops it, while the
+//! progress bar says where the run is. Failures and missing peers become `skipped` lines.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+
+use crate::backends;
+use crate::report::{Column, Machine, Report, Row, Skipped};
+use crate::scenario::{idle, rr, throughput, udp, Scenario};
+use crate::targets::{Proto, Running, Setup, Skip, Target};
+
+/// How long and how wide each scenario runs.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub seconds: f64,
+    pub connections: usize,
+    /// The paced `rr` rate, requests per second over all connections.
+    pub rate: f64,
+    pub idle: usize,
+    pub streams: Vec<usize>,
+    /// Pause between targets, so one target's TIME_WAITs and buffers do not tax the next.
+    pub settle: Duration,
+}
+
+impl Sizes {
+    /// Tiny sizes for CI: every code path, no meaningful numbers.
+    pub fn smoke() -> Self {
+        Self {
+            seconds: 0.3,
+            connections: 2,
+            rate: 200.0,
+            idle: 50,
+            streams: vec![1, 8],
+            settle: Duration::ZERO,
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds.max(0.05))
+    }
+}
+
+/// The measurements a scenario makes, one step of the progress bar per target.
+pub fn steps(scenario: Scenario, targets: &[Target]) -> u64 {
+    match scenario {
+        Scenario::Energy | Scenario::All => 0,
+        _ => targets.len() as u64,
+    }
+}
+
+enum Backend {
+    Echo(SocketAddr),
+    Sink(SocketAddr, Arc<AtomicU64>),
+    UdpEcho(SocketAddr),
+    EchoProcess(backends::EchoProcess),
+}
+
+impl Backend {
+    async fn start(scenario: Scenario) -> std::io::Result<Self> {
+        Ok(match scenario {
+            Scenario::Throughput => {
+                let (addr, received) = backends::tcp_sink().await?;
+                Backend::Sink(addr, received)
+            }
+            Scenario::Udp => Backend::UdpEcho(backends::udp_echo().await?),
+            Scenario::Idle => Backend::EchoProcess(backends::EchoProcess::start()?),
+            _ => Backend::Echo(backends::tcp_echo().await?),
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Backend::Echo(a) | Backend::Sink(a, _) | Backend::UdpEcho(a) => *a,
+            Backend::EchoProcess(p) => p.addr,
+        }
+    }
+}
+
+fn describe(scenario: Scenario, sizes: &Sizes, setup: &Setup) -> (String, Vec<Column>) {
+    let pinning = match setup.proxy_core {
+        Some(c) => format!("proxy alone on core {c}, load and backend on the other"),
+        None => "no pinning (one core)".into(),
+    };
+    let s = sizes.seconds;
+    match scenario {
+        Scenario::Throughput => (
+            format!("bulk TCP into a sink, {s} s per run; {pinning}"),
+            throughput::columns(),
+        ),
+        Scenario::Rr => (
+            format!(
+                "1-byte ping-pong on {} kept-alive connections, {s} s at {} req/s and at max; {pinning}",
+                sizes.connections, sizes.rate
+            ),
+            rr::rr_columns(),
+        ),
+        Scenario::Crr => (
+            format!(
+                "a new connection per 1-byte request, {} loops, {s} s; {pinning}",
+                sizes.connections
+            ),
+            rr::crr_columns(),
+        ),
+        Scenario::Idle => (
+            format!("idle connections held through the proxy; {pinning}"),
+            idle::columns(),
+        ),
+        Scenario::Udp => (
+            format!(
+                "64-byte datagram ping-pong from {} sockets, {s} s; {pinning}",
+                sizes.connections
+            ),
+            udp::columns(),
+        ),
+        Scenario::Energy | Scenario::All => (String::new(), Vec::new()),
+    }
+}
+
+/// Measures `scenario` (a load scenario, not `energy`) against every target.
+pub async fn scenario(
+    scenario: Scenario,
+    targets: &[Target],
+    setup: &Setup,
+    sizes: &Sizes,
+    bar: &ProgressBar,
+) -> std::io::Result<Report> {
+    let (description, columns) = describe(scenario, sizes, setup);
+    let backend = Backend::start(scenario).await?;
+    let proto = match scenario {
+        Scenario::Udp => Proto::Udp,
+        _ => Proto::Tcp,
+    };
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, &target) in targets.iter().enumerate() {
+        bar.set_message(format!("{} · {}", scenario.name(), target.name()));
+        if i > 0 {
+            tokio::time::sleep(sizes.settle).await;
+        }
+        let outcome = if scenario == Scenario::Idle && !target.has_process() {
+            Err(Skip(
+                "no proxy process of its own whose memory could be read".into(),
+            ))
+        } else {
+            match target.start(proto, backend.addr(), setup).await {
+                Ok(running) => measure(scenario, target, &running, &backend, sizes, setup)
+                    .await
+                    .map_err(|e| Skip(format!("failed during the run: {e}"))),
+                Err(skip) => Err(skip),
+            }
+        };
+        match outcome {
+            Ok(r) => rows.extend(r),
+            Err(Skip(reason)) => {
+                bar.println(format!(
+                    "skipped {} in {}: {reason}",
+                    target.name(),
+                    scenario.name()
+                ));
+                skipped.push(Skipped {
+                    target: target.name().into(),
+                    reason,
+                });
+            }
+        }
+        bar.inc(1);
+    }
+    Ok(Report {
+        scenario: scenario.name(),
+        setup: description,
+        machine: Machine::read(),
+        columns,
+        rows,
+        skipped,
+    })
+}
+
+async fn measure(
+    scenario: Scenario,
+    target: Target,
+    running: &Running,
+    backend: &Backend,
+    sizes: &Sizes,
+    setup: &Setup,
+) -> std::io::Result<Vec<Row>> {
+    let name = target.name();
+    let (addr, pid, d) = (running.addr, running.pid, sizes.duration());
+    Ok(match (scenario, backend) {
+        (Scenario::Throughput, Backend::Sink(_, received)) => {
+            let mut rows = Vec::new();
+            for &streams in &sizes.streams {
+                rows.push(throughput::measure(name, addr, pid, received, streams, d).await?);
+                tokio::time::sleep(sizes.settle / 4).await;
+            }
+            rows
+        }
+        (Scenario::Rr, _) => {
+            let paced = rr::Load::Paced {
+                per_second: sizes.rate,
+            };
+            let fixed = format!("{} req/s", sizes.rate);
+            vec![
+                rr::measure(name, &fixed, addr, pid, paced, sizes.connections, d).await?,
+                rr::measure(name, "max", addr, pid, rr::Load::Max, sizes.connections, d).await?,
+            ]
+        }
+        (Scenario::Crr, _) => {
+            let load = rr::Load::NewConnections;
+            vec![rr::measure(name, "max", addr, pid, load, sizes.connections, d).await?]
+        }
+        (Scenario::Idle, _) => {
+            let pid = pid.ok_or_else(|| std::io::Error::other("no proxy process"))?;
+            let n = idle::fitting_connections(sizes.idle, setup.open_files, 100);
+            vec![idle::measure(name, addr, pid, n).await?]
+        }
+        (Scenario::Udp, _) => vec![udp::measure(name, addr, pid, sizes.connections, d).await?],
+        _ => Vec::new(),
+    })
+}

@@ -1,0 +1,493 @@
+//! The targets a scenario measures, each in front of the same built-in backend: `direct`
+//! (no proxy, the limit), `wao-lb`, HAProxy (`mode tcp`, splice on), nginx `stream` and the
+//! kernel's nftables DNAT path. The harness writes each peer's config into its work folder,
+//! starts the peer alone on the proxy core with one thread/worker, waits until it serves,
+//! and stops it on drop. A peer that is missing or fails to start is a `Skip` with a reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpStream, UdpSocket};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Direct,
+    WaoLb,
+    Haproxy,
+    Nginx,
+    Dnat,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::WaoLb => "wao-lb",
+            Target::Haproxy => "haproxy",
+            Target::Nginx => "nginx",
+            Target::Dnat => "nft-dnat",
+        }
+    }
+
+    /// Whether the target runs as a process of its own whose CPU and RSS can be read.
+    pub fn has_process(self) -> bool {
+        matches!(self, Target::WaoLb | Target::Haproxy | Target::Nginx)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// What every peer is started with.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub wao_lb: PathBuf,
+    pub work: PathBuf,
+    /// The core each proxy runs alone on (None: no pinning, e.g. on one core).
+    pub proxy_core: Option<usize>,
+    /// Concurrent connections the peer must accept (idle needs thousands).
+    pub max_connections: usize,
+    /// The open-files limit the peers inherit from the harness.
+    pub open_files: u64,
+}
+
+/// A target serving at `addr`. `pid` is the proxy's process, if it has one.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub pid: Option<u32>,
+    _stop: Stop,
+}
+
+enum Stop {
+    Nothing,
+    Process(Child),
+    NftTable(String),
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        match self {
+            Stop::Nothing => {}
+            Stop::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Stop::NftTable(table) => {
+                let _ = Command::new("nft")
+                    .args(["delete", "table", "ip", table])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// Why a target was not measured; printed and kept in the JSON, never a silent zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip(pub String);
+
+pub fn wao_lb_config(listen: SocketAddr, backend: SocketAddr, proto: Proto) -> String {
+    let protocol = match proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    };
+    format!(
+        "admin: {{listen: 127.0.0.1:0}}\n\
+         udp: {{maxSessions: 100000}}\n\
+         services:\n  - name: bench\n    protocol: {protocol}\n    address: \"{listen}\"\n    \
+         backends: [{{address: \"{backend}\", node: n}}]\n"
+    )
+}
+
+/// HAProxy 2.x in TCP mode with one thread and kernel splicing, as an operator would run it.
+pub fn haproxy_config(listen: SocketAddr, backend: SocketAddr, max_connections: usize) -> String {
+    let maxconn = max_connections.max(64);
+    format!(
+        "global\n  nbthread 1\n  maxconn {maxconn}\n\
+         defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  option splice-auto\n\
+         listen bench\n  bind {listen}\n  maxconn {maxconn}\n  server s1 {backend} maxconn {maxconn}\n"
+    )
+}
+
+/// nginx `stream` with one worker process (`master_process off`, so the measured pid is the
+/// worker itself). The stream module is loaded from Debian's path when it is dynamic.
+pub fn nginx_config(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    proto: Proto,
+    work: &Path,
+    max_connections: usize,
+    stream_module: Option<&Path>,
+) -> String {
+    let load = stream_module.map_or(String::new(), |m| format!("load_module {};\n", m.display()));
+    let (listen_opts, proxy_opts) = match proto {
+        Proto::Tcp => ("", ""),
+        Proto::Udp => (" udp reuseport", "    proxy_timeout 60s;\n"),
+    };
+    let connections = 2 * max_connections + 64;
+    let w = work.display();
+    format!(
+        "{load}daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {connections};\n\
+         pid {w}/nginx.pid;\nerror_log {w}/nginx-error.log warn;\n\
+         events {{ worker_connections {connections}; multi_accept on; }}\n\
+         stream {{\n  server {{\n    listen {listen}{listen_opts};\n    proxy_pass {backend};\n{proxy_opts}  }}\n}}\n"
+    )
+}
+
+/// The kernel path: a DNAT in nftables' output hook from `listen` to `backend`, as
+/// kube-proxy's nftables mode does for ClusterIPs. Loopback traffic is locally generated,
+/// so the rule sits in `output`, not `prerouting`.
+pub fn dnat_ruleset(table: &str, listen: SocketAddr, backend: SocketAddr, proto: Proto) -> String {
+    let l4 = match proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    };
+    format!(
+        "table ip {table} {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    \
+         ip daddr {} {l4} dport {} dnat to {backend}\n  }}\n}}\n",
+        listen.ip(),
+        listen.port()
+    )
+}
+
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+fn free_tcp_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+fn free_udp_addr() -> std::io::Result<SocketAddr> {
+    std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()
+}
+
+fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        || Path::new(program).is_file()
+}
+
+/// Starts `program args` on the proxy core, stdout and stderr to `log`.
+fn spawn(setup: &Setup, program: &str, args: &[&str], log: &Path) -> Result<Child, Skip> {
+    let out = std::fs::File::create(log).map_err(|e| Skip(format!("{}: {e}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Skip(format!("{}: {e}", log.display())))?;
+    let mut command = match setup.proxy_core {
+        Some(core) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &core.to_string(), program]);
+            c
+        }
+        None => Command::new(program),
+    };
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| Skip(format!("could not start {program}: {e}")))
+}
+
+/// Waits until the target answers: a TCP connect, or a UDP datagram echoed by the backend
+/// behind it. A peer that exits first is skipped with the tail of its log.
+async fn wait_serving(
+    child: &mut Option<&mut Child>,
+    addr: SocketAddr,
+    proto: Proto,
+    log: Option<&Path>,
+) -> Result<(), Skip> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                let tail = log
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .map(|s| s.lines().rev().take(3).collect::<Vec<_>>().join(" | "))
+                    .unwrap_or_default();
+                return Err(Skip(format!("exited at start ({status}): {tail}")));
+            }
+        }
+        if probe(addr, proto).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Skip(format!("did not serve {addr} within 10 s")))
+}
+
+async fn probe(addr: SocketAddr, proto: Proto) -> bool {
+    match proto {
+        Proto::Tcp => TcpStream::connect(addr).await.is_ok(),
+        Proto::Udp => {
+            let Ok(s) = UdpSocket::bind("127.0.0.1:0").await else {
+                return false;
+            };
+            if s.connect(addr).await.is_err() || s.send(b"probe").await.is_err() {
+                return false;
+            }
+            let mut b = [0u8; 16];
+            matches!(
+                tokio::time::timeout(Duration::from_millis(200), s.recv(&mut b)).await,
+                Ok(Ok(5))
+            )
+        }
+    }
+}
+
+impl Target {
+    /// Starts this target in front of `backend`.
+    pub async fn start(
+        self,
+        proto: Proto,
+        backend: SocketAddr,
+        setup: &Setup,
+    ) -> Result<Running, Skip> {
+        let listen = match proto {
+            Proto::Tcp => free_tcp_addr(),
+            Proto::Udp => free_udp_addr(),
+        }
+        .map_err(|e| Skip(format!("no free port: {e}")))?;
+        let write = |name: &str, text: String| -> Result<String, Skip> {
+            let path = setup.work.join(name);
+            std::fs::write(&path, text).map_err(|e| Skip(format!("{}: {e}", path.display())))?;
+            Ok(path.to_string_lossy().into_owned())
+        };
+        let (program, args, log): (String, Vec<String>, PathBuf) = match self {
+            Target::Direct => {
+                return Ok(Running {
+                    addr: backend,
+                    pid: None,
+                    _stop: Stop::Nothing,
+                })
+            }
+            Target::Dnat => return start_dnat(listen, backend, proto).await,
+            Target::WaoLb => {
+                if !setup.wao_lb.is_file() {
+                    return Err(Skip(format!(
+                        "{} not found (cargo build --release)",
+                        setup.wao_lb.display()
+                    )));
+                }
+                let config = write("wao-lb.yaml", wao_lb_config(listen, backend, proto))?;
+                (
+                    setup.wao_lb.to_string_lossy().into_owned(),
+                    vec!["run".into(), "--config".into(), config],
+                    setup.work.join("wao-lb.log"),
+                )
+            }
+            Target::Haproxy => {
+                if proto == Proto::Udp {
+                    return Err(Skip(
+                        "HAProxy does not proxy UDP (its `mode tcp` is TCP only)".into(),
+                    ));
+                }
+                if !installed("haproxy") {
+                    return Err(Skip("not installed (apt-get install haproxy)".into()));
+                }
+                let config = write(
+                    "haproxy.cfg",
+                    haproxy_config(listen, backend, setup.max_connections),
+                )?;
+                (
+                    "haproxy".into(),
+                    vec!["-db".into(), "-f".into(), config],
+                    setup.work.join("haproxy.log"),
+                )
+            }
+            Target::Nginx => {
+                if !installed("nginx") {
+                    return Err(Skip("not installed (apt-get install nginx)".into()));
+                }
+                let module = Path::new(NGINX_STREAM_MODULE);
+                let config = write(
+                    "nginx.conf",
+                    nginx_config(
+                        listen,
+                        backend,
+                        proto,
+                        &setup.work,
+                        setup.max_connections,
+                        module.is_file().then_some(module),
+                    ),
+                )?;
+                let errors = setup.work.join("nginx-error.log");
+                (
+                    "nginx".into(),
+                    vec![
+                        "-e".into(),
+                        errors.to_string_lossy().into_owned(),
+                        "-c".into(),
+                        config,
+                    ],
+                    errors,
+                )
+            }
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let console = setup.work.join(format!("{}.console", self.name()));
+        let mut child = spawn(setup, &program, &args, &console)?;
+        let pid = child.id();
+        let logs = if log.exists() { log } else { console };
+        wait_serving(&mut Some(&mut child), listen, proto, Some(&logs)).await?;
+        Ok(Running {
+            addr: listen,
+            // taskset execs the program, so the child's pid is the proxy's.
+            pid: Some(pid),
+            _stop: Stop::Process(child),
+        })
+    }
+}
+
+async fn start_dnat(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    proto: Proto,
+) -> Result<Running, Skip> {
+    if !installed("nft") {
+        return Err(Skip("nft not installed (apt-get install nftables)".into()));
+    }
+    let table = format!("wao_bench_{}", std::process::id());
+    let ruleset = dnat_ruleset(&table, listen, backend, proto);
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Skip(format!("nft: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(ruleset.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Skip(format!("nft: {e}")))?;
+    if !out.status.success() {
+        return Err(Skip(format!(
+            "nft -f refused the DNAT rule (root and nf_nat needed): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let running = Running {
+        addr: listen,
+        pid: None,
+        _stop: Stop::NftTable(table),
+    };
+    wait_serving(&mut None, listen, proto, None).await?;
+    Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> (SocketAddr, SocketAddr) {
+        (
+            "127.0.0.1:1000".parse().unwrap(),
+            "127.0.0.1:2000".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn wao_lb_configs_parse_as_wao_lb_configs() {
+        let (l, b) = addrs();
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let cfg = wao_lb::config::Config::parse(&wao_lb_config(l, b, proto))
+                .expect("a valid wao-lb config");
+            assert_eq!(cfg.services.services.len(), 1);
+        }
+        assert!(wao_lb_config(l, b, Proto::Udp).contains("protocol: udp"));
+    }
+
+    #[test]
+    fn haproxy_config_is_tcp_one_thread_spliced() {
+        let (l, b) = addrs();
+        let hp = haproxy_config(l, b, 10_000);
+        for line in [
+            "nbthread 1",
+            "mode tcp",
+            "option splice-auto",
+            "bind 127.0.0.1:1000",
+            "server s1 127.0.0.1:2000",
+            "maxconn 10000",
+        ] {
+            assert!(hp.contains(line), "{line} missing:\n{hp}");
+        }
+    }
+
+    #[test]
+    fn nginx_config_is_one_worker_stream_proxy() {
+        let (l, b) = addrs();
+        let work = Path::new("/tmp/w");
+        let tcp = nginx_config(l, b, Proto::Tcp, work, 10_000, None);
+        assert!(tcp.contains("worker_processes 1;") && tcp.contains("master_process off;"));
+        assert!(
+            tcp.contains("listen 127.0.0.1:1000;") && tcp.contains("proxy_pass 127.0.0.1:2000;")
+        );
+        assert!(tcp.contains("worker_connections 20064;") && !tcp.contains("load_module"));
+        let udp = nginx_config(l, b, Proto::Udp, work, 10, Some(Path::new("/m.so")));
+        assert!(
+            udp.starts_with("load_module /m.so;")
+                && udp.contains("listen 127.0.0.1:1000 udp reuseport;")
+        );
+    }
+
+    #[test]
+    fn dnat_ruleset_rewrites_only_the_frontend() {
+        let (l, b) = addrs();
+        let r = dnat_ruleset("t1", l, b, Proto::Udp);
+        assert!(r.contains("table ip t1") && r.contains("hook output"));
+        assert!(r.contains("ip daddr 127.0.0.1 udp dport 1000 dnat to 127.0.0.1:2000"));
+    }
+
+    /// The generated peer configs pass the peers' own checkers where they are installed.
+    #[test]
+    fn peers_accept_their_generated_configs() {
+        let (l, b) = addrs();
+        let work = std::env::temp_dir().join(format!("wao-bench-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&work).unwrap();
+        if installed("haproxy") {
+            let p = work.join("haproxy.cfg");
+            std::fs::write(&p, haproxy_config(l, b, 1000)).unwrap();
+            let out = Command::new("haproxy")
+                .arg("-c")
+                .arg("-f")
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if installed("nginx") {
+            let module = Path::new(NGINX_STREAM_MODULE);
+            for proto in [Proto::Tcp, Proto::Udp] {
+                let p = work.join("nginx.conf");
+                let text =
+                    nginx_config(l, b, proto, &work, 100, module.is_file().then_some(module));
+                std::fs::write(&p, text).unwrap();
+                let out = Command::new("nginx")
+                    .arg("-t")
+                    .arg("-e")
+                    .arg(work.join("e.log"))
+                    .arg("-c")
+                    .arg(&p)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&work);
+    }
+}

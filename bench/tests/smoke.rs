@@ -1,0 +1,95 @@
+//! A smoke run of every scenario through the real `wao-bench` binary with tiny sizes:
+//! each scenario measures wao-lb (and direct), writes its JSON and SVG, and accounts for
+//! every requested target either as rows or as a skipped line with a reason.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wao_lb = ["release", "debug"]
+        .iter()
+        .map(|p| root.join("target").join(p).join("wao-lb"))
+        .find(|p| p.is_file())
+        .expect("the workspace build holds the wao-lb binary");
+    let out = std::env::temp_dir().join(format!("wao-bench-smoke-{}", std::process::id()));
+    let run = Command::new(env!("CARGO_BIN_EXE_wao-bench"))
+        .args([
+            "all",
+            "--smoke",
+            "--targets",
+            "direct,wao-lb,haproxy,nginx,dnat",
+        ])
+        .arg("--wao-lb")
+        .arg(&wao_lb)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("wao-bench runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let expected = [
+        ("throughput", "gbit_per_second", 2),
+        ("rr", "rate", 2),
+        ("crr", "rate", 1),
+        ("idle", "rss_kib_per_connection", 1),
+        ("udp", "rate", 1),
+    ];
+    for (scenario, key, variants) in expected {
+        let json = std::fs::read_to_string(out.join(format!("{scenario}.json")))
+            .unwrap_or_else(|e| panic!("{scenario}.json: {e}"));
+        let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let rows = report["rows"].as_array().unwrap();
+        let lb: Vec<_> = rows.iter().filter(|r| r["target"] == "wao-lb").collect();
+        assert_eq!(lb.len(), variants, "{scenario}: {json}");
+        for r in &lb {
+            let v = r["values"][key].as_f64().unwrap_or(-1.0);
+            // Idle memory may not grow at all for 50 connections; rates must be positive.
+            let ok = if key == "rss_kib_per_connection" {
+                v >= 0.0
+            } else {
+                v > 0.0
+            };
+            assert!(ok, "{scenario}: wao-lb {key} = {v}: {json}");
+            if key != "gbit_per_second" && scenario != "idle" {
+                assert!(
+                    r["values"]["p99_us"].as_f64().unwrap_or(0.0) > 0.0,
+                    "{json}"
+                );
+            }
+        }
+        assert!(
+            lb.iter().any(|r| r["values"].get("proxy_cpu_us").is_some()
+                || r["values"].get("proxy_cpu_seconds_per_gb").is_some()
+                || scenario == "idle"),
+            "{scenario}: wao-lb has no CPU figure: {json}"
+        );
+        // Every target is either measured or skipped with a reason: never silently absent.
+        for target in ["direct", "wao-lb", "haproxy", "nginx", "nft-dnat"] {
+            let measured = rows.iter().any(|r| r["target"] == target);
+            let skipped =
+                report["skipped"].as_array().unwrap().iter().any(|s| {
+                    s["target"] == target && !s["reason"].as_str().unwrap_or("").is_empty()
+                });
+            assert!(
+                measured ^ skipped,
+                "{scenario}: {target} neither measured nor skipped: {json}"
+            );
+        }
+        let svg = std::fs::read_to_string(out.join(format!("{scenario}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<rect"),
+            "{scenario}.svg"
+        );
+        assert!(stdout.contains(&format!("== {scenario}:")), "{stdout}");
+    }
+    let energy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("energy.json")).unwrap()).unwrap();
+    assert!(energy.as_array().is_some_and(|a| !a.is_empty()));
+    let _ = std::fs::remove_dir_all(&out);
+}
