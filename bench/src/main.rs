@@ -136,8 +136,10 @@ fn bench(cli: Cli) -> std::io::Result<()> {
         }
     };
     std::fs::create_dir_all(&cli.out)?;
+    // Absolute: nginx resolves relative paths against its own prefix.
     let work = cli.out.join("work");
     std::fs::create_dir_all(&work)?;
+    let work = std::fs::canonicalize(work)?;
 
     // Fairness on two cores: the proxy alone on core 1, the harness (load and backends)
     // on core 0. Children started with taskset move; everything else inherits core 0.
@@ -163,7 +165,6 @@ fn bench(cli: Cli) -> std::io::Result<()> {
         wao_lb: cli.wao_lb.clone(),
         work,
         proxy_core,
-        max_connections: sizes.idle.max(sizes.connections) + 64,
         open_files,
     };
 

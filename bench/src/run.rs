@@ -135,6 +135,12 @@ pub async fn scenario(
         Scenario::Udp => Proto::Udp,
         _ => Proto::Tcp,
     };
+    let idle = idle::fitting_connections(sizes.idle, setup.open_files, 100);
+    // Every peer is sized for what the scenario holds at once.
+    let hold = match scenario {
+        Scenario::Idle => idle + 8,
+        _ => 4096.max(sizes.connections + 64),
+    };
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     for (i, &target) in targets.iter().enumerate() {
@@ -147,8 +153,8 @@ pub async fn scenario(
                 "no proxy process of its own whose memory could be read".into(),
             ))
         } else {
-            match target.start(proto, backend.addr(), setup).await {
-                Ok(running) => measure(scenario, target, &running, &backend, sizes, setup)
+            match target.start(proto, backend.addr(), hold, setup).await {
+                Ok(running) => measure(scenario, target, &running, &backend, sizes, idle)
                     .await
                     .map_err(|e| Skip(format!("failed during the run: {e}"))),
                 Err(skip) => Err(skip),
@@ -170,6 +176,9 @@ pub async fn scenario(
         }
         bar.inc(1);
     }
+    if matches!(scenario, Scenario::Rr | Scenario::Crr | Scenario::Udp) {
+        added_p99(&mut rows);
+    }
     Ok(Report {
         scenario: scenario.name(),
         setup: description,
@@ -180,13 +189,32 @@ pub async fn scenario(
     })
 }
 
+/// Sets each row's `added_p99_us`: its p99 minus direct's p99 under the same variant, the
+/// latency the target itself adds. Without a direct row there is nothing to subtract.
+pub fn added_p99(rows: &mut [Row]) {
+    let direct: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| r.target == Target::Direct.name())
+        .filter_map(|r| Some((r.variant.clone(), r.get("p99_us")?)))
+        .collect();
+    for row in rows.iter_mut() {
+        let base = direct
+            .iter()
+            .find(|(v, _)| *v == row.variant)
+            .map(|(_, p)| *p);
+        if let (Some(base), Some(p99)) = (base, row.get("p99_us")) {
+            row.values.insert("added_p99_us", p99 - base);
+        }
+    }
+}
+
 async fn measure(
     scenario: Scenario,
     target: Target,
     running: &Running,
     backend: &Backend,
     sizes: &Sizes,
-    setup: &Setup,
+    idle_connections: usize,
 ) -> std::io::Result<Vec<Row>> {
     let name = target.name();
     let (addr, pid, d) = (running.addr, running.pid, sizes.duration());
@@ -215,10 +243,33 @@ async fn measure(
         }
         (Scenario::Idle, _) => {
             let pid = pid.ok_or_else(|| std::io::Error::other("no proxy process"))?;
-            let n = idle::fitting_connections(sizes.idle, setup.open_files, 100);
-            vec![idle::measure(name, addr, pid, n).await?]
+            vec![idle::measure(name, addr, pid, idle_connections).await?]
         }
         (Scenario::Udp, _) => vec![udp::measure(name, addr, pid, sizes.connections, d).await?],
         _ => Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn added_p99_subtracts_direct_of_the_same_variant() {
+        let mut rows = vec![
+            Row::new("direct", "max").set("p99_us", Some(200.0)),
+            Row::new("direct", "5000 req/s").set("p99_us", Some(100.0)),
+            Row::new("wao-lb", "max").set("p99_us", Some(250.0)),
+            Row::new("wao-lb", "5000 req/s").set("p99_us", Some(130.0)),
+            Row::new("haproxy", "other").set("p99_us", Some(999.0)),
+        ];
+        added_p99(&mut rows);
+        assert_eq!(rows[0].get("added_p99_us"), Some(0.0));
+        assert_eq!(rows[2].get("added_p99_us"), Some(50.0));
+        assert_eq!(rows[3].get("added_p99_us"), Some(30.0));
+        assert_eq!(rows[4].get("added_p99_us"), None);
+        let mut alone = vec![Row::new("wao-lb", "max").set("p99_us", Some(1.0))];
+        added_p99(&mut alone);
+        assert_eq!(alone[0].get("added_p99_us"), None);
+    }
 }

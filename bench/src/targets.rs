@@ -50,8 +50,6 @@ pub struct Setup {
     pub work: PathBuf,
     /// The core each proxy runs alone on (None: no pinning, e.g. on one core).
     pub proxy_core: Option<usize>,
-    /// Concurrent connections the peer must accept (idle needs thousands).
-    pub max_connections: usize,
     /// The open-files limit the peers inherit from the harness.
     pub open_files: u64,
 }
@@ -105,10 +103,19 @@ pub fn wao_lb_config(listen: SocketAddr, backend: SocketAddr, proto: Proto) -> S
 }
 
 /// HAProxy 2.x in TCP mode with one thread and kernel splicing, as an operator would run it.
-pub fn haproxy_config(listen: SocketAddr, backend: SocketAddr, max_connections: usize) -> String {
+/// HAProxy refuses to start unless `maxconn` sockets, two per connection, and its splice
+/// pipes fit the open-files limit, so the pipes get what the connections leave.
+pub fn haproxy_config(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    max_connections: usize,
+    open_files: u64,
+) -> String {
     let maxconn = max_connections.max(64);
+    let spare = (open_files as usize).saturating_sub(2 * maxconn + 200) / 2;
+    let maxpipes = (maxconn / 4).min(spare).max(1);
     format!(
-        "global\n  nbthread 1\n  maxconn {maxconn}\n\
+        "global\n  nbthread 1\n  maxconn {maxconn}\n  maxpipes {maxpipes}\n\
          defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  option splice-auto\n\
          listen bench\n  bind {listen}\n  maxconn {maxconn}\n  server s1 {backend} maxconn {maxconn}\n"
     )
@@ -242,10 +249,12 @@ async fn probe(addr: SocketAddr, proto: Proto) -> bool {
 
 impl Target {
     /// Starts this target in front of `backend`.
+    /// `max_connections` is how many connections it must hold at once (idle: thousands).
     pub async fn start(
         self,
         proto: Proto,
         backend: SocketAddr,
+        max_connections: usize,
         setup: &Setup,
     ) -> Result<Running, Skip> {
         let listen = match proto {
@@ -292,7 +301,7 @@ impl Target {
                 }
                 let config = write(
                     "haproxy.cfg",
-                    haproxy_config(listen, backend, setup.max_connections),
+                    haproxy_config(listen, backend, max_connections, setup.open_files),
                 )?;
                 (
                     "haproxy".into(),
@@ -312,7 +321,7 @@ impl Target {
                         backend,
                         proto,
                         &setup.work,
-                        setup.max_connections,
+                        max_connections,
                         module.is_file().then_some(module),
                     ),
                 )?;
@@ -407,17 +416,20 @@ mod tests {
     #[test]
     fn haproxy_config_is_tcp_one_thread_spliced() {
         let (l, b) = addrs();
-        let hp = haproxy_config(l, b, 10_000);
+        let hp = haproxy_config(l, b, 4_000, 20_000);
         for line in [
             "nbthread 1",
             "mode tcp",
             "option splice-auto",
             "bind 127.0.0.1:1000",
             "server s1 127.0.0.1:2000",
-            "maxconn 10000",
+            "maxconn 4000",
+            "maxpipes 1000",
         ] {
             assert!(hp.contains(line), "{line} missing:\n{hp}");
         }
+        // 9,950 idle connections leave almost no files for pipes under a 20,000 limit.
+        assert!(haproxy_config(l, b, 9_950, 20_000).contains("maxpipes 1\n"));
     }
 
     #[test]
@@ -453,7 +465,7 @@ mod tests {
         std::fs::create_dir_all(&work).unwrap();
         if installed("haproxy") {
             let p = work.join("haproxy.cfg");
-            std::fs::write(&p, haproxy_config(l, b, 1000)).unwrap();
+            std::fs::write(&p, haproxy_config(l, b, 1000, 20_000)).unwrap();
             let out = Command::new("haproxy")
                 .arg("-c")
                 .arg("-f")

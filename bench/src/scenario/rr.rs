@@ -38,6 +38,7 @@ fn latency_columns(rate: &'static str, cpu: &'static str) -> Vec<Column> {
         Column::new("p90_us", "p90 µs"),
         Column::charted("p99_us", "p99 µs"),
         Column::new("p999_us", "p99.9 µs"),
+        Column::new("added_p99_us", "added p99 µs"),
         Column::charted("proxy_cpu_us", cpu),
     ]
 }

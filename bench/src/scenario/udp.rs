@@ -20,6 +20,7 @@ pub fn columns() -> Vec<Column> {
         Column::new("p90_us", "p90 µs"),
         Column::charted("p99_us", "p99 µs"),
         Column::new("p999_us", "p99.9 µs"),
+        Column::new("added_p99_us", "added p99 µs"),
         Column::new("lost_percent", "lost %"),
         Column::charted("proxy_cpu_us", "proxy CPU µs/req"),
     ]

@@ -69,13 +69,18 @@ impl Half {
     }
 
     /// Reads what `from` has and writes it to `to` until `from` would block or `to` is full.
-    fn pump(&mut self, from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    /// At end of stream it shuts down `to`'s write side, unless the other direction is
+    /// already done: then both sockets are about to be closed, which sends the FIN anyway.
+    fn pump(&mut self, from: &TcpStream, to: &TcpStream, other_done: bool) -> io::Result<()> {
         with_scratch(|buf| {
             // A bounded number of rounds keeps one busy connection from starving the rest.
             for _ in 0..16 {
-                let n = match from.try_read(buf) {
+                let n = match read_some(from, buf) {
                     Ok(0) => {
                         self.done = true;
+                        if other_done {
+                            return Ok(());
+                        }
                         return SockRef::from(to).shutdown(std::net::Shutdown::Write);
                     }
                     Ok(n) => n,
@@ -110,6 +115,28 @@ impl Half {
         self.pending = Vec::new();
         self.written = 0;
         Ok(())
+    }
+}
+
+/// Reads into `buf`. A read that leaves `buf` unfilled has drained the socket (readiness
+/// is edge-triggered), so the readiness is cleared right away instead of by one more read
+/// that fails with EAGAIN, as tokio's own `poll_read` does. `try_io` clears only the
+/// readiness it saw before the read, so data that arrives meanwhile still wakes us.
+fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut short = None;
+    let r = from.try_io(Interest::READABLE, || {
+        let socket = SockRef::from(from);
+        let n = (&*socket).read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => r,
     }
 }
 
@@ -183,9 +210,9 @@ async fn copy(
             return CopyExit::Bulky;
         }
         let step = tokio::select! {
-            r = client.readable(), if up.wants_read() => r.and_then(|_| up.pump(client, upstream)),
+            r = client.readable(), if up.wants_read() => r.and_then(|_| up.pump(client, upstream, down.done)),
             r = upstream.writable(), if up.wants_write() => r.and_then(|_| up.flush(upstream)),
-            r = upstream.readable(), if down.wants_read() => r.and_then(|_| down.pump(upstream, client)),
+            r = upstream.readable(), if down.wants_read() => r.and_then(|_| down.pump(upstream, client, up.done)),
             r = client.writable(), if down.wants_write() => r.and_then(|_| down.flush(client)),
             _ = &mut idle => {
                 if last_active.elapsed() >= idle_timeout {
