@@ -1,5 +1,6 @@
 //! `wao-bench`: the load-test harness. It runs scenarios (throughput, rr, crr, idle, udp,
-//! energy) against targets (direct, wao-lb, HAProxy, nginx stream, nftables DNAT) in one
+//! energy) against targets (direct, wao-lb bound or transparent, HAProxy, nginx stream,
+//! nftables DNAT) in one
 //! go, pinning each proxy alone on one core and the load on the other, and writes a table,
 //! a JSON report and an SVG chart per scenario.
 
@@ -30,7 +31,7 @@ struct Cli {
     #[arg(value_enum, default_value = "all")]
     scenarios: Vec<Scenario>,
     /// Targets to measure, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["direct", "wao-lb", "haproxy", "nginx", "dnat"])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["direct", "wao-lb", "wao-lb-tproxy", "haproxy", "nginx", "dnat"])]
     targets: Vec<Target>,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5.0)]

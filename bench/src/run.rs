@@ -154,9 +154,13 @@ pub async fn scenario(
             ))
         } else {
             match target.start(proto, backend.addr(), hold, setup).await {
-                Ok(running) => measure(scenario, target, &running, &backend, sizes, idle)
-                    .await
-                    .map_err(|e| Skip(format!("failed during the run: {e}"))),
+                Ok(running) => {
+                    let measured = measure(scenario, target, &running, &backend, sizes, idle)
+                        .await
+                        .map_err(|e| Skip(format!("failed during the run: {e}")));
+                    running.stop().await;
+                    measured
+                }
                 Err(skip) => Err(skip),
             }
         };

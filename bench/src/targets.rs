@@ -1,6 +1,8 @@
 //! The targets a scenario measures, each in front of the same built-in backend: `direct`
-//! (no proxy, the limit), `wao-lb`, HAProxy (`mode tcp`, splice on), nginx `stream` and the
-//! kernel's nftables DNAT path. The harness writes each peer's config into its work folder,
+//! (no proxy, the limit), `wao-lb` bound to its service address, `wao-lb-tproxy` (the
+//! transparent path: a VIP on 127.77.0.1 caught by wao-lb's own nftables rules), HAProxy
+//! (`mode tcp`, splice on), nginx `stream`, and the kernel's nftables DNAT path, which is
+//! what the transparent path replaces. The harness writes each peer's config into its work folder,
 //! starts the peer alone on the proxy core with one thread/worker, waits until it serves,
 //! and stops it on drop. A peer that is missing or fails to start is a `Skip` with a reason.
 
@@ -15,6 +17,7 @@ use tokio::net::{TcpStream, UdpSocket};
 pub enum Target {
     Direct,
     WaoLb,
+    WaoLbTproxy,
     Haproxy,
     Nginx,
     Dnat,
@@ -25,6 +28,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::WaoLb => "wao-lb",
+            Target::WaoLbTproxy => "wao-lb-tproxy",
             Target::Haproxy => "haproxy",
             Target::Nginx => "nginx",
             Target::Dnat => "nft-dnat",
@@ -33,7 +37,10 @@ impl Target {
 
     /// Whether the target runs as a process of its own whose CPU and RSS can be read.
     pub fn has_process(self) -> bool {
-        matches!(self, Target::WaoLb | Target::Haproxy | Target::Nginx)
+        matches!(
+            self,
+            Target::WaoLb | Target::WaoLbTproxy | Target::Haproxy | Target::Nginx
+        )
     }
 }
 
@@ -71,10 +78,7 @@ impl Drop for Stop {
     fn drop(&mut self) {
         match self {
             Stop::Nothing => {}
-            Stop::Process(child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            Stop::Process(child) => stop_gracefully(child),
             Stop::NftTable(table) => {
                 let _ = Command::new("nft")
                     .args(["delete", "table", "ip", table])
@@ -82,6 +86,61 @@ impl Drop for Stop {
                     .status();
             }
         }
+    }
+}
+
+/// SIGTERM, so that a draining proxy finishes and wao-lb-tproxy removes its rules.
+fn terminate(child: &Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) only sends a signal; `pid` is our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+/// Waits up to `limit` for `child` to exit.
+fn exited_within(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The fallback when a `Running` is dropped without `stop()` (an error path): SIGTERM,
+/// a short wait, then SIGKILL.
+fn stop_gracefully(child: &mut Child) {
+    // An exited child's pid may belong to someone else by now: signal only a live one.
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    terminate(child);
+    if !exited_within(child, Duration::from_secs(2)) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Running {
+    /// Stops the target with SIGTERM. It awaits the exit, so the harness's runtime keeps
+    /// serving the built-in backend meanwhile and a draining proxy sees its last
+    /// connections close. SIGKILL after 10 s.
+    pub async fn stop(mut self) {
+        if let Stop::Process(child) = &mut self._stop {
+            terminate(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Dropping `self` kills what is left and deletes an nftables table.
     }
 }
 
@@ -99,6 +158,26 @@ pub fn wao_lb_config(listen: SocketAddr, backend: SocketAddr, proto: Proto) -> S
          udp: {{maxSessions: 100000}}\n\
          services:\n  - name: bench\n    protocol: {protocol}\n    address: \"{listen}\"\n    \
          backends: [{{address: \"{backend}\", node: n}}]\n"
+    )
+}
+
+/// The VIP of `wao-lb-tproxy`: a loopback address no socket is bound to, so traffic to it
+/// reaches the backend only through wao-lb's redirect rules.
+pub const TPROXY_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 77, 0, 1);
+
+/// wao-lb in transparent mode (`redirect: tproxy`) with the VIP `listen` as its service;
+/// `ports` are its TPROXY and local-redirect listener ports.
+pub fn wao_lb_tproxy_config(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    proto: Proto,
+    ports: (u16, u16),
+) -> String {
+    format!(
+        "redirect: tproxy\ntproxy: {{port: {}, localPort: {}}}\n{}",
+        ports.0,
+        ports.1,
+        wao_lb_config(listen, backend, proto)
     )
 }
 
@@ -164,12 +243,11 @@ pub fn dnat_ruleset(table: &str, listen: SocketAddr, backend: SocketAddr, proto:
 
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
-fn free_tcp_addr() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
-fn free_udp_addr() -> std::io::Result<SocketAddr> {
-    std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()
+fn free_addr(ip: std::net::Ipv4Addr, proto: Proto) -> std::io::Result<SocketAddr> {
+    match proto {
+        Proto::Tcp => std::net::TcpListener::bind((ip, 0))?.local_addr(),
+        Proto::Udp => std::net::UdpSocket::bind((ip, 0))?.local_addr(),
+    }
 }
 
 fn installed(program: &str) -> bool {
@@ -196,7 +274,21 @@ fn spawn(setup: &Setup, program: &str, args: &[&str], log: &Path) -> Result<Chil
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
+        .stderr(err);
+    // If the harness dies (Ctrl-C), the peer gets SIGTERM, so wao-lb-tproxy still removes
+    // its rules and no proxy outlives the run.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    command
         .spawn()
         .map_err(|e| Skip(format!("could not start {program}: {e}")))
 }
@@ -257,11 +349,11 @@ impl Target {
         max_connections: usize,
         setup: &Setup,
     ) -> Result<Running, Skip> {
-        let listen = match proto {
-            Proto::Tcp => free_tcp_addr(),
-            Proto::Udp => free_udp_addr(),
-        }
-        .map_err(|e| Skip(format!("no free port: {e}")))?;
+        let ip = match self {
+            Target::WaoLbTproxy => TPROXY_VIP,
+            _ => std::net::Ipv4Addr::LOCALHOST,
+        };
+        let listen = free_addr(ip, proto).map_err(|e| Skip(format!("no free port: {e}")))?;
         let write = |name: &str, text: String| -> Result<String, Skip> {
             let path = setup.work.join(name);
             std::fs::write(&path, text).map_err(|e| Skip(format!("{}: {e}", path.display())))?;
@@ -276,18 +368,27 @@ impl Target {
                 })
             }
             Target::Dnat => return start_dnat(listen, backend, proto).await,
-            Target::WaoLb => {
+            Target::WaoLb | Target::WaoLbTproxy => {
                 if !setup.wao_lb.is_file() {
                     return Err(Skip(format!(
                         "{} not found (cargo build --release)",
                         setup.wao_lb.display()
                     )));
                 }
-                let config = write("wao-lb.yaml", wao_lb_config(listen, backend, proto))?;
+                let text = if self == Target::WaoLb {
+                    wao_lb_config(listen, backend, proto)
+                } else {
+                    let port = |p| free_addr(std::net::Ipv4Addr::LOCALHOST, p).map(|a| a.port());
+                    let ports = port(Proto::Tcp)
+                        .and_then(|a| Ok((a, port(Proto::Tcp)?)))
+                        .map_err(|e| Skip(format!("no free port: {e}")))?;
+                    wao_lb_tproxy_config(listen, backend, proto, ports)
+                };
+                let config = write(&format!("{}.yaml", self.name()), text)?;
                 (
                     setup.wao_lb.to_string_lossy().into_owned(),
                     vec!["run".into(), "--config".into(), config],
-                    setup.work.join("wao-lb.log"),
+                    setup.work.join(format!("{}.log", self.name())),
                 )
             }
             Target::Haproxy => {
@@ -353,6 +454,34 @@ impl Target {
     }
 }
 
+const TABLE_PREFIX: &str = "wao_bench_";
+
+/// The DNAT tables of earlier runs whose harness died before removing them.
+pub fn stale_tables(listing: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table ip "))
+        .filter(|name| {
+            name.strip_prefix(TABLE_PREFIX)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !alive(pid))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn remove_stale_tables() {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+        return;
+    };
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for table in stale_tables(&listing, |pid| Path::new(&format!("/proc/{pid}")).exists()) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &table])
+            .status();
+    }
+}
+
 async fn start_dnat(
     listen: SocketAddr,
     backend: SocketAddr,
@@ -361,7 +490,8 @@ async fn start_dnat(
     if !installed("nft") {
         return Err(Skip("nft not installed (apt-get install nftables)".into()));
     }
-    let table = format!("wao_bench_{}", std::process::id());
+    remove_stale_tables();
+    let table = format!("{TABLE_PREFIX}{}", std::process::id());
     let ruleset = dnat_ruleset(&table, listen, backend, proto);
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -411,6 +541,11 @@ mod tests {
             assert_eq!(cfg.services.services.len(), 1);
         }
         assert!(wao_lb_config(l, b, Proto::Udp).contains("protocol: udp"));
+        let vip = SocketAddr::from((TPROXY_VIP, 80));
+        let cfg = wao_lb::config::Config::parse(&wao_lb_tproxy_config(vip, b, Proto::Tcp, (3, 4)))
+            .expect("a valid transparent wao-lb config");
+        assert_eq!((cfg.tproxy.port, cfg.tproxy.local_port), (3, 4));
+        assert_eq!(cfg.redirect, wao_lb::config::RedirectMode::Tproxy);
     }
 
     #[test]
@@ -455,6 +590,12 @@ mod tests {
         let r = dnat_ruleset("t1", l, b, Proto::Udp);
         assert!(r.contains("table ip t1") && r.contains("hook output"));
         assert!(r.contains("ip daddr 127.0.0.1 udp dport 1000 dnat to 127.0.0.1:2000"));
+    }
+
+    #[test]
+    fn only_tables_of_dead_harnesses_are_stale() {
+        let listing = "table inet wao-lb\ntable ip wao_bench_10\ntable ip wao_bench_20\ntable ip nat\ntable ip wao_bench_x\n";
+        assert_eq!(stale_tables(listing, |pid| pid == 20), vec!["wao_bench_10"]);
     }
 
     /// The generated peer configs pass the peers' own checkers where they are installed.

@@ -1,5 +1,5 @@
 //! A smoke run of every scenario through the real `wao-bench` binary with tiny sizes:
-//! each scenario measures wao-lb (and direct), writes its JSON and SVG, and accounts for
+//! each scenario measures wao-lb, bound and transparent, writes its JSON and SVG, and accounts for
 //! every requested target either as rows or as a skipped line with a reason.
 
 use std::path::Path;
@@ -19,7 +19,7 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
             "all",
             "--smoke",
             "--targets",
-            "direct,wao-lb,haproxy,nginx,dnat",
+            "direct,wao-lb,wao-lb-tproxy,haproxy,nginx,dnat",
         ])
         .arg("--wao-lb")
         .arg(&wao_lb)
@@ -45,8 +45,12 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
             .unwrap_or_else(|e| panic!("{scenario}.json: {e}"));
         let report: serde_json::Value = serde_json::from_str(&json).unwrap();
         let rows = report["rows"].as_array().unwrap();
-        let lb: Vec<_> = rows.iter().filter(|r| r["target"] == "wao-lb").collect();
-        assert_eq!(lb.len(), variants, "{scenario}: {json}");
+        // Bound and transparent (CI runs as root with nftables, so both must work).
+        let lb: Vec<_> = rows
+            .iter()
+            .filter(|r| r["target"] == "wao-lb" || r["target"] == "wao-lb-tproxy")
+            .collect();
+        assert_eq!(lb.len(), 2 * variants, "{scenario}: {json}");
         for r in &lb {
             let v = r["values"][key].as_f64().unwrap_or(-1.0);
             // Idle memory may not grow at all for 50 connections; rates must be positive.
@@ -70,7 +74,14 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
             "{scenario}: wao-lb has no CPU figure: {json}"
         );
         // Every target is either measured or skipped with a reason: never silently absent.
-        for target in ["direct", "wao-lb", "haproxy", "nginx", "nft-dnat"] {
+        for target in [
+            "direct",
+            "wao-lb",
+            "wao-lb-tproxy",
+            "haproxy",
+            "nginx",
+            "nft-dnat",
+        ] {
             let measured = rows.iter().any(|r| r["target"] == target);
             let skipped =
                 report["skipped"].as_array().unwrap().iter().any(|s| {
