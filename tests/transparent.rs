@@ -44,7 +44,8 @@ tcp()
 "#;
 
 /// Client: `tcp|udp HOST PORT COUNT SIZE` → JSON {backend name: count, "errors": n, "peers": [...]},
-/// checking every echoed payload byte for byte; `refused HOST PORT` → how a connect ended.
+/// checking every echoed payload byte for byte; `refused HOST PORT` → how a connect ended;
+/// `burst HOST PORT COUNT` → COUNT UDP sockets sending at once → {"replies": n, "foreign": n, ...}.
 const CLIENT: &str = r#"
 import json, os, socket, sys, time
 mode, host = sys.argv[1], sys.argv[2]
@@ -60,6 +61,35 @@ if mode == "refused":
         print(json.dumps({"result": "timeout", "seconds": time.time() - t}))
     except (ConnectionRefusedError, ConnectionResetError) as e:
         print(json.dumps({"result": "refused", "seconds": time.time() - t}))
+    sys.exit(0)
+if mode == "burst":
+    # COUNT sockets send at once, three rounds; each must get its own datagram back. A
+    # reply carrying another socket's datagram was misdelivered; one of an earlier round of
+    # its own is late.
+    socks = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(int(sys.argv[4]))]
+    out = {"replies": 0, "foreign": 0, "late": 0, "missing": 0}
+    for r in range(3):
+        sent = [b"%d %d " % (i, r) + os.urandom(100) for i in range(len(socks))]
+        for s, p in zip(socks, sent):
+            s.sendto(p, (host, port))
+        deadline = time.time() + 10
+        for i, (s, p) in enumerate(zip(socks, sent)):
+            while True:
+                s.settimeout(max(0.01, deadline - time.time()))
+                try:
+                    data, src = s.recvfrom(70000)
+                except socket.timeout:
+                    out["missing"] += 1
+                    break
+                body = data.split(b"\n", 1)[1]
+                if src[0] == host and body == p:
+                    out["replies"] += 1
+                    break
+                if body.split(b" ")[0] == b"%d" % i:
+                    out["late"] += 1
+                else:
+                    out["foreign"] += 1
+    print(json.dumps(out))
     sys.exit(0)
 count, size = int(sys.argv[4]), int(sys.argv[5])
 out = {"errors": 0, "peers": []}
@@ -460,6 +490,17 @@ fn tcp_and_udp_to_a_vip_reach_the_backends_byte_exact_by_weight() {
         serde_json::json!([net.v4(1, 2)]),
         "{direct}"
     );
+}
+
+/// New UDP flows open sockets bound to the VIP; while one is not yet connected, other
+/// clients' datagrams must still reach the listener, and one that races into it anyway must
+/// be served as its own client's (this failed with a `socket` rule for UDP).
+#[test]
+fn many_udp_clients_starting_at_once_each_get_their_own_replies() {
+    let net = Net::running();
+    let burst = net.client("cl", &["burst", &net.vip4(), "53", "256"]);
+    assert_eq!(count(&burst, "foreign"), 0, "{burst}");
+    assert_eq!(count(&burst, "replies"), 3 * 256, "{burst}");
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //!
 //! - prerouting (filter, mangle priority): wao-lb's own upstream packets pass; frontends
 //!   without a usable backend are rejected (TCP reset, ICMP for UDP); packets of
-//!   established transparent sockets are marked; new TCP and UDP packets to a frontend are
-//!   TPROXYed to the transparent listeners and marked, so policy routing delivers them.
+//!   established transparent TCP sockets are marked; TCP and UDP packets to a frontend are
+//!   TPROXYed (to a UDP flow's connected reply socket, else to the transparent listeners)
+//!   and marked, so policy routing delivers them.
 //! - output (nat, −110, before kube-proxy's −100): the node's own TCP connections to a
 //!   frontend are redirected to the local listener, which reads the VIP back with
 //!   SO_ORIGINAL_DST. The destination is rewritten before kube-proxy's filter sees it.
@@ -87,7 +88,14 @@ pub fn render(entries: &[Entry], t: &TproxySettings) -> String {
     );
     let _ = writeln!(out, "\t\t{own}");
     refuse(&mut out);
-    let _ = writeln!(out, "\t\tmeta l4proto {{ tcp, udp }} socket transparent 1 meta mark set meta mark | {mark:#x} accept");
+    // TCP only: for UDP the `socket` match also finds a flow's reply socket in the moment
+    // it is bound to the VIP but not yet connected to its client, and would deliver other
+    // clients' datagrams to it. The UDP tproxy rule's own lookup takes only connected
+    // sockets and hands the rest to the listener.
+    let _ = writeln!(
+        out,
+        "\t\tmeta l4proto tcp socket transparent 1 meta mark set meta mark | {mark:#x} accept"
+    );
     for (family, set, to) in [
         ("ip", "frontends4", format!("127.0.0.1:{}", t.port)),
         ("ip6", "frontends6", format!("[::1]:{}", t.port)),
@@ -200,6 +208,9 @@ mod tests {
             text.contains("tproxy ip to 127.0.0.1:15001 meta mark set meta mark | 0x1000 accept")
         );
         assert!(text.contains("tproxy ip6 to [::1]:15001"));
+        // Only TCP skips the tproxy lookup through the socket match (see `render`).
+        assert!(text.contains("\t\tmeta l4proto tcp socket transparent 1 meta mark set"));
+        assert_eq!(text.matches("socket transparent").count(), 1, "{text}");
         assert!(text.contains("meta l4proto tcp redirect to :15002"));
         assert!(
             !text.contains("kube-proxy"),

@@ -4,6 +4,10 @@
 //! flow's own, bound to the VIP and connected to the client. Sessions end after the idle timeout, when the
 //! backend refuses (ICMP), or at stop. Past `maxSessions`, new flows are dropped and counted
 //! while existing flows keep working.
+//!
+//! A flow's own socket can receive another client's datagram: the kernel's TPROXY lookup
+//! races the socket's connect. Such a stray goes back to the listener's loop, which serves
+//! it like any datagram, so it is never relayed as the wrong client's.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +31,22 @@ const MAX_DATAGRAM: usize = super::scratch::SCRATCH_BYTES;
 
 /// Sessions by (client, frontend address).
 type Sessions = Arc<Mutex<HashMap<(SocketAddr, SocketAddr), Arc<Session>>>>;
+
+/// A datagram a flow's own socket received from another client: its bytes, its client,
+/// and the frontend address it was sent to.
+type Stray = (Vec<u8>, SocketAddr, SocketAddr);
+
+/// Strays waiting for the listener's loop; past this many, they are dropped and counted.
+const STRAYS_QUEUED: usize = 256;
+
+/// What the sessions of one listening socket share.
+#[derive(Clone)]
+struct Shared {
+    sessions: Sessions,
+    strays: mpsc::Sender<Stray>,
+    ctx: Arc<ProxyContext>,
+    stop: CancellationToken,
+}
 
 struct Session {
     upstream: UdpSocket,
@@ -54,7 +75,14 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let socket = Arc::new(socket);
-    let sessions: Sessions = Arc::default();
+    let (strays, mut stray_rx) = mpsc::channel(STRAYS_QUEUED);
+    let shared = Shared {
+        sessions: Arc::default(),
+        strays,
+        ctx,
+        stop,
+    };
+    let (ctx, sessions) = (&shared.ctx, &shared.sessions);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, client, dst) = tokio::select! {
@@ -66,13 +94,18 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stop.cancelled() => return,
+            Some((data, client, dst)) = stray_rx.recv() => {
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                (n, client, dst)
+            }
+            _ = shared.stop.cancelled() => return,
         };
         let frontend = Frontend {
             protocol: Protocol::Udp,
             address: dst,
         };
-        let existing = lock(&sessions).get(&(client, dst)).cloned();
+        let existing = lock(sessions).get(&(client, dst)).cloned();
         let Some(entry) = ctx.routes.load().get(&frontend).cloned() else {
             ctx.refuse_unknown();
             continue;
@@ -91,9 +124,7 @@ pub async fn serve(
                         }
                     },
                 };
-                let opened =
-                    open_session(&entry, client, dst, &sessions, &reply, &ctx, &stop).await;
-                match opened {
+                match open_session(&entry, client, dst, &reply, &shared).await {
                     Some(s) => s,
                     None => {
                         entry.counters.udp_dropped.inc();
@@ -140,15 +171,26 @@ async fn client_socket(vip: SocketAddr, client: SocketAddr) -> io::Result<Arc<Ud
     Ok(Arc::new(s))
 }
 
-/// Forwards what the client sent on its own socket (transparent mode) to the backend.
+/// Forwards what the client sent on its own socket (transparent mode) to the backend, and
+/// what another client sent to it back to the listener's loop.
 fn forward_requests(
     session: &Session,
     from_client: &UdpSocket,
+    (client, frontend): (SocketAddr, SocketAddr),
     entry: &ServiceEntry,
+    strays: &mpsc::Sender<Stray>,
 ) -> io::Result<()> {
     with_scratch(|buf| loop {
-        match from_client.try_recv(buf) {
-            Ok(n) => {
+        match from_client.try_recv_from(buf) {
+            Ok((n, from)) if from != client => {
+                if strays
+                    .try_send((buf[..n].to_vec(), from, frontend))
+                    .is_err()
+                {
+                    entry.counters.udp_dropped.inc();
+                }
+            }
+            Ok((n, _)) => {
                 session.touch();
                 if session.upstream.try_send(&buf[..n]).is_ok() {
                     entry.counters.udp_datagrams_upstream.inc();
@@ -172,11 +214,10 @@ async fn open_session(
     entry: &Arc<ServiceEntry>,
     client: SocketAddr,
     frontend: SocketAddr,
-    sessions: &Sessions,
     reply: &Arc<UdpSocket>,
-    ctx: &Arc<ProxyContext>,
-    stop: &CancellationToken,
+    shared: &Shared,
 ) -> Option<Arc<Session>> {
+    let (ctx, sessions) = (&shared.ctx, &shared.sessions);
     let settings = **ctx.udp.load();
     if lock(sessions).len() >= settings.max_sessions {
         tracing::debug!(service = %entry.service.name, %client, "udp session limit reached");
@@ -203,13 +244,11 @@ async fn open_session(
     entry.counters.udp_sessions_active.inc();
     ctx.tracker.spawn(replies(
         session.clone(),
-        client,
-        frontend,
+        (client, frontend),
         reply.clone(),
-        sessions.clone(),
         entry.clone(),
         settings.session_timeout,
-        stop.clone(),
+        shared.clone(),
     ));
     Some(session)
 }
@@ -257,16 +296,13 @@ fn forward_replies(
 }
 
 /// Carries the backend's replies to the client until the session idles out or fails.
-#[allow(clippy::too_many_arguments)]
 async fn replies(
     session: Arc<Session>,
-    client: SocketAddr,
-    frontend: SocketAddr,
+    (client, frontend): (SocketAddr, SocketAddr),
     reply: Arc<UdpSocket>,
-    sessions: Sessions,
     entry: Arc<ServiceEntry>,
     timeout: Duration,
-    stop: CancellationToken,
+    shared: Shared,
 ) {
     // A connected reply socket is the session's own (transparent mode); the shared listener
     // socket is read by `serve`.
@@ -289,14 +325,15 @@ async fn replies(
                 }
             }
             r = reply.readable(), if owns_reply => {
-                if r.and_then(|_| forward_requests(&session, &reply, &entry)).is_err() {
+                let flow = (client, frontend);
+                if r.and_then(|_| forward_requests(&session, &reply, flow, &entry, &shared.strays)).is_err() {
                     break;
                 }
             }
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => break,
+            _ = shared.stop.cancelled() => break,
         }
     }
-    lock(&sessions).remove(&(client, frontend));
+    lock(&shared.sessions).remove(&(client, frontend));
     entry.counters.udp_sessions_active.dec();
 }
