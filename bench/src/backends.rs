@@ -2,7 +2,8 @@
 //! TCP sink that counts bytes (throughput) and a UDP echo (udp). They run in the harness's
 //! own runtime on the load core, except for `idle`, whose echo runs in a child process
 //! (`wao-bench --serve-echo`) so that the harness's N client sockets and the backend's N
-//! accepted ones do not share one open-files limit.
+//! accepted ones do not share one open-files limit. Every target gets a backend of its own,
+//! started in the target's network namespace (`netns.rs`) and stopped with it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,13 +11,26 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+
+/// A built-in backend serving in this runtime; dropping it closes its socket.
+pub struct Served {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// Echoes every byte back on each accepted connection until the peer closes.
-pub async fn tcp_echo() -> std::io::Result<SocketAddr> {
+pub async fn tcp_echo() -> std::io::Result<Served> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(serve_echo(listener));
-    Ok(addr)
+    let task = tokio::spawn(serve_echo(listener));
+    Ok(Served { addr, task })
 }
 
 pub async fn serve_echo(listener: TcpListener) {
@@ -44,12 +58,12 @@ pub async fn serve_echo(listener: TcpListener) {
 }
 
 /// Reads and discards; every byte received is added to the returned counter.
-pub async fn tcp_sink() -> std::io::Result<(SocketAddr, Arc<AtomicU64>)> {
+pub async fn tcp_sink() -> std::io::Result<(Served, Arc<AtomicU64>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
@@ -63,20 +77,20 @@ pub async fn tcp_sink() -> std::io::Result<(SocketAddr, Arc<AtomicU64>)> {
             });
         }
     });
-    Ok((addr, received))
+    Ok((Served { addr, task }, received))
 }
 
 /// Sends every datagram back to its sender.
-pub async fn udp_echo() -> std::io::Result<SocketAddr> {
+pub async fn udp_echo() -> std::io::Result<Served> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let addr = socket.local_addr()?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = socket.recv_from(&mut buf).await {
             let _ = socket.send_to(&buf[..n], from).await;
         }
     });
-    Ok(addr)
+    Ok(Served { addr, task })
 }
 
 /// A TCP echo in a child process of the harness; killed on drop.
@@ -132,14 +146,14 @@ mod tests {
     #[tokio::test]
     async fn echo_sink_and_udp_echo_serve_real_sockets() {
         let echo = tcp_echo().await.unwrap();
-        let mut s = TcpStream::connect(echo).await.unwrap();
+        let mut s = TcpStream::connect(echo.addr).await.unwrap();
         s.write_all(b"ping").await.unwrap();
         let mut b = [0u8; 4];
         s.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"ping");
 
         let (sink, received) = tcp_sink().await.unwrap();
-        let mut s = TcpStream::connect(sink).await.unwrap();
+        let mut s = TcpStream::connect(sink.addr).await.unwrap();
         s.write_all(&[1u8; 100_000]).await.unwrap();
         drop(s);
         for _ in 0..100 {
@@ -152,10 +166,16 @@ mod tests {
 
         let udp = udp_echo().await.unwrap();
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        c.connect(udp).await.unwrap();
+        c.connect(udp.addr).await.unwrap();
         c.send(b"dgram").await.unwrap();
         let mut b = [0u8; 16];
         let n = c.recv(&mut b).await.unwrap();
         assert_eq!(&b[..n], b"dgram");
+
+        // Dropped, a backend stops serving: its port refuses.
+        let addr = echo.addr;
+        drop(echo);
+        tokio::task::yield_now().await;
+        assert!(TcpStream::connect(addr).await.is_err());
     }
 }

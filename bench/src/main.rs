@@ -6,6 +6,7 @@
 
 mod backends;
 mod measure;
+mod netns;
 mod report;
 mod run;
 mod scenario;

@@ -1,6 +1,7 @@
-//! Runs one load scenario against every selected target in turn: starts the scenario's
-//! built-in backend, then for each target starts it, measures, and stops it, while the
-//! progress bar says where the run is. Failures and missing peers become `skipped` lines.
+//! Runs one load scenario against every selected target in turn: for each target enters a
+//! fresh network namespace, starts a built-in backend and the target, measures, and stops
+//! both, while the progress bar says where the run is. Failures and missing peers become
+//! `skipped` lines.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 
 use crate::backends;
+use crate::netns;
 use crate::report::{Column, Machine, Report, Row, Skipped};
 use crate::scenario::{idle, rr, throughput, udp, Scenario};
 use crate::targets::{Proto, Running, Setup, Skip, Target};
@@ -54,9 +56,9 @@ pub fn steps(scenario: Scenario, targets: &[Target]) -> u64 {
 }
 
 enum Backend {
-    Echo(SocketAddr),
-    Sink(SocketAddr, Arc<AtomicU64>),
-    UdpEcho(SocketAddr),
+    Echo(backends::Served),
+    Sink(backends::Served, Arc<AtomicU64>),
+    UdpEcho(backends::Served),
     EchoProcess(backends::EchoProcess),
 }
 
@@ -75,7 +77,7 @@ impl Backend {
 
     fn addr(&self) -> SocketAddr {
         match self {
-            Backend::Echo(a) | Backend::Sink(a, _) | Backend::UdpEcho(a) => *a,
+            Backend::Echo(s) | Backend::Sink(s, _) | Backend::UdpEcho(s) => s.addr,
             Backend::EchoProcess(p) => p.addr,
         }
     }
@@ -130,7 +132,6 @@ pub async fn scenario(
     bar: &ProgressBar,
 ) -> std::io::Result<Report> {
     let (description, columns) = describe(scenario, sizes, setup);
-    let backend = Backend::start(scenario).await?;
     let proto = match scenario {
         Scenario::Udp => Proto::Udp,
         _ => Proto::Tcp,
@@ -148,11 +149,19 @@ pub async fn scenario(
         if i > 0 {
             tokio::time::sleep(sizes.settle).await;
         }
+        if let Err(e) = netns::enter_fresh() {
+            if i == 0 {
+                bar.println(format!(
+                    "targets share one network namespace ({e}); run as root to isolate them"
+                ));
+            }
+        }
         let outcome = if scenario == Scenario::Idle && !target.has_process() {
             Err(Skip(
                 "no proxy process of its own whose memory could be read".into(),
             ))
         } else {
+            let backend = Backend::start(scenario).await?;
             match target.start(proto, backend.addr(), hold, setup).await {
                 Ok(running) => {
                     let measured = measure(scenario, target, &running, &backend, sizes, idle)
@@ -180,7 +189,7 @@ pub async fn scenario(
         }
         bar.inc(1);
     }
-    if matches!(scenario, Scenario::Rr | Scenario::Crr | Scenario::Udp) {
+    if matches!(scenario, Scenario::Rr | Scenario::Udp) {
         added_p99(&mut rows);
     }
     Ok(Report {

@@ -24,22 +24,28 @@ pub enum Load {
 }
 
 pub fn rr_columns() -> Vec<Column> {
-    latency_columns("req/s", "proxy CPU µs/req")
+    let mut c = latency_columns("req/s");
+    c.push(Column::new("added_p99_us", "added p99 µs"));
+    c.push(Column::charted("proxy_cpu_us", "proxy CPU µs/req"));
+    c
 }
 
+/// No "added p99" here: each latency includes the load generator's connect, and direct
+/// connections' own tail (p99 about 35 ms on this machine, proxied ones about 5 ms) makes
+/// a difference against direct meaningless.
 pub fn crr_columns() -> Vec<Column> {
-    latency_columns("conn/s", "proxy CPU µs/conn")
+    let mut c = latency_columns("conn/s");
+    c.push(Column::charted("proxy_cpu_us", "proxy CPU µs/conn"));
+    c
 }
 
-fn latency_columns(rate: &'static str, cpu: &'static str) -> Vec<Column> {
+fn latency_columns(rate: &'static str) -> Vec<Column> {
     vec![
         Column::charted("rate", rate),
         Column::new("p50_us", "p50 µs"),
         Column::new("p90_us", "p90 µs"),
         Column::charted("p99_us", "p99 µs"),
         Column::new("p999_us", "p99.9 µs"),
-        Column::new("added_p99_us", "added p99 µs"),
-        Column::charted("proxy_cpu_us", cpu),
     ]
 }
 
@@ -176,7 +182,7 @@ mod tests {
         let echo = crate::backends::tcp_echo().await.unwrap();
         let seconds = 1.0;
         let h = drive(
-            echo,
+            echo.addr,
             Load::Paced { per_second: 400.0 },
             4,
             Duration::from_secs_f64(seconds),

@@ -108,7 +108,7 @@ mod tests {
         let (sink, received) = crate::backends::tcp_sink().await.unwrap();
         let r = measure(
             "direct",
-            sink,
+            sink.addr,
             None,
             &received,
             2,

@@ -105,7 +105,7 @@ mod tests {
     #[tokio::test]
     async fn echoed_datagrams_are_counted() {
         let echo = crate::backends::udp_echo().await.unwrap();
-        let r = measure("direct", echo, None, 2, Duration::from_millis(200))
+        let r = measure("direct", echo.addr, None, 2, Duration::from_millis(200))
             .await
             .unwrap();
         assert!(r.get("rate").unwrap() > 100.0, "{r:?}");
