@@ -598,6 +598,16 @@ mod tests {
         assert_eq!(stale_tables(listing, |pid| pid == 20), vec!["wao_bench_10"]);
     }
 
+    /// Runs a peer's config checker and fails with its complaint.
+    fn assert_accepts(checker: &mut Command) {
+        let out = checker.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The generated peer configs pass the peers' own checkers where they are installed.
     #[test]
     fn peers_accept_their_generated_configs() {
@@ -607,17 +617,7 @@ mod tests {
         if installed("haproxy") {
             let p = work.join("haproxy.cfg");
             std::fs::write(&p, haproxy_config(l, b, 1000, 20_000)).unwrap();
-            let out = Command::new("haproxy")
-                .arg("-c")
-                .arg("-f")
-                .arg(&p)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_accepts(Command::new("haproxy").arg("-c").arg("-f").arg(&p));
         }
         if installed("nginx") {
             let module = Path::new(NGINX_STREAM_MODULE);
@@ -626,18 +626,14 @@ mod tests {
                 let text =
                     nginx_config(l, b, proto, &work, 100, module.is_file().then_some(module));
                 std::fs::write(&p, text).unwrap();
-                let out = Command::new("nginx")
-                    .arg("-t")
-                    .arg("-e")
-                    .arg(work.join("e.log"))
-                    .arg("-c")
-                    .arg(&p)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
+                let log = work.join("e.log");
+                assert_accepts(
+                    Command::new("nginx")
+                        .arg("-t")
+                        .arg("-e")
+                        .arg(log)
+                        .arg("-c")
+                        .arg(&p),
                 );
             }
         }
