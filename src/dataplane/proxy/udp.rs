@@ -42,6 +42,8 @@ const STRAYS_QUEUED: usize = 256;
 /// What the sessions of one listening socket share.
 #[derive(Clone)]
 struct Shared {
+    listener: Arc<UdpSocket>,
+    destination: Destination,
     sessions: Sessions,
     strays: mpsc::Sender<Stray>,
     ctx: Arc<ProxyContext>,
@@ -74,69 +76,55 @@ pub async fn serve(
     ctx: Arc<ProxyContext>,
     stop: CancellationToken,
 ) {
-    let socket = Arc::new(socket);
     let (strays, mut stray_rx) = mpsc::channel(STRAYS_QUEUED);
     let shared = Shared {
+        listener: Arc::new(socket),
+        destination,
         sessions: Arc::default(),
         strays,
         ctx,
         stop,
     };
-    let (ctx, sessions) = (&shared.ctx, &shared.sessions);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let (n, client, dst) = tokio::select! {
-            r = receive(&socket, destination, &mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP errors for earlier replies surface here on some kernels; keep going.
-                    tracing::debug!(error = %e, "udp receive failed");
-                    continue;
-                }
+        tokio::select! {
+            r = receive(&shared.listener, destination, &mut buf) => match r {
+                Ok((n, client, dst)) => forward(&buf[..n], client, dst, &shared).await,
+                // ICMP errors for earlier replies surface here on some kernels; keep going.
+                Err(e) => tracing::debug!(error = %e, "udp receive failed"),
             },
             Some((data, client, dst)) = stray_rx.recv() => {
-                let n = data.len().min(buf.len());
-                buf[..n].copy_from_slice(&data[..n]);
-                (n, client, dst)
+                forward(&data, client, dst, &shared).await;
             }
             _ = shared.stop.cancelled() => return,
-        };
-        let frontend = Frontend {
-            protocol: Protocol::Udp,
-            address: dst,
-        };
-        let existing = lock(sessions).get(&(client, dst)).cloned();
-        let Some(entry) = ctx.routes.load().get(&frontend).cloned() else {
-            ctx.refuse_unknown();
-            continue;
-        };
-        let session = match existing {
+        }
+    }
+}
+
+/// Sends a client's datagram to its session's backend, opening the session if it is new.
+async fn forward(datagram: &[u8], client: SocketAddr, dst: SocketAddr, shared: &Shared) {
+    let frontend = Frontend {
+        protocol: Protocol::Udp,
+        address: dst,
+    };
+    let Some(entry) = shared.ctx.routes.load().get(&frontend).cloned() else {
+        shared.ctx.refuse_unknown();
+        return;
+    };
+    let existing = lock(&shared.sessions).get(&(client, dst)).cloned();
+    let session = match existing {
+        Some(s) => s,
+        None => match open_session(&entry, client, dst, shared).await {
             Some(s) => s,
             None => {
-                let reply = match destination {
-                    Destination::Bound(_) => socket.clone(),
-                    _ => match client_socket(dst, client).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(%dst, error = %e, "cannot bind a reply socket");
-                            entry.counters.udp_dropped.inc();
-                            continue;
-                        }
-                    },
-                };
-                match open_session(&entry, client, dst, &reply, &shared).await {
-                    Some(s) => s,
-                    None => {
-                        entry.counters.udp_dropped.inc();
-                        continue;
-                    }
-                }
+                entry.counters.udp_dropped.inc();
+                return;
             }
-        };
-        session.touch();
-        if session.upstream.send(&buf[..n]).await.is_ok() {
-            entry.counters.udp_datagrams_upstream.inc();
-        }
+        },
+    };
+    session.touch();
+    if session.upstream.send(datagram).await.is_ok() {
+        entry.counters.udp_datagrams_upstream.inc();
     }
 }
 
@@ -214,7 +202,6 @@ async fn open_session(
     entry: &Arc<ServiceEntry>,
     client: SocketAddr,
     frontend: SocketAddr,
-    reply: &Arc<UdpSocket>,
     shared: &Shared,
 ) -> Option<Arc<Session>> {
     let (ctx, sessions) = (&shared.ctx, &shared.sessions);
@@ -223,6 +210,16 @@ async fn open_session(
         tracing::debug!(service = %entry.service.name, %client, "udp session limit reached");
         return None;
     }
+    let reply = match shared.destination {
+        Destination::Bound(_) => shared.listener.clone(),
+        _ => match client_socket(frontend, client).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%frontend, error = %e, "cannot bind a reply socket");
+                return None;
+            }
+        },
+    };
     let i = entry.choose(client.ip(), &[], &mut rand::rng())?;
     let backend = &entry.backends[i];
     backend.picks.inc();
@@ -245,7 +242,7 @@ async fn open_session(
     ctx.tracker.spawn(replies(
         session.clone(),
         (client, frontend),
-        reply.clone(),
+        reply,
         entry.clone(),
         settings.session_timeout,
         shared.clone(),
