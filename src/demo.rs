@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app;
-use crate::config::Config;
-use crate::telemetry::weights_view::{render_table, rows};
+use crate::discovery::file::FileConfig;
+use crate::telemetry::weights_view::render_table;
 
 const TEMPLATE: &str = include_str!("../config/demo.yaml.in");
 const CONCURRENCY: usize = 32;
@@ -26,7 +26,7 @@ pub enum DemoError {
     #[error("demo setup: {0}")]
     Io(#[from] std::io::Error),
     #[error("demo config: {0}")]
-    Config(#[from] crate::config::ConfigErrors),
+    Config(#[from] crate::settings::ConfigErrors),
     #[error("{0}")]
     Start(#[from] app::StartError),
     #[error("{failed} of {total} demo connections failed")]
@@ -50,7 +50,7 @@ pub async fn run(connections: u64) -> Result<(), DemoError> {
         .replace("{PORT_A}", &ports[0].to_string())
         .replace("{PORT_B}", &ports[1].to_string())
         .replace("{PORT_C}", &ports[2].to_string());
-    let config = Config::parse(&yaml)?;
+    let config = FileConfig::parse(&yaml)?;
     let running = app::start(config, None).await?;
     let frontend: SocketAddr = ([127, 0, 0, 1], frontend_port).into();
 
@@ -66,11 +66,11 @@ pub async fn run(connections: u64) -> Result<(), DemoError> {
     println!(
         "Weights (from the power model; SHARE is what the table gives, PICKED what it chose):"
     );
-    print!("{}", render_table(&rows(&running.routes.load())));
+    print!("{}", render_table(&running.weights()));
     println!();
     println!("Connections each backend actually received:");
     let total: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-    let table = rows(&running.routes.load());
+    let table = running.weights();
     for (row, count) in table.iter().zip(&counters) {
         let n = count.load(Ordering::Relaxed);
         let got = if total == 0 {

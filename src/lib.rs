@@ -1,11 +1,12 @@
 //! wao-lb: an energy-aware L4 (TCP/UDP) load balancer. See ARCHITECTURE.md for the map.
+//! Data flows one way: discovery → power → balance → dataplane; telemetry reads.
 
 pub mod app;
 pub mod balance;
-pub mod config;
 pub mod dataplane;
 pub mod demo;
+pub mod discovery;
 pub mod model;
 pub mod power;
-pub mod redirect;
+pub mod settings;
 pub mod telemetry;

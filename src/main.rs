@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wao_lb::config::{Config, DEFAULT_ADMIN};
-use wao_lb::redirect::nftables::{self, Entry};
-use wao_lb::redirect::routing;
+use wao_lb::dataplane::proxy::redirect::nftables::{self, Entry};
+use wao_lb::dataplane::proxy::redirect::routing;
+use wao_lb::discovery::file::FileConfig;
+use wao_lb::settings::DEFAULT_ADMIN;
 use wao_lb::telemetry::logging::{self, LogFormat};
 use wao_lb::telemetry::weights_view::{render_table, WeightRow};
 
@@ -110,13 +111,13 @@ async fn async_main(command: Command) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
+    match FileConfig::load(path) {
         Ok(c) => {
             println!(
                 "{}: ok ({} services, {} nodes)",
                 path.display(),
-                c.services.services.len(),
-                c.nodes.len()
+                c.desired.services.services.len(),
+                c.desired.nodes.len()
             );
             ExitCode::SUCCESS
         }
@@ -128,7 +129,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn nft(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match FileConfig::load(path) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
@@ -136,6 +137,7 @@ fn nft(path: &std::path::Path) -> ExitCode {
         }
     };
     let entries: Vec<Entry> = config
+        .desired
         .services
         .services
         .values()
@@ -144,9 +146,9 @@ fn nft(path: &std::path::Path) -> ExitCode {
             servable: !s.backends.is_empty(),
         })
         .collect();
-    print!("{}", nftables::render(&entries, &config.tproxy));
+    print!("{}", nftables::render(&entries, &config.settings.tproxy));
     println!("# policy routing:");
-    for cmd in routing::install_commands(&config.tproxy) {
+    for cmd in routing::install_commands(&config.settings.tproxy) {
         println!("#   ip {}", cmd.join(" "));
     }
     ExitCode::SUCCESS

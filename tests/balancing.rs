@@ -113,7 +113,7 @@ async fn a_dead_backend_fails_no_client() {
     let lb = start(&yaml).await;
     connections(frontend, 1_000).await;
     assert_eq!(echoes[0].count() + echoes[1].count(), 1_000);
-    let m = lb.metrics.render();
+    let m = lb.metrics_text();
     let failures = metric(
         &m,
         &format!("wao_lb_backend_connect_failures_total{{backend=\"{dead}\",service=\"web\"}}"),

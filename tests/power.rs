@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::*;
 use serde_json::{json, Value};
-use wao_lb::telemetry::weights_view::{rows, WeightRow};
+use wao_lb::telemetry::weights_view::WeightRow;
 
 /// A child process killed on drop.
 struct Server(Child);
@@ -39,7 +39,7 @@ async fn serve(router: Router) -> SocketAddr {
 }
 
 fn weights(lb: &wao_lb::app::Running) -> Vec<WeightRow> {
-    rows(&lb.routes.load())
+    lb.weights()
 }
 
 fn row<'a>(rows: &'a [WeightRow], node: &str) -> &'a WeightRow {
@@ -331,7 +331,7 @@ async fn a_failing_predictor_falls_back_to_last_good_then_neutral() {
             "{what}: sane weights {r:?}"
         );
     }
-    let m = lb.metrics.render();
+    let m = lb.metrics_text();
     assert!(metric_sum(&m, "wao_lb_power_fallbacks_total{input=\"model\",kind=\"predictor_failed\",node=\"remote\"}") >= 5.0, "{m}");
     assert!(
         metric_sum(
@@ -382,7 +382,7 @@ async fn a_missing_input_neither_favours_nor_starves_its_node() {
     // Two nodes, one unknown: it gets the other's weight, so traffic splits evenly.
     assert!((row(&r, "broken").share - 0.5).abs() < 1e-9, "{r:?}");
     assert!(row(&r, "broken").reason.contains("median"), "{r:?}");
-    let m = lb.metrics.render();
+    let m = lb.metrics_text();
     assert!(
         metric_sum(
             &m,
@@ -517,7 +517,7 @@ async fn tfserving_model_and_ipmi_exporter_inlet() {
     // The fake model adds cpu and inlet to 100 W: 100 + 10 + 21.5.
     assert_eq!(row(&r, "a").watts, Some(131.5));
     assert!(row(&r, "a").reason.contains("tfserving"), "{r:?}");
-    let m = lb.metrics.render();
+    let m = lb.metrics_text();
     for gauge in [
         "wao_lb_node_predicted_watts{node=\"a\"} 131.5",
         "wao_lb_node_inlet_celsius{node=\"a\"} 21.5",

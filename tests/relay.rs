@@ -60,17 +60,17 @@ async fn thousand_concurrent_connections_are_byte_exact() {
         let (sent, got) = t
             .await
             .expect("task")
-            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", lb.metrics.render()));
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", lb.metrics_text()));
         assert_eq!(
             sent,
             got,
             "connection {i}: echo differs\n{}",
-            lb.metrics.render()
+            lb.metrics_text()
         );
         total += sent.0;
     }
     assert_eq!(echo.count(), 1000);
-    let metrics = lb.metrics.render();
+    let metrics = lb.metrics_text();
     let up = metric(
         &metrics,
         "wao_lb_relayed_bytes_total{direction=\"upstream\",service=\"echo\"}",
@@ -165,7 +165,7 @@ async fn udp_datagrams_of_every_size_echo_exactly() {
             .expect("recv");
         assert_eq!(&buf[..n], &payload[..], "{size}-byte datagram");
     }
-    let m = lb.metrics.render();
+    let m = lb.metrics_text();
     assert_eq!(
         metric(&m, "wao_lb_udp_sessions_total{service=\"udp-echo\"}"),
         Some(1.0)
@@ -208,7 +208,7 @@ async fn udp_session_cap_drops_new_flows_and_keeps_old_ones() {
         Some(4),
         "existing flow still works"
     );
-    let m = lb.metrics.render();
+    let m = lb.metrics_text();
     let dropped = metric(&m, "wao_lb_udp_datagrams_dropped_total{service=\"capped\"}");
     assert_eq!(dropped, Some(1.0));
     lb.stop().await;

@@ -24,4 +24,4 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 
 
-cargo test --release --workspace
+cargo test --release --workspace --no-fail-fast

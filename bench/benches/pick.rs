@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use wao_lb::balance::table::Table;
+use wao_lb::dataplane::proxy::table::Table;
 
 fn weights(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = SmallRng::seed_from_u64(seed);

@@ -536,16 +536,27 @@ mod tests {
     fn wao_lb_configs_parse_as_wao_lb_configs() {
         let (l, b) = addrs();
         for proto in [Proto::Tcp, Proto::Udp] {
-            let cfg = wao_lb::config::Config::parse(&wao_lb_config(l, b, proto))
+            let cfg = wao_lb::discovery::file::FileConfig::parse(&wao_lb_config(l, b, proto))
                 .expect("a valid wao-lb config");
-            assert_eq!(cfg.services.services.len(), 1);
+            assert_eq!(cfg.desired.services.services.len(), 1);
         }
         assert!(wao_lb_config(l, b, Proto::Udp).contains("protocol: udp"));
         let vip = SocketAddr::from((TPROXY_VIP, 80));
-        let cfg = wao_lb::config::Config::parse(&wao_lb_tproxy_config(vip, b, Proto::Tcp, (3, 4)))
-            .expect("a valid transparent wao-lb config");
-        assert_eq!((cfg.tproxy.port, cfg.tproxy.local_port), (3, 4));
-        assert_eq!(cfg.redirect, wao_lb::config::RedirectMode::Tproxy);
+        let cfg = wao_lb::discovery::file::FileConfig::parse(&wao_lb_tproxy_config(
+            vip,
+            b,
+            Proto::Tcp,
+            (3, 4),
+        ))
+        .expect("a valid transparent wao-lb config");
+        assert_eq!(
+            (cfg.settings.tproxy.port, cfg.settings.tproxy.local_port),
+            (3, 4)
+        );
+        assert_eq!(
+            cfg.settings.redirect,
+            wao_lb::settings::RedirectMode::Tproxy
+        );
     }
 
     #[test]

@@ -1,6 +1,5 @@
-//! Balance: immutable per-service selection tables, built off the data path from the
-//! ServiceTable and NodeWeights and swapped in whole; the dataplane only reads them.
+//! Balance: desired services × node weights → the `Plan` (per frontend, backends with
+//! weight, share and reason). Pure; the data planes program it.
 
-pub mod affinity;
-pub mod routes;
-pub mod table;
+pub mod metrics;
+pub mod plan;

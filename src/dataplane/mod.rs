@@ -1,4 +1,61 @@
-//! Dataplane: moves the bytes. `proxy` accepts, picks a backend from the routes, connects and
-//! relays. It reads routes and settings; it never changes them.
+//! Dataplane: programs the Plan and moves the bytes. `Dataplane` is what the app drives;
+//! `proxy` (userspace relay, with its redirect rules) implements it.
 
 pub mod proxy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::balance::plan::Plan;
+use crate::model::Frontend;
+use crate::settings::Settings;
+
+/// A data plane: something that makes the Plan's frontends reach the Plan's backends in the
+/// Plan's shares.
+pub trait Dataplane: Send + 'static {
+    /// Programs `plan`. A frontend is only opened once its routes exist. Returns the first
+    /// frontend that could not be set up, after setting up all the others.
+    fn apply(
+        &mut self,
+        plan: &Arc<Plan>,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Takes new process settings on reload (timeouts, limits). Settings that need a
+    /// restart (redirect, tproxy, dataplane) are the app's to refuse.
+    fn reconfigure(&mut self, settings: &Settings);
+
+    /// How many new connections or flows went to each backend, where this data plane
+    /// counts them.
+    fn picks(&self) -> Option<Arc<dyn PickCounts>>;
+
+    /// Stops taking new connections, waits up to `grace` for open ones to finish (those
+    /// still open then are reset), and removes everything it installed.
+    fn stop(self, grace: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// Picks per backend, read by the weights view.
+pub trait PickCounts: Send + Sync {
+    fn picks(&self, frontend: &Frontend, backend: SocketAddr) -> Option<u64>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{frontend}: cannot bind: {source}")]
+    Bind {
+        frontend: Frontend,
+        source: std::io::Error,
+    },
+    #[error("redirect: tproxy: {what} {addr}: {source} (IP_TRANSPARENT needs CAP_NET_ADMIN)")]
+    Transparent {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("redirect: tproxy: {what}: {source}")]
+    Redirect {
+        what: &'static str,
+        source: proxy::redirect::RedirectError,
+    },
+}

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::sources::{self, CpuCounters, RedfishVendor};
-use crate::config::{BasicAuth, Input, Source, Timing};
+use crate::model::node::{BasicAuth, Input, Quantity, Source, Timing};
 
 /// What an input reads as now.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,33 +84,6 @@ impl InputCell {
     }
 }
 
-/// Which quantity an input measures, for range checks and labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quantity {
-    Cpu,
-    Inlet,
-    DeltaP,
-}
-
-impl Quantity {
-    pub fn label(self) -> &'static str {
-        match self {
-            Quantity::Cpu => "cpu",
-            Quantity::Inlet => "inlet_temp",
-            Quantity::DeltaP => "delta_p",
-        }
-    }
-
-    /// Values outside this range are garbage, not readings.
-    fn plausible(self) -> (f64, f64) {
-        match self {
-            Quantity::Cpu => (0.0, 100.0),
-            Quantity::Inlet => (-40.0, 80.0),
-            Quantity::DeltaP => (-1000.0, 1000.0),
-        }
-    }
-}
-
 /// Starts refreshing `input` into a new cell until `stop`; a static input is stored once.
 pub fn spawn(
     input: &Input,
@@ -147,7 +120,7 @@ pub fn spawn(
                 Ok(r) => r,
                 Err(_) => Err(format!("timed out after {}ms", timing.timeout.as_millis())),
             };
-            let (lo, hi) = quantity.plausible();
+            let (lo, hi) = quantity.range();
             match result {
                 Ok(Some(v)) if v.is_finite() && (lo..=hi).contains(&v) => {
                     c.store(v, Instant::now())

@@ -2,6 +2,7 @@
 //! Never touches sockets; publishes `NodeWeights` that balance turns into selection tables.
 
 pub mod inputs;
+pub mod metrics;
 pub mod policy;
 pub mod predict;
 pub mod remote;

@@ -33,22 +33,7 @@ pub struct Signal {
     pub cpu_percent: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// Traffic must not push a node above this utilisation (%).
-    pub ceiling_percent: f64,
-    /// Every node keeps at least this share of new connections (0..1).
-    pub min_share: f64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            ceiling_percent: 80.0,
-            min_share: 0.0,
-        }
-    }
-}
+pub use crate::settings::Limits;
 
 /// The controller's memory: the shares it gave last step.
 #[derive(Debug, Clone, Default)]

@@ -10,14 +10,15 @@ use reqwest::Client;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::config::{RemoteModel, RemoteProtocol};
+use crate::model::node::{RemoteModelSpec, RemoteProtocol};
 
 const CACHE_MAX: usize = 4096;
 /// Predictions outside (0, this] watts are garbage.
 pub const MAX_PLAUSIBLE_WATTS: f64 = 100_000.0;
 
-pub struct V2Model {
-    config: RemoteModel,
+/// A remote power model (V2 inference or TF Serving) with its answer cache.
+pub struct RemotePredictor {
+    config: RemoteModelSpec,
     endpoint: String,
     client: Client,
     cache: Mutex<HashMap<[i64; 3], (f64, Instant)>>,
@@ -71,8 +72,8 @@ fn plausible(first: &Value) -> Result<f64, String> {
     }
 }
 
-impl V2Model {
-    pub fn new(config: RemoteModel, client: Client) -> V2Model {
+impl RemotePredictor {
+    pub fn new(config: RemoteModelSpec, client: Client) -> RemotePredictor {
         let endpoint = match config.protocol {
             RemoteProtocol::V2Inference => {
                 let mut e = format!("{}/v2/models/{}", config.url, config.model);
@@ -86,7 +87,7 @@ impl V2Model {
                 format!("{}/v1/models/{}:predict", config.url, config.model)
             }
         };
-        V2Model {
+        RemotePredictor {
             config,
             endpoint,
             client,

@@ -1,5 +1,5 @@
 //! The weight updater task. It keeps one input task per (node, input) running for the
-//! current config and, on `power.interval` (and on every config change), reads the inputs,
+//! current `Demand` and, on `power.interval` (and on every change of it), reads the inputs,
 //! predicts each node's power now and with one more connection, applies the policy, and
 //! publishes `NodeWeights` when they changed. Every fallback is counted and explained.
 
@@ -12,34 +12,49 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::inputs::{self, InputCell, Quantity, Reading};
+use super::inputs::{self, InputCell, Reading};
+use super::metrics::PowerMetrics;
 use super::policy::Controller;
 use super::predict::Predictor;
-use super::remote::V2Model;
+use super::remote::RemotePredictor;
 use super::weights::{apply, NodeReport, NodeWeights};
-use crate::config::{Config, NodeConfig, NodeWeighting, Timing};
-use crate::model::NodeName;
-use crate::telemetry::metrics::Metrics;
+use crate::model::node::{Input, NodeSpec, NodeWeighting, Quantity, Source, Timing};
+use crate::model::{Desired, NodeName};
+use crate::settings::PowerSettings;
+
+/// What the updater weighs: the nodes, every per-connection cost (millicores) some service
+/// uses, and the power settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    pub nodes: BTreeMap<NodeName, NodeSpec>,
+    pub costs: BTreeSet<u32>,
+    pub settings: PowerSettings,
+}
+
+impl Demand {
+    pub fn new(desired: &Desired, settings: &PowerSettings) -> Demand {
+        let mut costs: BTreeSet<u32> = desired
+            .services
+            .services
+            .values()
+            .filter_map(|s| s.cpu_per_connection)
+            .collect();
+        costs.insert(settings.cpu_per_connection);
+        Demand {
+            nodes: desired.nodes.clone(),
+            costs,
+            settings: settings.clone(),
+        }
+    }
+}
 
 /// One node's running inputs and model.
 struct NodeState {
-    config: NodeConfig,
+    spec: NodeSpec,
     cells: [(Quantity, Arc<InputCell>, Timing); 3],
     predictor: Option<Predictor>,
     /// The last good (watts now, ΔW) per cost, and when it was predicted.
     last_good: HashMap<u32, (f64, f64, Instant)>,
-}
-
-/// Every per-connection cost the config's services use.
-fn costs(config: &Config) -> BTreeSet<u32> {
-    let mut costs: BTreeSet<u32> = config
-        .services
-        .services
-        .values()
-        .filter_map(|s| s.cpu_per_connection)
-        .collect();
-    costs.insert(config.power.cpu_per_connection);
-    costs
 }
 
 /// HTTP clients for the inputs: the normal one, and one that accepts self-signed
@@ -62,24 +77,24 @@ impl Clients {
         Clients { normal, insecure }
     }
 
-    fn for_input(&self, input: &crate::config::Input) -> reqwest::Client {
+    fn for_input(&self, input: &Input) -> reqwest::Client {
         match input.source {
-            crate::config::Source::Redfish { insecure: true, .. } => self.insecure.clone(),
+            Source::Redfish { insecure: true, .. } => self.insecure.clone(),
             _ => self.normal.clone(),
         }
     }
 }
 
 fn start_nodes(
-    config: &Config,
+    nodes: &BTreeMap<NodeName, NodeSpec>,
     clients: &Clients,
     stop: &CancellationToken,
 ) -> BTreeMap<NodeName, NodeState> {
-    config
-        .nodes
+    nodes
         .iter()
         .map(|(name, n)| {
-            let cell = |q, input: &crate::config::Input| {
+            let cell = |q: Quantity| {
+                let input = n.input(q);
                 (
                     q,
                     inputs::spawn(input, q, clients.for_input(input), stop.clone()),
@@ -88,19 +103,14 @@ fn start_nodes(
             };
             let predictor = match &n.weighting {
                 NodeWeighting::Curve(c) => Some(Predictor::Curve(c.clone())),
-                NodeWeighting::Remote(m) => Some(Predictor::Remote(Arc::new(V2Model::new(
-                    m.clone(),
-                    clients.normal.clone(),
-                )))),
+                NodeWeighting::Remote(m) => Some(Predictor::Remote(Arc::new(
+                    RemotePredictor::new(m.clone(), clients.normal.clone()),
+                ))),
                 NodeWeighting::Fixed(_) => None,
             };
             let state = NodeState {
-                config: n.clone(),
-                cells: [
-                    cell(Quantity::Cpu, &n.cpu),
-                    cell(Quantity::Inlet, &n.inlet),
-                    cell(Quantity::DeltaP, &n.delta_p),
-                ],
+                spec: n.clone(),
+                cells: Quantity::ALL.map(cell),
                 predictor,
                 last_good: HashMap::new(),
             };
@@ -110,15 +120,15 @@ fn start_nodes(
 }
 
 pub async fn run(
-    mut config: watch::Receiver<Arc<Config>>,
+    mut demand: watch::Receiver<Arc<Demand>>,
     out: watch::Sender<Arc<NodeWeights>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<PowerMetrics>,
     stop: CancellationToken,
 ) {
     let clients = Clients::new();
-    let mut current = config.borrow_and_update().clone();
+    let mut current = demand.borrow_and_update().clone();
     let mut inputs_stop = stop.child_token();
-    let mut nodes = start_nodes(&current, &clients, &inputs_stop);
+    let mut nodes = start_nodes(&current.nodes, &clients, &inputs_stop);
     let mut controllers: HashMap<u32, Controller> = HashMap::new();
     // Give freshly started inputs a moment to answer before the first weights.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -132,16 +142,16 @@ pub async fn run(
             changed
         });
         tokio::select! {
-            _ = tokio::time::sleep(current.power.interval) => {}
-            r = config.changed() => {
+            _ = tokio::time::sleep(current.settings.interval) => {}
+            r = demand.changed() => {
                 if r.is_err() {
                     break;
                 }
-                let next = config.borrow_and_update().clone();
+                let next = demand.borrow_and_update().clone();
                 if next.nodes != current.nodes {
                     inputs_stop.cancel();
                     inputs_stop = stop.child_token();
-                    nodes = start_nodes(&next, &clients, &inputs_stop);
+                    nodes = start_nodes(&next.nodes, &clients, &inputs_stop);
                     controllers.clear();
                 }
                 current = next;
@@ -154,12 +164,12 @@ pub async fn run(
 
 /// The weights for every cost from the nodes' inputs and models, now.
 async fn compute(
-    config: &Config,
+    demand: &Demand,
     nodes: &mut BTreeMap<NodeName, NodeState>,
     controllers: &mut HashMap<u32, Controller>,
-    metrics: &Metrics,
+    metrics: &PowerMetrics,
 ) -> NodeWeights {
-    let costs = costs(config);
+    let costs = &demand.costs;
     let now = Instant::now();
     // Predict every node concurrently: a slow predictor delays only its own node.
     let mut tasks = JoinSet::new();
@@ -169,7 +179,7 @@ async fn compute(
             .iter()
             .map(|(q, c, t)| (*q, c.read(now, t)))
             .collect();
-        let (predictor, cores, costs) = (node.predictor.clone(), node.config.cores, costs.clone());
+        let (predictor, cores, costs) = (node.predictor.clone(), node.spec.cores, costs.clone());
         let name = name.clone();
         tasks.spawn(async move {
             let predicted = predict_node(&readings, predictor.as_ref(), cores, &costs).await;
@@ -185,7 +195,7 @@ async fn compute(
         let Some(node) = nodes.get_mut(&name) else {
             continue;
         };
-        for cost in &costs {
+        for cost in costs {
             let report = node_report(
                 &name,
                 node,
@@ -203,14 +213,14 @@ async fn compute(
     for (cost, reports) in by_cost.iter_mut() {
         let controller = controllers.entry(*cost).or_default();
         apply(
-            config.power.policy,
+            demand.settings.policy,
             reports,
             controller,
-            config.power.limits,
+            demand.settings.limits,
         );
     }
-    if let Some(reports) = by_cost.get(&config.power.cpu_per_connection) {
-        publish_gauges(metrics, reports);
+    if let Some(reports) = by_cost.get(&demand.settings.cpu_per_connection) {
+        metrics.publish(reports);
     }
     NodeWeights { by_cost }
 }
@@ -269,7 +279,7 @@ fn node_report(
     predicted: Option<&Result<(f64, f64), String>>,
     cost: u32,
     now: Instant,
-    metrics: &Metrics,
+    metrics: &PowerMetrics,
 ) -> NodeReport {
     let mut report = NodeReport::default();
     let mut notes: Vec<String> = Vec::new();
@@ -278,10 +288,7 @@ fn node_report(
         let (value, age) = match r {
             Reading::Fresh(v) => (Some(*v), 0.0),
             Reading::Last { value, age, error } => {
-                metrics
-                    .power_fallbacks
-                    .with_label_values(&[name, q.label(), "stale_input"])
-                    .inc();
+                metrics.fallback(name, q.label(), "stale_input");
                 notes.push(format!(
                     "stale {}, using last value {}s old ({error})",
                     q.label(),
@@ -290,10 +297,7 @@ fn node_report(
                 (Some(*value), age.as_secs_f64())
             }
             Reading::Missing { reason } => {
-                metrics
-                    .power_fallbacks
-                    .with_label_values(&[name, q.label(), "missing_input"])
-                    .inc();
+                metrics.fallback(name, q.label(), "missing_input");
                 notes.push(format!("no {} ({reason})", q.label()));
                 missing = true;
                 (None, 0.0)
@@ -307,7 +311,7 @@ fn node_report(
         }
     }
     let Some(predictor) = &node.predictor else {
-        if let NodeWeighting::Fixed(w) = node.config.weighting {
+        if let NodeWeighting::Fixed(w) = node.spec.weighting {
             report.fixed = Some(w);
         }
         report.reason = "fixed weight from config".into();
@@ -322,10 +326,7 @@ fn node_report(
         other => {
             let why = match other {
                 Some(Err(e)) if !missing => {
-                    metrics
-                        .power_fallbacks
-                        .with_label_values(&[name, "model", "predictor_failed"])
-                        .inc();
+                    metrics.fallback(name, "model", "predictor_failed");
                     format!("{} failed: {e}", predictor.name())
                 }
                 _ => "inputs missing".to_string(),
@@ -344,10 +345,7 @@ fn node_report(
                     report.delta_watts = Some(*d);
                 }
                 _ => {
-                    metrics
-                        .power_fallbacks
-                        .with_label_values(&[name, "model", "neutral"])
-                        .inc();
+                    metrics.fallback(name, "model", "neutral");
                     if !missing {
                         notes.push(why);
                     }
@@ -362,19 +360,4 @@ fn node_report(
         notes.join("; ")
     };
     report
-}
-
-fn publish_gauges(metrics: &Metrics, reports: &BTreeMap<NodeName, NodeReport>) {
-    for (node, r) in reports {
-        let set = |gauge: &prometheus::GaugeVec, v: Option<f64>| {
-            gauge.with_label_values(&[node]).set(v.unwrap_or(f64::NAN));
-        };
-        set(&metrics.node_cpu_percent, r.cpu_percent);
-        set(&metrics.node_inlet_celsius, r.inlet_celsius);
-        set(&metrics.node_delta_p_pascal, r.delta_p_pascal);
-        set(&metrics.node_watts, r.watts);
-        set(&metrics.node_delta_watts, r.delta_watts);
-        set(&metrics.node_weight, r.weight);
-        set(&metrics.node_input_age_seconds, Some(r.input_age_seconds));
-    }
 }

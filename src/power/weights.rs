@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::policy::{limit_weights, Controller, Limits, Signal};
-use crate::config::Policy;
 use crate::model::NodeName;
+use crate::settings::Policy;
 
 /// What the power side knows about one node for one per-connection cost, and the weight it
 /// earned. Shown as is by `/weights`.

@@ -13,14 +13,17 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::Metrics;
+use super::registry::render;
 use super::weights_view::rows;
-use crate::balance::routes::Routes;
+use crate::balance::plan::Plan;
+use crate::dataplane::PickCounts;
 use crate::model::Service;
 
+/// What the admin API reads.
 pub struct AdminState {
-    pub routes: Arc<ArcSwap<Routes>>,
-    pub metrics: Arc<Metrics>,
+    pub plan: Arc<ArcSwap<Plan>>,
+    pub picks: Option<Arc<dyn PickCounts>>,
+    pub registry: prometheus::Registry,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -48,7 +51,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
 async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        render(&s.registry),
     )
 }
 
@@ -61,13 +64,13 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 async fn weights(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    Json(rows(&s.routes.load()))
+    Json(rows(&s.plan.load(), s.picks.as_deref()))
 }
 
 async fn services(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    let routes = s.routes.load();
-    let mut list: Vec<Service> = routes
-        .by_frontend
+    let plan = s.plan.load();
+    let mut list: Vec<Service> = plan
+        .services
         .values()
         .map(|e| (*e.service).clone())
         .collect();

@@ -1,7 +1,8 @@
-//! Telemetry: Prometheus metrics, the read-only admin HTTP API, and logging setup. It reads
-//! from every other module and writes to none of them.
+//! Telemetry: the metrics registry's rendering, the read-only admin HTTP API, the weights
+//! view and logging setup. It reads the Plan and the data plane's counters and writes to
+//! nothing; only `app` (and the CLI) import it.
 
 pub mod admin;
 pub mod logging;
-pub mod metrics;
+pub mod registry;
 pub mod weights_view;

@@ -6,7 +6,8 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::balance::routes::Routes;
+use crate::balance::plan::Plan;
+use crate::dataplane::PickCounts;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,20 +30,20 @@ pub struct WeightRow {
     pub reason: String,
 }
 
-pub fn rows(routes: &Routes) -> Vec<WeightRow> {
-    let mut entries: Vec<_> = routes.by_frontend.values().collect();
-    entries.sort_by(|a, b| {
-        (&a.service.name, a.service.frontend).cmp(&(&b.service.name, b.service.frontend))
-    });
+/// The rows of `plan`, with the picks the data plane counted (0 where it counts none).
+pub fn rows(plan: &Plan, picks: Option<&dyn PickCounts>) -> Vec<WeightRow> {
+    let mut entries: Vec<_> = plan.services.iter().collect();
+    entries.sort_by(|(fa, a), (fb, b)| (&a.service.name, *fa).cmp(&(&b.service.name, *fb)));
     let mut out = Vec::new();
-    for e in entries {
-        let total: u64 = e.backends.iter().map(|b| b.picks.get()).sum();
-        for (i, b) in e.backends.iter().enumerate() {
+    for (frontend, e) in entries {
+        let picks_of = |address| picks.and_then(|p| p.picks(frontend, address)).unwrap_or(0);
+        let total: u64 = e.backends.iter().map(|b| picks_of(b.backend.address)).sum();
+        for b in &e.backends {
             let r = b.report.as_ref();
-            let picks = b.picks.get();
+            let picks = picks_of(b.backend.address);
             out.push(WeightRow {
                 service: e.service.name.to_string(),
-                frontend: e.service.frontend.to_string(),
+                frontend: frontend.to_string(),
                 backend: b.backend.address.to_string(),
                 node: b.backend.node.to_string(),
                 cpu_percent: r.and_then(|r| r.cpu_percent),
@@ -51,7 +52,7 @@ pub fn rows(routes: &Routes) -> Vec<WeightRow> {
                 watts: r.and_then(|r| r.watts),
                 delta_watts: r.and_then(|r| r.delta_watts),
                 weight: b.weight,
-                share: e.table.share(i),
+                share: b.share,
                 picks,
                 picked_share: if total == 0 {
                     0.0

@@ -111,7 +111,8 @@ pub async fn echo_once(frontend: SocketAddr, payload: &[u8]) -> std::io::Result<
 
 /// Starts wao-lb in this process on `yaml`.
 pub async fn start(yaml: &str) -> wao_lb::app::Running {
-    let config = wao_lb::config::Config::parse(yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+    let config = wao_lb::discovery::file::FileConfig::parse(yaml)
+        .unwrap_or_else(|e| panic!("test config: {e}"));
     wao_lb::app::start(config, None)
         .await
         .expect("wao-lb starts")

@@ -2,7 +2,7 @@
 //! energy saving. Nodes have the shipped SPECpower curves and different background loads;
 //! traffic adds CPU to the node that receives it. Each tick the real policy code
 //! (`wao_lb::power::weights::apply`) turns the nodes' current loads into weights, the real
-//! selection table (`wao_lb::balance::table::Table`) picks backends for a batch of
+//! selection table (`wao_lb::dataplane::proxy::table::Table`) picks backends for a batch of
 //! connections, and the picks set the next loads. Reported: total cluster watts for uniform
 //! (stock kube-proxy), `wao`, `marginal` (wao-lb's default) and the numerical optimum under
 //! the same ceiling.
@@ -13,12 +13,12 @@ use std::sync::Arc;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde::Serialize;
-use wao_lb::balance::table::Table;
-use wao_lb::config::Policy;
+use wao_lb::dataplane::proxy::table::Table;
+use wao_lb::model::curve::CurveProfile;
 use wao_lb::model::NodeName;
 use wao_lb::power::policy::{Controller, Limits};
-use wao_lb::power::predict::CurveProfile;
 use wao_lb::power::weights::{apply, NodeReport};
+use wao_lb::settings::Policy;
 
 /// CPU one connection costs (WAO's default `cpu-per-request`).
 const COST_MILLICORES: f64 = 100.0;

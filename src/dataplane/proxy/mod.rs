@@ -1,21 +1,36 @@
-//! The userspace proxy: TCP and UDP listeners that share one context (routes, settings,
-//! metrics and the tracker of open connections used for draining).
+//! The userspace proxy data plane: routes built from each Plan, TCP and UDP listeners that
+//! share one context (routes, settings, metrics and the tracker of open connections used for
+//! draining), and in transparent mode the kernel's redirect rules.
 
+pub mod affinity;
+pub mod listeners;
+pub mod metrics;
+pub mod redirect;
 pub mod relay;
+pub mod routes;
 pub mod scratch;
 pub mod socket;
+pub mod table;
 pub mod tcp;
 pub mod udp;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus::Registry;
 use tokio_util::task::TaskTracker;
 
-use crate::balance::routes::Routes;
-use crate::config::{ProxySettings, UdpSettings};
+use self::listeners::Listeners;
+use self::metrics::{ProxyMetrics, Refusal};
+use self::redirect::nftables::Entry;
+use self::redirect::Redirect;
+use self::routes::Routes;
+use super::{Dataplane, DataplaneError, PickCounts};
+use crate::balance::plan::Plan;
 use crate::model::Frontend;
-use crate::telemetry::metrics::{Metrics, Refusal};
+use crate::settings::{ProxySettings, RedirectMode, Settings, TproxySettings, UdpSettings};
 
 /// How a listener learns which frontend a connection or datagram was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +44,18 @@ pub enum Destination {
     Redirected,
 }
 
+/// What every listener and connection of the proxy reads.
+pub struct ProxyContext {
+    pub routes: ArcSwap<Routes>,
+    pub tcp: ArcSwap<ProxySettings>,
+    pub udp: ArcSwap<UdpSettings>,
+    pub metrics: ProxyMetrics,
+    /// SO_MARK for upstream sockets in transparent mode.
+    pub upstream_mark: Option<u32>,
+    /// Open connections and UDP sessions; a stop waits on it for the drain period.
+    pub tracker: TaskTracker,
+}
+
 impl ProxyContext {
     /// Counts a connection or datagram for an address that is no configured frontend.
     pub fn refuse_unknown(&self) {
@@ -39,14 +66,121 @@ impl ProxyContext {
     }
 }
 
-/// What every listener and connection of the proxy reads.
-pub struct ProxyContext {
-    pub routes: Arc<ArcSwap<Routes>>,
-    pub tcp: ArcSwap<ProxySettings>,
-    pub udp: ArcSwap<UdpSettings>,
-    pub metrics: Arc<Metrics>,
-    /// SO_MARK for upstream sockets in transparent mode.
-    pub upstream_mark: Option<u32>,
-    /// Open connections and UDP sessions; a stop waits on it for the drain period.
-    pub tracker: TaskTracker,
+/// The running proxy.
+pub struct Proxy {
+    ctx: Arc<ProxyContext>,
+    listeners: Listeners,
+    /// TPROXY mode: its settings, and the rules once installed.
+    tproxy: Option<TproxySettings>,
+    redirect: Option<Redirect>,
+}
+
+impl Proxy {
+    /// A proxy with no routes and nothing bound yet; the first `apply` opens the frontends.
+    pub fn new(settings: &Settings, registry: &Registry) -> Proxy {
+        let transparent = settings.redirect == RedirectMode::Tproxy;
+        let ctx = ProxyContext {
+            routes: ArcSwap::from_pointee(Routes::default()),
+            tcp: ArcSwap::from_pointee(settings.proxy),
+            udp: ArcSwap::from_pointee(settings.udp),
+            metrics: ProxyMetrics::new(registry),
+            upstream_mark: transparent.then_some(settings.tproxy.upstream_mark),
+            tracker: TaskTracker::new(),
+        };
+        Proxy {
+            ctx: Arc::new(ctx),
+            listeners: Listeners::default(),
+            tproxy: transparent.then_some(settings.tproxy),
+            redirect: None,
+        }
+    }
+
+    /// TPROXY mode: the redirect rules for the current routes, installing policy routing
+    /// and the transparent listeners the first time.
+    async fn sync_transparent(&mut self, t: TproxySettings) -> Result<(), DataplaneError> {
+        let redirect = match &mut self.redirect {
+            Some(r) => r,
+            None => {
+                let r = Redirect::install(t)
+                    .await
+                    .map_err(|source| DataplaneError::Redirect {
+                        what: "policy routing",
+                        source,
+                    })?;
+                self.redirect.insert(r)
+            }
+        };
+        let entries: Vec<Entry> = self
+            .ctx
+            .routes
+            .load()
+            .by_frontend
+            .iter()
+            .map(|(f, e)| Entry {
+                frontend: *f,
+                servable: !e.backends.is_empty(),
+            })
+            .collect();
+        redirect
+            .sync(&entries)
+            .await
+            .map_err(|source| DataplaneError::Redirect {
+                what: "nftables",
+                source,
+            })?;
+        if !self.listeners.is_transparent() {
+            self.listeners.start_transparent(&t, &self.ctx)?;
+        }
+        Ok(())
+    }
+}
+
+impl Dataplane for Proxy {
+    async fn apply(&mut self, plan: &Arc<Plan>) -> Result<(), DataplaneError> {
+        let previous = self.ctx.routes.load();
+        let routes = Routes::build(plan, &previous, &self.ctx.metrics);
+        self.ctx.routes.store(Arc::new(routes));
+        match self.tproxy {
+            Some(t) => self.sync_transparent(t).await,
+            None => {
+                let wanted: Vec<Frontend> = plan.services.keys().copied().collect();
+                self.listeners.reconcile(&wanted, &self.ctx)
+            }
+        }
+    }
+
+    fn reconfigure(&mut self, settings: &Settings) {
+        self.ctx.tcp.store(Arc::new(settings.proxy));
+        self.ctx.udp.store(Arc::new(settings.udp));
+    }
+
+    fn picks(&self) -> Option<Arc<dyn PickCounts>> {
+        Some(Arc::new(RoutePicks(self.ctx.clone())))
+    }
+
+    async fn stop(mut self, grace: Duration) {
+        self.listeners.stop(&self.ctx);
+        self.ctx.tracker.close();
+        if tokio::time::timeout(grace, self.ctx.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.ctx.tracker.len(),
+                "drain period over; closing remaining connections"
+            );
+        }
+        if let Some(r) = self.redirect.take() {
+            r.remove().await;
+        }
+    }
+}
+
+/// Picks read from the live routes.
+struct RoutePicks(Arc<ProxyContext>);
+
+impl PickCounts for RoutePicks {
+    fn picks(&self, frontend: &Frontend, backend: SocketAddr) -> Option<u64> {
+        self.0.routes.load().picks(frontend, backend)
+    }
 }

@@ -27,6 +27,11 @@ fn bound(addr: SocketAddr, kind: Type, transparent: bool) -> io::Result<Socket> 
     Ok(socket)
 }
 
+/// Whether the kernel has IPv6 (it may be disabled at boot).
+pub fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
 /// A TCP listener on `addr`.
 pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = bound(addr, Type::STREAM, false)?;

@@ -10,9 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::relay::{relay, RelaySettings};
+use super::routes::ServiceEntry;
 use super::socket::{connect, errno_name, is_resource_exhaustion, original_dst, reset};
 use super::{Destination, ProxyContext};
-use crate::balance::routes::ServiceEntry;
 use crate::model::Frontend;
 
 /// Connect attempts per connection never exceed this, whatever the config says.
@@ -149,12 +149,12 @@ async fn connect_any(
         if n > 0 {
             entry.counters.retries.inc();
         }
-        match connect(backend.backend.address, timeout, mark).await {
+        match connect(backend.address, timeout, mark).await {
             Ok(stream) => return Some(stream),
             Err(e) => {
                 backend.connect_failures.inc();
                 entry.forget_client(peer.ip());
-                tracing::debug!(service = %entry.service.name, backend = %backend.backend.address,
+                tracing::debug!(service = %entry.service.name, backend = %backend.address,
                     error = %e, "connect failed");
             }
         }

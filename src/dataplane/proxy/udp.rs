@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::routes::ServiceEntry;
 use super::scratch::with_scratch;
 use super::socket::{recv_with_original_dst, transparent_reply_socket};
 use super::{Destination, ProxyContext};
-use crate::balance::routes::ServiceEntry;
 use crate::model::{Frontend, Protocol};
 
 const MAX_DATAGRAM: usize = super::scratch::SCRATCH_BYTES;
@@ -117,7 +117,7 @@ async fn forward(datagram: &[u8], client: SocketAddr, dst: SocketAddr, shared: &
         None => match open_session(&entry, client, dst, shared).await {
             Some(s) => s,
             None => {
-                entry.counters.udp_dropped.inc();
+                entry.counters.udp_datagrams_dropped.inc();
                 return;
             }
         },
@@ -175,7 +175,7 @@ fn forward_requests(
                     .try_send((buf[..n].to_vec(), from, frontend))
                     .is_err()
                 {
-                    entry.counters.udp_dropped.inc();
+                    entry.counters.udp_datagrams_dropped.inc();
                 }
             }
             Ok((n, _)) => {
@@ -223,11 +223,11 @@ async fn open_session(
     let i = entry.choose(client.ip(), &[], &mut rand::rng())?;
     let backend = &entry.backends[i];
     backend.picks.inc();
-    let upstream = match connect_upstream(backend.backend.address, ctx.upstream_mark).await {
+    let upstream = match connect_upstream(backend.address, ctx.upstream_mark).await {
         Ok(s) => s,
         Err(e) => {
             backend.connect_failures.inc();
-            tracing::debug!(backend = %backend.backend.address, error = %e, "udp upstream socket");
+            tracing::debug!(backend = %backend.address, error = %e, "udp upstream socket");
             return None;
         }
     };

@@ -4,11 +4,12 @@
 //! leaves nothing behind.
 
 use super::{run, RedirectError};
-use crate::config::TproxySettings;
+use crate::dataplane::proxy::socket::ipv6_enabled;
+use crate::settings::TproxySettings;
 
 fn families() -> Vec<(&'static str, &'static str)> {
     let mut f = vec![("-4", "0.0.0.0/0")];
-    if std::path::Path::new("/proc/net/if_inet6").exists() {
+    if ipv6_enabled() {
         f.push(("-6", "::/0"));
     }
     f

@@ -3,6 +3,8 @@
 
 use rand::RngCore;
 
+use crate::balance::plan::shares;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
     /// Keep this slot's own backend when the low 32 random bits are below this.
@@ -21,18 +23,10 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table over `weights`, normalised by `balance::plan::shares` (bad weights excluded,
+    /// uniform if none is positive).
     pub fn new(weights: &[f64]) -> Table {
-        let n = weights.len();
-        let mut clean: Vec<f64> = weights
-            .iter()
-            .map(|w| if w.is_finite() && *w > 0.0 { *w } else { 0.0 })
-            .collect();
-        let mut sum: f64 = clean.iter().sum();
-        if n > 0 && (sum <= 0.0 || !sum.is_finite()) {
-            clean = vec![1.0; n];
-            sum = n as f64;
-        }
-        let shares: Box<[f64]> = clean.iter().map(|w| w / sum).collect();
+        let shares: Box<[f64]> = shares(weights).into();
         Table {
             slots: alias_slots(&shares),
             shares,

@@ -1,5 +1,10 @@
-//! Shared vocabulary: what a service, a frontend and a backend are. Discovery produces these,
-//! balance and the dataplane consume them; nothing here does I/O.
+//! Shared vocabulary: what a service, a frontend, a backend and a node are, and the
+//! `Desired` state discovery produces. Balance, power and the data planes consume them;
+//! nothing here does I/O, and this module imports no other of the crate.
+
+pub mod curve;
+pub mod node;
+pub mod units;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,12 +54,16 @@ pub struct Backend {
 /// backend until `timeout` passes without a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Affinity {
-    #[serde(with = "crate::config::duration_secs")]
+    #[serde(with = "units::duration_secs")]
     pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Service {
+    /// What metrics, logs and uniqueness checks key the service by: its name for a static
+    /// service, `namespace/name:port` for a Kubernetes one (one key per frontend).
+    pub key: Arc<str>,
+    /// The name an operator knows it by.
     pub name: Arc<str>,
     pub frontend: Frontend,
     pub backends: Vec<Backend>,
@@ -63,7 +72,7 @@ pub struct Service {
     pub cpu_per_connection: Option<u32>,
 }
 
-/// The desired state discovery produces: every service, keyed by its frontend.
+/// Every service, keyed by its frontend.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ServiceTable {
     pub services: BTreeMap<Frontend, Arc<Service>>,
@@ -85,4 +94,11 @@ impl ServiceTable {
         nodes.dedup();
         nodes
     }
+}
+
+/// What discovery wants running: the services and the nodes whose power weights them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    pub services: ServiceTable,
+    pub nodes: BTreeMap<NodeName, node::NodeSpec>,
 }

@@ -20,8 +20,8 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 
 use super::{run, RedirectError};
-use crate::config::TproxySettings;
 use crate::model::{Frontend, Protocol};
+use crate::settings::TproxySettings;
 
 pub const TABLE: &str = "wao-lb";
 

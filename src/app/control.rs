@@ -1,0 +1,138 @@
+//! The control loop: owns the running settings, the desired state and the data plane. On
+//! new weights it re-plans; on a re-read config file it applies what may change at run time
+//! (services, nodes, proxy and power knobs) and refuses the rest; at stop it drains.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus::IntCounterVec;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::balance::metrics::BalanceMetrics;
+use crate::balance::plan::Plan;
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::discovery::file::watch::Reread;
+use crate::model::Desired;
+use crate::power::updater::Demand;
+use crate::power::weights::NodeWeights;
+use crate::settings::Settings;
+
+pub(super) struct Control<D: Dataplane> {
+    pub settings: Settings,
+    pub desired: Arc<Desired>,
+    pub dataplane: D,
+    /// The Plan in force, read by the admin API.
+    pub plan: Arc<ArcSwap<Plan>>,
+    pub weights: watch::Receiver<Arc<NodeWeights>>,
+    pub demand: watch::Sender<Arc<Demand>>,
+    pub balance_metrics: BalanceMetrics,
+    pub reloads: IntCounterVec,
+}
+
+impl<D: Dataplane> Control<D> {
+    pub async fn run(
+        mut self,
+        mut rereads: Option<mpsc::Receiver<Reread>>,
+        stop: CancellationToken,
+        ready: Arc<AtomicBool>,
+        background: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(reread) = next(&mut rereads) => self.reload(reread).await,
+                r = self.weights.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    if let Err(e) = self.replan().await {
+                        tracing::error!(error = %e, "new weights applied, but a frontend could not be set up");
+                    }
+                }
+            }
+        }
+        ready.store(false, Ordering::Release);
+        self.dataplane.stop(self.settings.proxy.drain_timeout).await;
+        background.cancel();
+    }
+
+    /// Builds the Plan from the desired services and the latest weights, publishes it and
+    /// programs the data plane.
+    pub async fn replan(&mut self) -> Result<(), DataplaneError> {
+        let weights = self.weights.borrow_and_update().clone();
+        let plan = Arc::new(Plan::build(
+            &self.desired.services,
+            &weights,
+            self.settings.power.cpu_per_connection,
+        ));
+        self.balance_metrics.publish(&plan);
+        self.plan.store(plan.clone());
+        self.dataplane.apply(&plan).await
+    }
+
+    /// Applies a re-read config file. A bad file, or one that changes what only a restart
+    /// may change, is logged and counted; the running config stays.
+    async fn reload(&mut self, reread: Reread) {
+        let new = match reread.loaded {
+            Ok(new) => new,
+            Err(errors) => {
+                self.reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(%errors, "config reload rejected; keeping the running config");
+                return;
+            }
+        };
+        if new.settings == self.settings && new.desired == *self.desired {
+            return;
+        }
+        if new.settings.redirect != self.settings.redirect
+            || new.settings.tproxy != self.settings.tproxy
+        {
+            self.reloads.with_label_values(&["failure"]).inc();
+            tracing::error!(
+                "config reload rejected: redirect and tproxy settings change only on restart"
+            );
+            return;
+        }
+        if new.settings.admin != self.settings.admin
+            || new.settings.dataplane != self.settings.dataplane
+        {
+            tracing::warn!("admin and dataplane changes take effect on restart");
+        }
+        self.settings = new.settings;
+        self.desired = Arc::new(new.desired);
+        self.dataplane.reconfigure(&self.settings);
+        // The updater answers with new weights, which re-plan; plan now too so that new
+        // services have routes before their listeners accept.
+        let demand = Arc::new(Demand::new(&self.desired, &self.settings.power));
+        self.demand.send_if_modified(|d| {
+            let changed = **d != *demand;
+            if changed {
+                *d = demand;
+            }
+            changed
+        });
+        match self.replan().await {
+            Ok(()) => {
+                self.reloads.with_label_values(&["success"]).inc();
+                tracing::info!(
+                    why = reread.why,
+                    services = self.desired.services.services.len(),
+                    "config reloaded"
+                );
+            }
+            Err(e) => {
+                self.reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(error = %e, "config reloaded, but the frontends could not all be set up");
+            }
+        }
+    }
+}
+
+async fn next(rereads: &mut Option<mpsc::Receiver<Reread>>) -> Option<Reread> {
+    match rereads {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,211 @@
+//! Wiring and lifecycle. `start` connects the parts in the one direction data flows:
+//! discovery (the config file) → power (NodeWeights) → balance (the Plan) → dataplane, with
+//! telemetry reading the Plan and the data plane's counters. `control` runs the loop that
+//! re-plans on every change and handles reload and drain.
+
+mod control;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::control::Control;
+use crate::balance::metrics::BalanceMetrics;
+use crate::balance::plan::Plan;
+use crate::dataplane::proxy::{socket, Proxy};
+use crate::dataplane::{Dataplane, DataplaneError, PickCounts};
+use crate::discovery::file::{watch as file_watch, FileConfig};
+use crate::power::metrics::PowerMetrics;
+use crate::power::updater::{self, Demand};
+use crate::power::weights::NodeWeights;
+use crate::settings::ConfigErrors;
+use crate::telemetry::admin::{self, AdminState};
+use crate::telemetry::registry::render;
+use crate::telemetry::weights_view::{rows, WeightRow};
+
+/// How long start waits for the first weights before serving with uniform ones.
+const FIRST_WEIGHTS: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid config:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("admin.listen {addr}: cannot bind: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// A started balancer. Dropping it does not stop it; call `stop`.
+pub struct Running {
+    /// Where the admin API actually listens (useful with port 0).
+    pub admin_addr: SocketAddr,
+    /// Ask the running config to be re-read from its file.
+    pub reload: mpsc::Sender<()>,
+    registry: Registry,
+    plan: Arc<ArcSwap<Plan>>,
+    picks: Option<Arc<dyn PickCounts>>,
+    stop: CancellationToken,
+    control: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, drains open connections for up to the configured grace period, then
+    /// stops everything else.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.control.await;
+    }
+
+    /// What `/metrics` serves.
+    pub fn metrics_text(&self) -> String {
+        render(&self.registry)
+    }
+
+    /// What `/weights` serves.
+    pub fn weights(&self) -> Vec<WeightRow> {
+        rows(&self.plan.load(), self.picks.as_deref())
+    }
+}
+
+/// `wao_lb_config_reloads_total{result}`: reloads of the config file, applied or refused.
+fn reload_counter(registry: &Registry) -> IntCounterVec {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "wao_lb_config_reloads_total",
+            "Config reloads, by result (success, failure)",
+        ),
+        &["result"],
+    )
+    .unwrap_or_else(|e| unreachable!("metric is well-formed: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+/// Starts the balancer on `config`. `path` is where the config came from; it is re-read on
+/// reload and watched for changes.
+pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running, StartError> {
+    if let Err(e) = socket::raise_nofile_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
+    let FileConfig { settings, desired } = config;
+    let registry = Registry::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    let background = CancellationToken::new();
+
+    let admin_listener =
+        socket::tcp_listener(settings.admin).map_err(|source| StartError::Admin {
+            addr: settings.admin,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Admin {
+            addr: settings.admin,
+            source,
+        })?;
+
+    // Power: inputs and models → NodeWeights, on a watch channel.
+    let (demand_tx, demand_rx) = watch::channel(Arc::new(Demand::new(&desired, &settings.power)));
+    let (weights_tx, mut weights_rx) = watch::channel(Arc::new(NodeWeights::default()));
+    tokio::spawn(updater::run(
+        demand_rx,
+        weights_tx,
+        Arc::new(PowerMetrics::new(&registry)),
+        background.clone(),
+    ));
+    // Start with real weights when the inputs answer quickly; uniform otherwise.
+    let _ = tokio::time::timeout(FIRST_WEIGHTS, weights_rx.changed()).await;
+
+    let dataplane = Proxy::new(&settings, &registry);
+    let picks = dataplane.picks();
+    let plan = Arc::new(ArcSwap::from_pointee(Plan::default()));
+    let mut control = Control {
+        settings,
+        desired: Arc::new(desired),
+        dataplane,
+        plan: plan.clone(),
+        weights: weights_rx,
+        demand: demand_tx,
+        balance_metrics: BalanceMetrics::new(&registry),
+        reloads: reload_counter(&registry),
+    };
+    if let Err(e) = control.replan().await {
+        control.dataplane.stop(Duration::ZERO).await;
+        background.cancel();
+        return Err(e.into());
+    }
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(AdminState {
+            plan: plan.clone(),
+            picks: picks.clone(),
+            registry: registry.clone(),
+            ready: ready.clone(),
+        }),
+        background.clone(),
+    ));
+    ready.store(true, Ordering::Release);
+    tracing::info!(%admin_addr, services = control.desired.services.services.len(), "wao-lb started");
+
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let rereads = path.map(|p| file_watch::spawn(p, reload_rx, background.clone()));
+    let control = tokio::spawn(control.run(rereads, stop.clone(), ready, background));
+    Ok(Running {
+        admin_addr,
+        reload: reload_tx,
+        registry,
+        plan,
+        picks,
+        stop,
+        control,
+    })
+}
+
+/// Runs the balancer on the config file at `path` until SIGTERM or SIGINT; SIGHUP reloads.
+pub async fn run(path: PathBuf) -> Result<(), StartError> {
+    let config = FileConfig::load(&path)?;
+    let running = start(config, Some(path)).await?;
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate());
+    let mut hup = signal(tokio::signal::unix::SignalKind::hangup());
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = recv(&mut term) => break,
+            _ = recv(&mut hup) => {
+                let _ = running.reload.send(()).await;
+            }
+        }
+    }
+    tracing::info!("stopping: draining open connections");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind)
+        .map_err(|e| tracing::warn!(error = %e, "cannot install signal handler"))
+        .ok()
+}
+
+async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,203 @@
+//! Routes: the proxy's form of the Plan. Per frontend: the service, its backends with their
+//! metric handles, the alias table of their shares, an index by address, and the affinity
+//! table. Built whole from each Plan and swapped in with arc-swap; connections read it
+//! lock-free and never change it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus::{IntCounter, IntGauge};
+use rand::RngCore;
+
+use super::affinity::AffinityTable;
+use super::metrics::{ProxyMetrics, Refusal};
+use super::table::Table;
+use crate::balance::plan::{Plan, PlannedService};
+use crate::model::{Frontend, Service};
+
+pub struct BackendEntry {
+    pub address: SocketAddr,
+    pub picks: IntCounter,
+    pub connect_failures: IntCounter,
+}
+
+/// Metric handles of one service, resolved once per build so the data path never hashes labels.
+pub struct ServiceCounters {
+    pub connections: IntCounter,
+    pub active: IntGauge,
+    pub bytes_upstream: IntCounter,
+    pub bytes_downstream: IntCounter,
+    pub retries: IntCounter,
+    pub refused_no_backend: IntCounter,
+    pub refused_all_failed: IntCounter,
+    pub udp_sessions: IntCounter,
+    pub udp_sessions_active: IntGauge,
+    pub udp_datagrams_dropped: IntCounter,
+    pub udp_datagrams_upstream: IntCounter,
+    pub udp_datagrams_downstream: IntCounter,
+}
+
+impl ServiceCounters {
+    fn new(m: &ProxyMetrics, service: &str) -> ServiceCounters {
+        ServiceCounters {
+            connections: m.connections.with_label_values(&[service]),
+            active: m.connections_active.with_label_values(&[service]),
+            bytes_upstream: m.bytes.with_label_values(&[service, "upstream"]),
+            bytes_downstream: m.bytes.with_label_values(&[service, "downstream"]),
+            retries: m.connect_retries.with_label_values(&[service]),
+            refused_no_backend: m
+                .refused
+                .with_label_values(&[service, Refusal::NoBackend.label()]),
+            refused_all_failed: m
+                .refused
+                .with_label_values(&[service, Refusal::AllBackendsFailed.label()]),
+            udp_sessions: m.udp_sessions.with_label_values(&[service]),
+            udp_sessions_active: m.udp_sessions_active.with_label_values(&[service]),
+            udp_datagrams_dropped: m.udp_datagrams_dropped.with_label_values(&[service]),
+            udp_datagrams_upstream: m.udp_datagrams.with_label_values(&[service, "upstream"]),
+            udp_datagrams_downstream: m.udp_datagrams.with_label_values(&[service, "downstream"]),
+        }
+    }
+}
+
+pub struct ServiceEntry {
+    pub service: Arc<Service>,
+    pub backends: Box<[BackendEntry]>,
+    /// Backend index by address, for affinity hits.
+    by_address: HashMap<SocketAddr, usize>,
+    pub table: Table,
+    pub affinity: Option<Arc<AffinityTable>>,
+    pub counters: ServiceCounters,
+}
+
+impl ServiceEntry {
+    fn new(
+        planned: &PlannedService,
+        affinity: Option<Arc<AffinityTable>>,
+        m: &ProxyMetrics,
+    ) -> ServiceEntry {
+        let key = &planned.service.key;
+        let backends: Box<[BackendEntry]> = planned
+            .backends
+            .iter()
+            .map(|b| {
+                let label = b.backend.address.to_string();
+                BackendEntry {
+                    address: b.backend.address,
+                    picks: m.picks.with_label_values(&[key, &label, &b.backend.node]),
+                    connect_failures: m.connect_failures.with_label_values(&[key, &label]),
+                }
+            })
+            .collect();
+        let shares: Vec<f64> = planned.backends.iter().map(|b| b.share).collect();
+        ServiceEntry {
+            service: planned.service.clone(),
+            by_address: backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.address, i))
+                .collect(),
+            backends,
+            table: Table::new(&shares),
+            affinity,
+            counters: ServiceCounters::new(m, key),
+        }
+    }
+
+    /// The backend for a new connection from `client`: its sticky backend if affinity holds
+    /// one that still exists, else a weighted pick. `tried` backends are avoided.
+    pub fn choose<R: RngCore + ?Sized>(
+        &self,
+        client: IpAddr,
+        tried: &[usize],
+        rng: &mut R,
+    ) -> Option<usize> {
+        if tried.is_empty() {
+            if let Some(aff) = &self.affinity {
+                if let Some(addr) = aff.lookup(client, Instant::now()) {
+                    if let Some(i) = self.index_of(addr) {
+                        return Some(i);
+                    }
+                }
+            }
+        }
+        let pick = self.pick_untried(tried, rng)?;
+        if let Some(aff) = &self.affinity {
+            aff.record(client, self.backends[pick].address, Instant::now());
+        }
+        Some(pick)
+    }
+
+    /// A weighted pick that avoids `tried`; after a few misses it takes the first untried
+    /// backend with a share, then any untried one.
+    fn pick_untried<R: RngCore + ?Sized>(&self, tried: &[usize], rng: &mut R) -> Option<usize> {
+        for _ in 0..8 {
+            let i = self.table.pick(rng)?;
+            if !tried.contains(&i) {
+                return Some(i);
+            }
+        }
+        let untried = |i: &usize| !tried.contains(i);
+        (0..self.backends.len())
+            .filter(untried)
+            .find(|&i| self.table.share(i) > 0.0)
+            .or_else(|| (0..self.backends.len()).find(untried))
+    }
+
+    /// The index of a backend that still exists and still gets traffic.
+    fn index_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.by_address
+            .get(&addr)
+            .copied()
+            .filter(|&i| self.table.share(i) > 0.0)
+    }
+
+    /// After a failed connect the client's stickiness to that backend ends.
+    pub fn forget_client(&self, client: IpAddr) {
+        if let Some(aff) = &self.affinity {
+            aff.forget(client);
+        }
+    }
+}
+
+/// Every frontend's entry; what the proxy looks up per connection or flow.
+#[derive(Default)]
+pub struct Routes {
+    pub by_frontend: HashMap<Frontend, Arc<ServiceEntry>>,
+}
+
+impl Routes {
+    pub fn get(&self, frontend: &Frontend) -> Option<&Arc<ServiceEntry>> {
+        self.by_frontend.get(frontend)
+    }
+
+    /// The routes for `plan`. Affinity tables of services that still exist with the same
+    /// affinity carry over from `previous`.
+    pub fn build(plan: &Plan, previous: &Routes, metrics: &ProxyMetrics) -> Routes {
+        let by_frontend = plan
+            .services
+            .iter()
+            .map(|(frontend, planned)| {
+                let affinity = planned.service.affinity.map(|a| {
+                    previous
+                        .get(frontend)
+                        .and_then(|old| old.affinity.clone())
+                        .filter(|old| old.timeout() == a.timeout)
+                        .unwrap_or_else(|| Arc::new(AffinityTable::new(a.timeout)))
+                });
+                let entry = ServiceEntry::new(planned, affinity, metrics);
+                (*frontend, Arc::new(entry))
+            })
+            .collect();
+        Routes { by_frontend }
+    }
+
+    /// How many picks `backend` of `frontend` has had.
+    pub fn picks(&self, frontend: &Frontend, backend: SocketAddr) -> Option<u64> {
+        let entry = self.get(frontend)?;
+        let i = *entry.by_address.get(&backend)?;
+        Some(entry.backends[i].picks.get())
+    }
+}

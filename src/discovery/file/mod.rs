@@ -1,0 +1,176 @@
+//! The config file as a discovery source: one YAML file holds the process settings
+//! (`settings`), the static `services:` and the `nodes:` with their power inputs. `load`
+//! reads and validates all of it, reporting every value error with its key path; `watch`
+//! re-reads it on request (SIGHUP) or when its bytes change.
+
+mod nodes;
+mod services;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::model::Desired;
+use crate::settings::{
+    structural, ConfigErrors, DataplaneMode, RawAdmin, RawPower, RawProxy, RawSettings, RawTproxy,
+    RawUdp, RedirectMode, Settings, Validator,
+};
+
+/// A validated config file: the process settings and the desired services and nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileConfig {
+    pub settings: Settings,
+    pub desired: Desired,
+}
+
+/// The file's top level, as written. Unknown keys are errors, with their path.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawFile {
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    redirect: RedirectMode,
+    #[serde(default)]
+    tproxy: RawTproxy,
+    #[serde(default)]
+    dataplane: DataplaneMode,
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    udp: RawUdp,
+    #[serde(default)]
+    services: Vec<services::RawService>,
+    #[serde(default)]
+    nodes: BTreeMap<String, nodes::RawNode>,
+    #[serde(default)]
+    power: RawPower,
+}
+
+impl FileConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::whole_file(format!("cannot read {}: {e}", path.display()))
+        })?;
+        FileConfig::parse(&text)
+    }
+
+    /// Parses and validates YAML text. Structural errors (unknown key, wrong type) stop at
+    /// the first one; value errors are all collected.
+    pub fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
+        let raw: RawFile = if text.trim().is_empty() {
+            RawFile::default()
+        } else {
+            structural(text)?
+        };
+        let mut v = Validator::default();
+        let settings = Settings::validate(
+            &RawSettings {
+                admin: raw.admin,
+                redirect: raw.redirect,
+                tproxy: raw.tproxy,
+                dataplane: raw.dataplane,
+                proxy: raw.proxy,
+                udp: raw.udp,
+                power: raw.power,
+            },
+            &mut v,
+        );
+        let desired = Desired {
+            services: services::validate(&mut v, &raw.services),
+            nodes: nodes::validate(&mut v, &raw.nodes),
+        };
+        v.finish(FileConfig { settings, desired })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = FileConfig::parse("").unwrap();
+        assert_eq!(
+            c.settings.admin,
+            crate::settings::DEFAULT_ADMIN.parse().unwrap()
+        );
+        assert!(c.settings.admin.ip().is_loopback());
+        assert!(c.desired.services.services.is_empty());
+    }
+
+    #[test]
+    fn collects_every_value_error() {
+        let yaml = r#"
+services:
+  - name: a
+    address: 127.0.0.1:80
+    backends:
+      - {address: x, node: n}
+  - name: a
+    address: nope
+"#;
+        let errs = FileConfig::parse(yaml).unwrap_err().0;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            text,
+            vec![
+                "services[0].backends[0].address: invalid socket address \"x\"".to_string(),
+                "services[1].name: duplicate service name \"a\"".to_string(),
+                "services[1].address: invalid socket address \"nope\"".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn tproxy_settings_take_hex_marks_and_refuse_kube_proxy_bits() {
+        let c = FileConfig::parse(
+            "redirect: tproxy\ntproxy: {mark: 0x100, upstreamMark: 0x200, routeTable: 77}\n",
+        )
+        .unwrap();
+        assert_eq!(c.settings.redirect, crate::settings::RedirectMode::Tproxy);
+        assert_eq!(
+            (
+                c.settings.tproxy.mark,
+                c.settings.tproxy.upstream_mark,
+                c.settings.tproxy.route_table
+            ),
+            (0x100, 0x200, 77)
+        );
+        let errs =
+            FileConfig::parse("tproxy: {mark: 0x4000, upstreamMark: 0x4000, routeTable: 254}\n")
+                .unwrap_err()
+                .0;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.contains(
+                &"tproxy.mark: 0x4000 overlaps kube-proxy's marks 0x4000/0x8000".to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"tproxy.upstreamMark: must not share bits with tproxy.mark".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"tproxy.routeTable: 254 is a reserved routing table".to_string()),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_has_its_path() {
+        let yaml = "services:\n  - name: a\n    address: 127.0.0.1:80\n    backends:\n      - {adress: 1.2.3.4:5, node: n}\n";
+        let errs = FileConfig::parse(yaml).unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "services[0].backends[0].adress");
+        assert!(
+            errs[0].message.contains("unknown field `adress`"),
+            "{}",
+            errs[0].message
+        );
+    }
+}
