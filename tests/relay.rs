@@ -238,3 +238,51 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     );
     lb.stop().await;
 }
+
+/// A backend that reads everything and never answers or closes.
+async fn silent_sink() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_of_a_spliced_connection_that_idles_out_are_counted() {
+    let sink = silent_sink().await;
+    let frontend: SocketAddr = free_addr();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nproxy: {{idleTimeout: 500ms, spliceAfterBytes: 1024}}\nservices:\n{}",
+        service_yaml("sink", "tcp", frontend, &[(sink, "n")])
+    );
+    let lb = start(&yaml).await;
+    let mut s = TcpStream::connect(frontend).await.expect("connect");
+    let payload = vec![7u8; 1 << 20];
+    s.write_all(&payload).await.expect("write 1 MiB");
+    // The connection now idles out; the relay resets both sides.
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+        .await
+        .expect("idle timeout ends the connection");
+    assert!(r.is_err(), "reset, not a clean close: {r:?}");
+    let series = "wao_lb_relayed_bytes_total{direction=\"upstream\",service=\"sink\"}";
+    let counted = eventually(Duration::from_secs(5), async || {
+        metric(&lb.metrics_text(), series) == Some(payload.len() as f64)
+    })
+    .await;
+    let text = lb.metrics_text();
+    assert!(counted, "{series} should be {}:\n{text}", payload.len());
+    assert_eq!(
+        metric(&text, "wao_lb_splice_connections_total"),
+        Some(1.0),
+        "{text}"
+    );
+    lb.stop().await;
+}

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::scratch::with_scratch;
-use super::socket::reset;
+use super::socket::{bytes_acked, reset};
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,16 +159,10 @@ pub async fn relay(client: TcpStream, upstream: TcpStream, settings: RelaySettin
         let ending = match exit {
             CopyExit::Ended(ending) => ending,
             CopyExit::Bulky => {
-                match splice_phase(&client, &upstream, settings.idle_timeout).await {
+                let copied = (up.bytes, down.bytes);
+                match splice_phase(&client, &upstream, settings.idle_timeout, copied).await {
                     SpliceResult::Done(u, d, ending) => {
-                        return finish(
-                            client,
-                            upstream,
-                            up.bytes + u,
-                            down.bytes + d,
-                            true,
-                            ending,
-                        );
+                        return finish(client, upstream, u, d, true, ending);
                     }
                     // No pipe to be had: stay in copy mode for good.
                     SpliceResult::NoPipes => {
@@ -250,15 +244,26 @@ fn finish(
 }
 
 enum SpliceResult {
+    /// The connection's totals (upstream, downstream bytes) and how it ended.
     Done(u64, u64, Ending),
     NoPipes,
 }
 
+/// Splices until the connection ends. `copied` are the bytes the copy phase relayed
+/// (upstream, downstream); the result carries the connection's totals.
 async fn splice_phase(
     client: &TcpStream,
     upstream: &TcpStream,
     idle_timeout: Duration,
+    copied: (u64, u64),
 ) -> SpliceResult {
+    // tokio-splice reports its byte counts only when both directions end cleanly. After an
+    // idle timeout or an error, what each peer acknowledged is what was relayed to it: the
+    // sockets carry nothing else.
+    let relayed_on_failure = || {
+        let to = |s: &TcpStream, copied: u64| bytes_acked(s).map_or(copied, |a| a.max(copied));
+        (to(upstream, copied.0), to(client, copied.1))
+    };
     let activity = AtomicU64::new(0);
     let mut a = Watched {
         stream: client,
@@ -270,14 +275,20 @@ async fn splice_phase(
     };
     tokio::select! {
         r = tokio_splice::zero_copy_bidirectional(&mut a, &mut b) => match r {
-            Ok((u, d)) => SpliceResult::Done(u, d, Ending::Closed),
+            Ok((u, d)) => SpliceResult::Done(copied.0 + u, copied.1 + d, Ending::Closed),
             // Pipes are created before any byte moves, so nothing was lost.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)) => {
                 SpliceResult::NoPipes
             }
-            Err(_) => SpliceResult::Done(0, 0, Ending::Error),
+            Err(_) => {
+                let (u, d) = relayed_on_failure();
+                SpliceResult::Done(u, d, Ending::Error)
+            }
         },
-        _ = idle_watch(&activity, idle_timeout) => SpliceResult::Done(0, 0, Ending::Idle),
+        _ = idle_watch(&activity, idle_timeout) => {
+            let (u, d) = relayed_on_failure();
+            SpliceResult::Done(u, d, Ending::Idle)
+        }
     }
 }
 

@@ -72,36 +72,56 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+/// The data bytes of this connection its peer has acknowledged (TCP_INFO
+/// `tcpi_bytes_acked`, Linux 4.1+, less the one sequence number of the SYN): what really
+/// reached the peer, also when the relay that sent them failed. A FIN sent before counts
+/// one more.
+pub fn bytes_acked(stream: &TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own; no safe
+    // wrapper for TCP_INFO exists in socket2 or nix.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+    if r != 0 || (len as usize) < needed {
+        return None;
+    }
+    // SAFETY: zero-initialised and then partly filled by the kernel: every bit pattern is a
+    // valid tcp_info (plain integers).
+    let info = unsafe { info.assume_init() };
+    Some(info.tcpi_bytes_acked.saturating_sub(1))
+}
+
 /// Raises the open-files limit as far as allowed: with CAP_SYS_RESOURCE up to the kernel's
 /// `fs.nr_open`, else the soft limit up to the hard one. Each proxied TCP connection holds
 /// two sockets (and two pipes while it splices). Returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the rlimit struct we own; no other memory is touched.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get()?;
+    let nr_open = rlimit::SysLimits::read()
         .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
-        .unwrap_or(lim.rlim_max);
-    for target in [nr_open.max(lim.rlim_max), lim.rlim_max] {
-        if target <= lim.rlim_cur {
-            return Ok(lim.rlim_cur);
+        .and_then(|l| l.nr_open)
+        .unwrap_or(hard);
+    let mut last = None;
+    for target in [nr_open.max(hard), hard] {
+        if target <= soft {
+            return Ok(soft);
         }
-        let want = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: target,
-        };
-        // SAFETY: setrlimit reads the rlimit struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            return Ok(target);
+        match Resource::NOFILE.set(target, target) {
+            Ok(()) => return Ok(target),
+            Err(e) => last = Some(e),
         }
     }
-    Err(io::Error::last_os_error())
+    Err(last.unwrap_or_else(|| io::Error::other("open-files limit unchanged")))
 }
 
 /// Whether an accept error means the process or system ran out of something (files,
@@ -197,79 +217,44 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("original destination is not an IP address"))
 }
 
-/// Receives one datagram with its source and original destination.
+/// Receives one datagram with its source and original destination (IP_RECVORIGDSTADDR).
 pub fn recv_with_original_dst(
     socket: &UdpSocket,
     buf: &mut [u8],
 ) -> io::Result<(usize, SocketAddr, Option<SocketAddr>)> {
+    use nix::sys::socket::SockaddrStorage;
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6};
     use std::os::fd::AsRawFd;
     socket.try_io(tokio::io::Interest::READABLE, || {
-        // SAFETY: all-zero is a valid value for these plain C structs.
-        let mut src: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut control = [0u64; 16];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: as above.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&mut src as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        // SAFETY: msg points at live buffers (src, iov → buf, control) sized as declared.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let from = sockaddr_to_std(&src)
+        let mut iov = [io::IoSliceMut::new(buf)];
+        let mut control = nix::cmsg_space!(libc::sockaddr_in6);
+        let msg = recvmsg::<SockaddrStorage>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::empty(),
+        )?;
+        let from = msg
+            .address
+            .as_ref()
+            .and_then(storage_to_std)
             .ok_or_else(|| io::Error::other("datagram from a non-IP source"))?;
-        let mut original = None;
-        // SAFETY: CMSG_* walk the control buffer the kernel filled, within msg_controllen.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
-                if (level == libc::SOL_IP && kind == libc::IP_ORIGDSTADDR)
-                    || (level == libc::SOL_IPV6 && kind == libc::IPV6_ORIGDSTADDR)
-                {
-                    let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-                    let len = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                    let len = len.min(std::mem::size_of::<libc::sockaddr_storage>());
-                    std::ptr::copy_nonoverlapping(
-                        libc::CMSG_DATA(c),
-                        (&mut storage as *mut libc::sockaddr_storage).cast(),
-                        len,
-                    );
-                    original = sockaddr_to_std(&storage);
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
+        let original = msg.cmsgs()?.find_map(|c| match c {
+            ControlMessageOwned::Ipv4OrigDstAddr(a) => {
+                Some(SocketAddr::V4(SockaddrIn::from(a).into()))
             }
-        }
-        Ok((n as usize, from, original))
+            ControlMessageOwned::Ipv6OrigDstAddr(a) => {
+                Some(SocketAddr::V6(SockaddrIn6::from(a).into()))
+            }
+            _ => None,
+        });
+        Ok((msg.bytes, from, original))
     })
 }
 
-fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match s.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says this storage holds a sockaddr_in.
-            let a: &libc::sockaddr_in = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::from((
-                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this storage holds a sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::from((
-                a.sin6_addr.s6_addr,
-                u16::from_be(a.sin6_port),
-            )))
-        }
-        _ => None,
+fn storage_to_std(s: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
     }
+    s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
