@@ -57,6 +57,11 @@ fn broken_files_name_the_bad_key() {
         ("bad protocol", "services:\n  - name: a\n    protocol: sctp\n    address: 127.0.0.1:80\n", &["services[0].protocol: unknown variant `sctp`"]),
         ("bad duration", "proxy: {connectTimeout: 5 seconds}\n", &["proxy.connectTimeout: invalid duration \"5 seconds\""]),
         ("zero duration", "proxy: {idleTimeout: 0s}\n", &["proxy.idleTimeout: must be greater than zero"]),
+        (
+            "duration that overflows",
+            "proxy: {connectTimeout: 10000000000000000000s10000000000000000000s}\n",
+            &["proxy.connectTimeout: duration \"10000000000000000000s10000000000000000000s\" is too long"],
+        ),
         ("bad attempts", "proxy: {connectAttempts: 0}\n", &["proxy.connectAttempts: 0 is outside 1..16"]),
         ("bad quantity", "power: {cpuPerConnection: lots}\n", &["power.cpuPerConnection: invalid CPU quantity \"lots\""]),
         ("bad policy", "power: {policy: greedy}\n", &["power.policy: unknown variant `greedy`"]),

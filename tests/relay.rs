@@ -286,3 +286,53 @@ async fn bytes_of_a_spliced_connection_that_idles_out_are_counted() {
     );
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_open_at_the_drain_deadline_are_reset_both_ways() {
+    // The backend reads part of an upload and then waits; it reports how its read ended.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = l.local_addr().expect("addr");
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        let ending = loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break "clean end of stream".to_string(),
+                Ok(_) => continue,
+                Err(e) => break format!("{:?}", e.kind()),
+            }
+        };
+        let _ = ended_tx.send(ending);
+    });
+    let frontend: SocketAddr = free_addr();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nproxy: {{drainTimeout: 300ms}}\nservices:\n{}",
+        service_yaml("upload", "tcp", frontend, &[(backend, "n")])
+    );
+    let lb = start(&yaml).await;
+    let mut client = TcpStream::connect(frontend).await.expect("connect");
+    client
+        .write_all(b"the first part of an upload")
+        .await
+        .expect("write");
+    let stopping = tokio::spawn(lb.stop());
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(10), client.read(&mut b))
+        .await
+        .expect("the deadline ends the connection");
+    assert_eq!(
+        r.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the client sees a reset, not an end of stream that looks like a complete reply"
+    );
+    let backend_saw = tokio::time::timeout(Duration::from_secs(10), ended_rx)
+        .await
+        .expect("the backend's read ends")
+        .expect("backend task");
+    assert_eq!(
+        backend_saw, "ConnectionReset",
+        "the backend sees a reset, not a truncated upload that looks complete"
+    );
+    stopping.await.expect("stop");
+}

@@ -48,9 +48,33 @@ impl AffinityTable {
         }
     }
 
+    /// The backend for `client` at `now`, decided under the table's lock so that concurrent
+    /// first connections of one client agree: `choose` gets the sticky backend (if any, not
+    /// expired) and returns the one to use, which is recorded.
+    pub fn decide(
+        &self,
+        client: IpAddr,
+        now: Instant,
+        choose: impl FnOnce(Option<SocketAddr>) -> Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let sticky = inner
+            .by_client
+            .get(&client)
+            .filter(|(_, last)| now.saturating_duration_since(*last) < self.timeout)
+            .map(|(backend, _)| *backend);
+        let chosen = choose(sticky)?;
+        self.insert(&mut inner, client, chosen, now);
+        Some(chosen)
+    }
+
     /// Remembers (or refreshes) that `client` was sent to `backend` at `now`.
     pub fn record(&self, client: IpAddr, backend: SocketAddr, now: Instant) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.insert(&mut inner, client, backend, now);
+    }
+
+    fn insert(&self, inner: &mut Entries, client: IpAddr, backend: SocketAddr, now: Instant) {
         if inner.by_client.insert(client, (backend, now)).is_none() {
             inner.inserts_since_sweep += 1;
             if inner.inserts_since_sweep >= SWEEP_EVERY {
@@ -100,6 +124,30 @@ mod tests {
         );
         assert_eq!(t.lookup(client, now + Duration::from_secs(10)), None);
         assert!(t.is_empty(), "expired entry is removed on lookup");
+    }
+
+    #[test]
+    fn decide_offers_the_sticky_backend_and_records_the_choice() {
+        let t = AffinityTable::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let client: IpAddr = "10.0.0.1".parse().unwrap();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.1.0.1:80".parse().unwrap(),
+            "10.1.0.2:80".parse().unwrap(),
+        );
+        assert_eq!(t.decide(client, now, |sticky| sticky.or(Some(a))), Some(a));
+        let mut offered = None;
+        let second = t.decide(client, now, |sticky| {
+            offered = sticky;
+            sticky.or(Some(b))
+        });
+        assert_eq!((offered, second), (Some(a), Some(a)));
+        let later = now + Duration::from_secs(11);
+        assert_eq!(
+            t.decide(client, later, |sticky| sticky.or(Some(b))),
+            Some(b)
+        );
+        assert_eq!(t.lookup(client, later), Some(b));
     }
 
     #[test]

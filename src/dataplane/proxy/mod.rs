@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::listeners::Listeners;
@@ -31,6 +32,9 @@ use super::{Dataplane, DataplaneError, PickCounts};
 use crate::balance::plan::Plan;
 use crate::model::Frontend;
 use crate::settings::{ProxySettings, RedirectMode, Settings, TproxySettings, UdpSettings};
+
+/// How long a stop waits, after the drain period, for cut connections to be reset.
+const RESET_WAIT: Duration = Duration::from_secs(1);
 
 /// How a listener learns which frontend a connection or datagram was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,8 @@ pub struct ProxyContext {
     pub upstream_mark: Option<u32>,
     /// Open connections and UDP sessions; a stop waits on it for the drain period.
     pub tracker: TaskTracker,
+    /// Cancelled when the drain period is over: open connections are reset.
+    pub cut: CancellationToken,
 }
 
 impl ProxyContext {
@@ -86,6 +92,7 @@ impl Proxy {
             metrics: ProxyMetrics::new(registry),
             upstream_mark: transparent.then_some(settings.tproxy.upstream_mark),
             tracker: TaskTracker::new(),
+            cut: CancellationToken::new(),
         };
         Proxy {
             ctx: Arc::new(ctx),
@@ -167,8 +174,11 @@ impl Dataplane for Proxy {
         {
             tracing::warn!(
                 open = self.ctx.tracker.len(),
-                "drain period over; closing remaining connections"
+                "drain period over; resetting the connections still open"
             );
+            self.ctx.cut.cancel();
+            // Each relay resets its two sockets as soon as it sees the cut.
+            let _ = tokio::time::timeout(RESET_WAIT, self.ctx.tracker.wait()).await;
         }
         if let Some(r) = self.redirect.take() {
             r.remove().await;

@@ -19,6 +19,7 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::scratch::with_scratch;
 use super::socket::{bytes_acked, reset};
@@ -32,6 +33,9 @@ pub enum Ending {
     Idle,
     /// One side failed (e.g. a reset); both sides were reset.
     Error,
+    /// The drain deadline passed with the connection still open; both sides were reset, so
+    /// neither mistakes a cut transfer for a complete one.
+    Cut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,8 +145,14 @@ fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Relays between `client` and `upstream` until both directions end, the connection idles
-/// out, or an error resets it. Consumes both sockets.
-pub async fn relay(client: TcpStream, upstream: TcpStream, settings: RelaySettings) -> Relayed {
+/// out, an error resets it, or `cut` is cancelled (then both sides are reset). Consumes
+/// both sockets.
+pub async fn relay(
+    client: TcpStream,
+    upstream: TcpStream,
+    settings: RelaySettings,
+    cut: &CancellationToken,
+) -> Relayed {
     let mut up = Half::default();
     let mut down = Half::default();
     let mut splice_after = settings.splice_after_bytes;
@@ -154,13 +164,14 @@ pub async fn relay(client: TcpStream, upstream: TcpStream, settings: RelaySettin
             &mut down,
             settings.idle_timeout,
             splice_after,
+            cut,
         )
         .await;
         let ending = match exit {
             CopyExit::Ended(ending) => ending,
             CopyExit::Bulky => {
                 let copied = (up.bytes, down.bytes);
-                match splice_phase(&client, &upstream, settings.idle_timeout, copied).await {
+                match splice_phase(&client, &upstream, settings.idle_timeout, copied, cut).await {
                     SpliceResult::Done(u, d, ending) => {
                         return finish(client, upstream, u, d, true, ending);
                     }
@@ -189,6 +200,7 @@ async fn copy(
     down: &mut Half,
     idle_timeout: Duration,
     splice_after: u64,
+    cut: &CancellationToken,
 ) -> CopyExit {
     // The timer is re-armed only when it fires, not on every step: a step records the
     // time, and a firing timer checks whether the connection really was idle that long.
@@ -208,6 +220,7 @@ async fn copy(
             r = upstream.writable(), if up.wants_write() => r.and_then(|_| up.flush(upstream)),
             r = upstream.readable(), if down.wants_read() => r.and_then(|_| down.pump(upstream, client, up.done)),
             r = client.writable(), if down.wants_write() => r.and_then(|_| down.flush(client)),
+            _ = cut.cancelled() => return CopyExit::Ended(Ending::Cut),
             _ = &mut idle => {
                 if last_active.elapsed() >= idle_timeout {
                     return CopyExit::Ended(Ending::Idle);
@@ -256,6 +269,7 @@ async fn splice_phase(
     upstream: &TcpStream,
     idle_timeout: Duration,
     copied: (u64, u64),
+    cut: &CancellationToken,
 ) -> SpliceResult {
     // tokio-splice reports its byte counts only when both directions end cleanly. After an
     // idle timeout or an error, what each peer acknowledged is what was relayed to it: the
@@ -288,6 +302,10 @@ async fn splice_phase(
         _ = idle_watch(&activity, idle_timeout) => {
             let (u, d) = relayed_on_failure();
             SpliceResult::Done(u, d, Ending::Idle)
+        }
+        _ = cut.cancelled() => {
+            let (u, d) = relayed_on_failure();
+            SpliceResult::Done(u, d, Ending::Cut)
         }
     }
 }

@@ -114,20 +114,26 @@ impl ServiceEntry {
         tried: &[usize],
         rng: &mut R,
     ) -> Option<usize> {
-        if tried.is_empty() {
-            if let Some(aff) = &self.affinity {
-                if let Some(addr) = aff.lookup(client, Instant::now()) {
-                    if let Some(i) = self.index_of(addr) {
-                        return Some(i);
-                    }
-                }
-            }
+        let Some(aff) = &self.affinity else {
+            return self.pick_untried(tried, rng);
+        };
+        let now = Instant::now();
+        if !tried.is_empty() {
+            // A retry after a failed connect: a new pick becomes the client's backend.
+            let pick = self.pick_untried(tried, rng)?;
+            aff.record(client, self.backends[pick].address, now);
+            return Some(pick);
         }
-        let pick = self.pick_untried(tried, rng)?;
-        if let Some(aff) = &self.affinity {
-            aff.record(client, self.backends[pick].address, Instant::now());
-        }
-        Some(pick)
+        // Decided under the affinity lock, so concurrent first connections agree.
+        let mut chosen = None;
+        aff.decide(client, now, |sticky| {
+            let i = sticky
+                .and_then(|a| self.index_of(a))
+                .or_else(|| self.pick_untried(tried, rng))?;
+            chosen = Some(i);
+            Some(self.backends[i].address)
+        });
+        chosen
     }
 
     /// A weighted pick that avoids `tried`; after a few misses it takes the first untried

@@ -96,15 +96,17 @@ pub async fn handle(
         return;
     }
     let settings = **ctx.tcp.load();
-    let Some(upstream) = connect_any(
-        &entry,
-        peer,
-        ctx.upstream_mark,
-        settings.connect_attempts as usize,
-        settings.connect_timeout,
-    )
-    .await
-    else {
+    let connected = tokio::select! {
+        c = connect_any(
+            &entry,
+            peer,
+            ctx.upstream_mark,
+            settings.connect_attempts as usize,
+            settings.connect_timeout,
+        ) => c,
+        _ = ctx.cut.cancelled() => None,
+    };
+    let Some(upstream) = connected else {
         entry.counters.refused_all_failed.inc();
         reset(client);
         return;
@@ -117,6 +119,7 @@ pub async fn handle(
             idle_timeout: settings.idle_timeout,
             splice_after_bytes: settings.splice_after_bytes,
         },
+        &ctx.cut,
     )
     .await;
     entry.counters.active.dec();

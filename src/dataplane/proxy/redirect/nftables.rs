@@ -158,14 +158,6 @@ pub async fn remove() -> Result<(), RedirectError> {
     .await
 }
 
-/// The transparent listener addresses for the rendered rules.
-pub fn listener_addrs(t: &TproxySettings) -> [SocketAddr; 2] {
-    [
-        ([127, 0, 0, 1], t.port).into(),
-        (std::net::Ipv6Addr::LOCALHOST, t.port).into(),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
