@@ -17,7 +17,6 @@
 //!   rejected too.
 
 use std::fmt::Write;
-use std::net::SocketAddr;
 
 use super::{run, RedirectError};
 use crate::model::{Frontend, Protocol};
