@@ -207,6 +207,9 @@ async fn copy(
     let mut last_active = Instant::now();
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
+    // Registered once, not on every step.
+    let cut = cut.cancelled();
+    tokio::pin!(cut);
     loop {
         if up.done && down.done {
             return CopyExit::Ended(Ending::Closed);
@@ -220,7 +223,7 @@ async fn copy(
             r = upstream.writable(), if up.wants_write() => r.and_then(|_| up.flush(upstream)),
             r = upstream.readable(), if down.wants_read() => r.and_then(|_| down.pump(upstream, client, up.done)),
             r = client.writable(), if down.wants_write() => r.and_then(|_| down.flush(client)),
-            _ = cut.cancelled() => return CopyExit::Ended(Ending::Cut),
+            _ = &mut cut => return CopyExit::Ended(Ending::Cut),
             _ = &mut idle => {
                 if last_active.elapsed() >= idle_timeout {
                     return CopyExit::Ended(Ending::Idle);
