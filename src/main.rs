@@ -141,10 +141,7 @@ fn nft(path: &std::path::Path) -> ExitCode {
         .services
         .services
         .values()
-        .map(|s| Entry {
-            frontend: s.frontend,
-            servable: !s.backends.is_empty(),
-        })
+        .map(|s| Entry::of(s))
         .collect();
     print!("{}", nftables::render(&entries, &config.settings.tproxy));
     println!("# policy routing:");

@@ -30,11 +30,20 @@ fn payload_size(i: usize, rng: &mut SmallRng) -> usize {
 }
 
 async fn tcp_balancer(backends: &[SocketAddr]) -> (wao_lb::app::Running, SocketAddr) {
+    tcp_balancer_with("{}", "echo", backends).await
+}
+
+/// A balancer with one TCP service `name` and the `proxy:` settings given as YAML.
+async fn tcp_balancer_with(
+    proxy: &str,
+    name: &str,
+    backends: &[SocketAddr],
+) -> (wao_lb::app::Running, SocketAddr) {
     let frontend: SocketAddr = free_addr();
     let list: Vec<(SocketAddr, &str)> = backends.iter().map(|b| (*b, "n")).collect();
     let yaml = format!(
-        "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}",
-        service_yaml("echo", "tcp", frontend, &list)
+        "admin: {{listen: 127.0.0.1:0}}\nproxy: {proxy}\nservices:\n{}",
+        service_yaml(name, "tcp", frontend, &list)
     );
     (start(&yaml).await, frontend)
 }
@@ -217,12 +226,7 @@ async fn udp_session_cap_drops_new_flows_and_keeps_old_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let echo = echo_server().await;
-    let frontend: SocketAddr = free_addr();
-    let yaml = format!(
-        "admin: {{listen: 127.0.0.1:0}}\nproxy: {{idleTimeout: 300ms}}\nservices:\n{}",
-        service_yaml("echo", "tcp", frontend, &[(echo.addr, "n")])
-    );
-    let lb = start(&yaml).await;
+    let (lb, frontend) = tcp_balancer_with("{idleTimeout: 300ms}", "echo", &[echo.addr]).await;
     let mut s = TcpStream::connect(frontend).await.expect("connect");
     s.write_all(b"x").await.expect("write");
     let mut b = [0u8; 1];
@@ -239,30 +243,36 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     lb.stop().await;
 }
 
-/// A backend that reads everything and never answers or closes.
-async fn silent_sink() -> SocketAddr {
+/// A backend that reads everything and never answers or closes. It reports how each
+/// connection's reading ended: "clean end of stream", or the error kind.
+async fn silent_sink() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
+    let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            let ended_tx = ended_tx.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                let ending = loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break "clean end of stream".to_string(),
+                        Ok(_) => continue,
+                        Err(e) => break format!("{:?}", e.kind()),
+                    }
+                };
+                let _ = ended_tx.send(ending);
             });
         }
     });
-    addr
+    (addr, ended_rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_of_a_spliced_connection_that_idles_out_are_counted() {
-    let sink = silent_sink().await;
-    let frontend: SocketAddr = free_addr();
-    let yaml = format!(
-        "admin: {{listen: 127.0.0.1:0}}\nproxy: {{idleTimeout: 500ms, spliceAfterBytes: 1024}}\nservices:\n{}",
-        service_yaml("sink", "tcp", frontend, &[(sink, "n")])
-    );
-    let lb = start(&yaml).await;
+    let (sink, _endings) = silent_sink().await;
+    let proxy = "{idleTimeout: 500ms, spliceAfterBytes: 1024}";
+    let (lb, frontend) = tcp_balancer_with(proxy, "sink", &[sink]).await;
     let mut s = TcpStream::connect(frontend).await.expect("connect");
     let payload = vec![7u8; 1 << 20];
     s.write_all(&payload).await.expect("write 1 MiB");
@@ -290,27 +300,8 @@ async fn bytes_of_a_spliced_connection_that_idles_out_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_open_at_the_drain_deadline_are_reset_both_ways() {
     // The backend reads part of an upload and then waits; it reports how its read ended.
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let backend = l.local_addr().expect("addr");
-    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.expect("accept");
-        let mut buf = vec![0u8; 64 * 1024];
-        let ending = loop {
-            match s.read(&mut buf).await {
-                Ok(0) => break "clean end of stream".to_string(),
-                Ok(_) => continue,
-                Err(e) => break format!("{:?}", e.kind()),
-            }
-        };
-        let _ = ended_tx.send(ending);
-    });
-    let frontend: SocketAddr = free_addr();
-    let yaml = format!(
-        "admin: {{listen: 127.0.0.1:0}}\nproxy: {{drainTimeout: 300ms}}\nservices:\n{}",
-        service_yaml("upload", "tcp", frontend, &[(backend, "n")])
-    );
-    let lb = start(&yaml).await;
+    let (backend, mut endings) = silent_sink().await;
+    let (lb, frontend) = tcp_balancer_with("{drainTimeout: 300ms}", "upload", &[backend]).await;
     let mut client = TcpStream::connect(frontend).await.expect("connect");
     client
         .write_all(b"the first part of an upload")
@@ -326,7 +317,7 @@ async fn connections_open_at_the_drain_deadline_are_reset_both_ways() {
         Err(std::io::ErrorKind::ConnectionReset),
         "the client sees a reset, not an end of stream that looks like a complete reply"
     );
-    let backend_saw = tokio::time::timeout(Duration::from_secs(10), ended_rx)
+    let backend_saw = tokio::time::timeout(Duration::from_secs(10), endings.recv())
         .await
         .expect("the backend's read ends")
         .expect("backend task");

@@ -78,24 +78,6 @@ pub struct ServiceTable {
     pub services: BTreeMap<Frontend, Arc<Service>>,
 }
 
-impl ServiceTable {
-    pub fn get(&self, frontend: &Frontend) -> Option<&Arc<Service>> {
-        self.services.get(frontend)
-    }
-
-    /// Every node some backend runs on, sorted and without duplicates.
-    pub fn nodes(&self) -> Vec<NodeName> {
-        let mut nodes: Vec<NodeName> = self
-            .services
-            .values()
-            .flat_map(|s| s.backends.iter().map(|b| b.node.clone()))
-            .collect();
-        nodes.sort();
-        nodes.dedup();
-        nodes
-    }
-}
-
 /// What discovery wants running: the services and the nodes whose power weights them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Desired {

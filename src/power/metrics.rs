@@ -6,7 +6,7 @@ use super::weights::NodeReport;
 use crate::model::NodeName;
 
 pub struct PowerMetrics {
-    pub fallbacks: IntCounterVec,
+    fallbacks: IntCounterVec,
     cpu_percent: GaugeVec,
     inlet_celsius: GaugeVec,
     delta_p_pascal: GaugeVec,

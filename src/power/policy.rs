@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use crate::model::NodeName;
+use crate::settings::Limits;
 
 /// How strongly one step reacts to a marginal-watts difference.
 const GAIN: f64 = 0.8;
@@ -32,8 +33,6 @@ pub struct Signal {
     pub delta_watts: f64,
     pub cpu_percent: f64,
 }
-
-pub use crate::settings::Limits;
 
 /// The controller's memory: the shares it gave last step.
 #[derive(Debug, Clone, Default)]

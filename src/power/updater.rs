@@ -18,7 +18,7 @@ use super::policy::Controller;
 use super::predict::Predictor;
 use super::remote::RemotePredictor;
 use super::weights::{apply, NodeReport, NodeWeights};
-use crate::model::node::{Input, NodeSpec, NodeWeighting, Quantity, Source, Timing};
+use crate::model::node::{Input, NodeSpec, NodeWeighting, Quantity, Source};
 use crate::model::{Desired, NodeName};
 use crate::settings::PowerSettings;
 
@@ -51,7 +51,8 @@ impl Demand {
 /// One node's running inputs and model.
 struct NodeState {
     spec: NodeSpec,
-    cells: [(Quantity, Arc<InputCell>, Timing); 3],
+    /// The inputs' cells, in the order of `Quantity::ALL`.
+    cells: [Arc<InputCell>; 3],
     predictor: Option<Predictor>,
     /// The last good (watts now, ΔW) per cost, and when it was predicted.
     last_good: HashMap<u32, (f64, f64, Instant)>,
@@ -95,11 +96,7 @@ fn start_nodes(
         .map(|(name, n)| {
             let cell = |q: Quantity| {
                 let input = n.input(q);
-                (
-                    q,
-                    inputs::spawn(input, q, clients.for_input(input), stop.clone()),
-                    input.timing,
-                )
+                inputs::spawn(input, q, clients.for_input(input), stop.clone())
             };
             let predictor = match &n.weighting {
                 NodeWeighting::Curve(c) => Some(Predictor::Curve(c.clone())),
@@ -174,10 +171,10 @@ async fn compute(
     // Predict every node concurrently: a slow predictor delays only its own node.
     let mut tasks = JoinSet::new();
     for (name, node) in nodes.iter() {
-        let readings: Vec<(Quantity, Reading)> = node
-            .cells
-            .iter()
-            .map(|(q, c, t)| (*q, c.read(now, t)))
+        let readings: Vec<(Quantity, Reading)> = Quantity::ALL
+            .into_iter()
+            .zip(&node.cells)
+            .map(|(q, c)| (q, c.read(now, &node.spec.input(q).timing)))
             .collect();
         let (predictor, cores, costs) = (node.predictor.clone(), node.spec.cores, costs.clone());
         let name = name.clone();

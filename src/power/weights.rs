@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::policy::{limit_weights, Controller, Limits, Signal};
+use super::policy::{limit_weights, Controller, Signal};
 use crate::model::NodeName;
-use crate::settings::Policy;
+use crate::settings::{Limits, Policy};
 
 /// What the power side knows about one node for one per-connection cost, and the weight it
 /// earned. Shown as is by `/weights`.

@@ -36,11 +36,18 @@ pub fn rows(plan: &Plan, picks: Option<&dyn PickCounts>) -> Vec<WeightRow> {
     entries.sort_by(|(fa, a), (fb, b)| (&a.service.name, *fa).cmp(&(&b.service.name, *fb)));
     let mut out = Vec::new();
     for (frontend, e) in entries {
-        let picks_of = |address| picks.and_then(|p| p.picks(frontend, address)).unwrap_or(0);
-        let total: u64 = e.backends.iter().map(|b| picks_of(b.backend.address)).sum();
-        for b in &e.backends {
+        let counts: Vec<u64> = e
+            .backends
+            .iter()
+            .map(|b| {
+                picks
+                    .and_then(|p| p.picks(frontend, b.backend.address))
+                    .unwrap_or(0)
+            })
+            .collect();
+        let total: u64 = counts.iter().sum();
+        for (b, &picks) in e.backends.iter().zip(&counts) {
             let r = b.report.as_ref();
-            let picks = picks_of(b.backend.address);
             out.push(WeightRow {
                 service: e.service.name.to_string(),
                 frontend: frontend.to_string(),

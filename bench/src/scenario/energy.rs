@@ -16,9 +16,9 @@ use serde::Serialize;
 use wao_lb::dataplane::proxy::table::Table;
 use wao_lb::model::curve::CurveProfile;
 use wao_lb::model::NodeName;
-use wao_lb::power::policy::{Controller, Limits};
+use wao_lb::power::policy::Controller;
 use wao_lb::power::weights::{apply, NodeReport};
-use wao_lb::settings::Policy;
+use wao_lb::settings::{Limits, Policy};
 
 /// CPU one connection costs (WAO's default `cpu-per-request`).
 const COST_MILLICORES: f64 = 100.0;

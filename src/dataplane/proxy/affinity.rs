@@ -36,16 +36,7 @@ impl AffinityTable {
     /// The backend this client is stuck to, if the stickiness has not expired.
     pub fn lookup(&self, client: IpAddr, now: Instant) -> Option<SocketAddr> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match inner.by_client.get(&client) {
-            Some((backend, last)) if now.saturating_duration_since(*last) < self.timeout => {
-                Some(*backend)
-            }
-            Some(_) => {
-                inner.by_client.remove(&client);
-                None
-            }
-            None => None,
-        }
+        self.sticky(&mut inner, client, now)
     }
 
     /// The backend for `client` at `now`, decided under the table's lock so that concurrent
@@ -58,14 +49,20 @@ impl AffinityTable {
         choose: impl FnOnce(Option<SocketAddr>) -> Option<SocketAddr>,
     ) -> Option<SocketAddr> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let sticky = inner
-            .by_client
-            .get(&client)
-            .filter(|(_, last)| now.saturating_duration_since(*last) < self.timeout)
-            .map(|(backend, _)| *backend);
+        let sticky = self.sticky(&mut inner, client, now);
         let chosen = choose(sticky)?;
         self.insert(&mut inner, client, chosen, now);
         Some(chosen)
+    }
+
+    /// The client's unexpired backend; an expired entry is removed.
+    fn sticky(&self, inner: &mut Entries, client: IpAddr, now: Instant) -> Option<SocketAddr> {
+        let (backend, last) = *inner.by_client.get(&client)?;
+        if now.saturating_duration_since(last) < self.timeout {
+            return Some(backend);
+        }
+        inner.by_client.remove(&client);
+        None
     }
 
     /// Remembers (or refreshes) that `client` was sent to `backend` at `now`.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::{socket, tcp, udp, Destination, ProxyContext};
+use crate::balance::plan::Plan;
 use crate::dataplane::DataplaneError;
 use crate::model::{Frontend, Protocol};
 use crate::settings::TproxySettings;
@@ -27,18 +28,18 @@ impl Listeners {
     /// binding everything else it could.
     pub fn reconcile(
         &mut self,
-        wanted: &[Frontend],
+        plan: &Plan,
         ctx: &Arc<ProxyContext>,
     ) -> Result<(), DataplaneError> {
         self.bound.retain(|f, token| {
-            let keep = wanted.contains(f);
+            let keep = plan.services.contains_key(f);
             if !keep {
                 token.cancel();
             }
             keep
         });
         let mut first_error = None;
-        for &frontend in wanted {
+        for &frontend in plan.services.keys() {
             if self.bound.contains_key(&frontend) {
                 continue;
             }

@@ -102,9 +102,13 @@ impl Proxy {
         }
     }
 
-    /// TPROXY mode: the redirect rules for the current routes, installing policy routing
-    /// and the transparent listeners the first time.
-    async fn sync_transparent(&mut self, t: TproxySettings) -> Result<(), DataplaneError> {
+    /// TPROXY mode: the redirect rules for `plan`, installing policy routing and the
+    /// transparent listeners the first time.
+    async fn sync_transparent(
+        &mut self,
+        plan: &Plan,
+        t: TproxySettings,
+    ) -> Result<(), DataplaneError> {
         let redirect = match &mut self.redirect {
             Some(r) => r,
             None => {
@@ -117,16 +121,10 @@ impl Proxy {
                 self.redirect.insert(r)
             }
         };
-        let entries: Vec<Entry> = self
-            .ctx
-            .routes
-            .load()
-            .by_frontend
-            .iter()
-            .map(|(f, e)| Entry {
-                frontend: *f,
-                servable: !e.backends.is_empty(),
-            })
+        let entries: Vec<Entry> = plan
+            .services
+            .values()
+            .map(|p| Entry::of(&p.service))
             .collect();
         redirect
             .sync(&entries)
@@ -148,11 +146,8 @@ impl Dataplane for Proxy {
         let routes = Routes::build(plan, &previous, &self.ctx.metrics);
         self.ctx.routes.store(Arc::new(routes));
         match self.tproxy {
-            Some(t) => self.sync_transparent(t).await,
-            None => {
-                let wanted: Vec<Frontend> = plan.services.keys().copied().collect();
-                self.listeners.reconcile(&wanted, &self.ctx)
-            }
+            Some(t) => self.sync_transparent(plan, t).await,
+            None => self.listeners.reconcile(plan, &self.ctx),
         }
     }
 

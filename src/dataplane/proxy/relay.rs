@@ -8,6 +8,7 @@
 //! Half-close is kept: EOF one way shuts down only the write side of the other socket. An
 //! error one way resets both sockets, so a peer's RST reaches the other side as an RST.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
@@ -19,7 +20,6 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::scratch::with_scratch;
 use super::socket::{bytes_acked, reset};
@@ -145,13 +145,13 @@ fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Relays between `client` and `upstream` until both directions end, the connection idles
-/// out, an error resets it, or `cut` is cancelled (then both sides are reset). Consumes
-/// both sockets.
-pub async fn relay(
+/// out, an error resets it, or `cut` completes (then both sides are reset). Consumes both
+/// sockets.
+pub async fn relay<C: Future<Output = ()>>(
     client: TcpStream,
     upstream: TcpStream,
     settings: RelaySettings,
-    cut: &CancellationToken,
+    mut cut: Pin<&mut C>,
 ) -> Relayed {
     let mut up = Half::default();
     let mut down = Half::default();
@@ -164,13 +164,14 @@ pub async fn relay(
             &mut down,
             settings.idle_timeout,
             splice_after,
-            cut,
+            cut.as_mut(),
         )
         .await;
         let ending = match exit {
             CopyExit::Ended(ending) => ending,
             CopyExit::Bulky => {
                 let copied = (up.bytes, down.bytes);
+                let cut = cut.as_mut();
                 match splice_phase(&client, &upstream, settings.idle_timeout, copied, cut).await {
                     SpliceResult::Done(u, d, ending) => {
                         return finish(client, upstream, u, d, true, ending);
@@ -193,23 +194,20 @@ enum CopyExit {
     Bulky,
 }
 
-async fn copy(
+async fn copy<C: Future<Output = ()>>(
     client: &TcpStream,
     upstream: &TcpStream,
     up: &mut Half,
     down: &mut Half,
     idle_timeout: Duration,
     splice_after: u64,
-    cut: &CancellationToken,
+    mut cut: Pin<&mut C>,
 ) -> CopyExit {
     // The timer is re-armed only when it fires, not on every step: a step records the
     // time, and a firing timer checks whether the connection really was idle that long.
     let mut last_active = Instant::now();
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
-    // Registered once, not on every step.
-    let cut = cut.cancelled();
-    tokio::pin!(cut);
     loop {
         if up.done && down.done {
             return CopyExit::Ended(Ending::Closed);
@@ -223,7 +221,7 @@ async fn copy(
             r = upstream.writable(), if up.wants_write() => r.and_then(|_| up.flush(upstream)),
             r = upstream.readable(), if down.wants_read() => r.and_then(|_| down.pump(upstream, client, up.done)),
             r = client.writable(), if down.wants_write() => r.and_then(|_| down.flush(client)),
-            _ = &mut cut => return CopyExit::Ended(Ending::Cut),
+            _ = cut.as_mut() => return CopyExit::Ended(Ending::Cut),
             _ = &mut idle => {
                 if last_active.elapsed() >= idle_timeout {
                     return CopyExit::Ended(Ending::Idle);
@@ -267,12 +265,12 @@ enum SpliceResult {
 
 /// Splices until the connection ends. `copied` are the bytes the copy phase relayed
 /// (upstream, downstream); the result carries the connection's totals.
-async fn splice_phase(
+async fn splice_phase<C: Future<Output = ()>>(
     client: &TcpStream,
     upstream: &TcpStream,
     idle_timeout: Duration,
     copied: (u64, u64),
-    cut: &CancellationToken,
+    cut: Pin<&mut C>,
 ) -> SpliceResult {
     // tokio-splice reports its byte counts only when both directions end cleanly. After an
     // idle timeout or an error, what each peer acknowledged is what was relayed to it: the
@@ -306,7 +304,7 @@ async fn splice_phase(
             let (u, d) = relayed_on_failure();
             SpliceResult::Done(u, d, Ending::Idle)
         }
-        _ = cut.cancelled() => {
+        _ = cut => {
             let (u, d) = relayed_on_failure();
             SpliceResult::Done(u, d, Ending::Cut)
         }

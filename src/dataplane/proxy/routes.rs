@@ -91,7 +91,7 @@ impl ServiceEntry {
                 }
             })
             .collect();
-        let shares: Vec<f64> = planned.backends.iter().map(|b| b.share).collect();
+        let shares = planned.backends.iter().map(|b| b.share).collect();
         ServiceEntry {
             service: planned.service.clone(),
             by_address: backends
@@ -100,7 +100,7 @@ impl ServiceEntry {
                 .map(|(i, b)| (b.address, i))
                 .collect(),
             backends,
-            table: Table::new(&shares),
+            table: Table::from_shares(shares),
             affinity,
             counters: ServiceCounters::new(m, key),
         }

@@ -26,7 +26,11 @@ impl Table {
     /// A table over `weights`, normalised by `balance::plan::shares` (bad weights excluded,
     /// uniform if none is positive).
     pub fn new(weights: &[f64]) -> Table {
-        let shares: Box<[f64]> = shares(weights).into();
+        Table::from_shares(shares(weights).into())
+    }
+
+    /// A table over shares that already sum to 1, as a Plan carries them.
+    pub fn from_shares(shares: Box<[f64]>) -> Table {
         Table {
             slots: alias_slots(&shares),
             shares,

@@ -96,6 +96,11 @@ pub async fn handle(
         return;
     }
     let settings = **ctx.tcp.load();
+    // The drain deadline, as a token of this connection's own: the relay polls it on every
+    // step, and a child's locks are its own, not shared with every other connection.
+    let token = ctx.cut.child_token();
+    let cut = token.cancelled();
+    tokio::pin!(cut);
     let connected = tokio::select! {
         c = connect_any(
             &entry,
@@ -104,7 +109,10 @@ pub async fn handle(
             settings.connect_attempts as usize,
             settings.connect_timeout,
         ) => c,
-        _ = ctx.cut.cancelled() => None,
+        _ = cut.as_mut() => {
+            reset(client);
+            return;
+        }
     };
     let Some(upstream) = connected else {
         entry.counters.refused_all_failed.inc();
@@ -119,7 +127,7 @@ pub async fn handle(
             idle_timeout: settings.idle_timeout,
             splice_after_bytes: settings.splice_after_bytes,
         },
-        &ctx.cut,
+        cut,
     )
     .await;
     entry.counters.active.dec();

@@ -215,14 +215,14 @@ fn input(
     }
     // Keys that belong to other quantities or sources are mistakes worth naming.
     let statics = [
-        ("percent", r.percent),
-        ("celsius", r.celsius),
-        ("pascal", r.pascal),
+        (Quantity::Cpu, r.percent),
+        (Quantity::Inlet, r.celsius),
+        (Quantity::DeltaP, r.pascal),
     ];
-    for (key, value) in statics {
-        if value.is_some() && (key != q.static_key() || r.source != "static") {
+    for (sq, value) in statics {
+        if value.is_some() && (sq != q || r.source != "static") {
             v.err(
-                format!("{at}.{key}"),
+                format!("{at}.{}", sq.static_key()),
                 format!("not used by source {}", r.source),
             );
         }
@@ -242,11 +242,10 @@ fn input(
     );
     let source = match r.source.as_str() {
         "static" => {
-            let value = match q.static_key() {
-                "percent" => r.percent,
-                "celsius" => r.celsius,
-                _ => r.pascal,
-            };
+            let value = statics
+                .iter()
+                .find(|(sq, _)| *sq == q)
+                .and_then(|(_, v)| *v);
             let Some(value) = value else {
                 v.err(
                     format!("{at}.{}", q.static_key()),

@@ -1,4 +1,4 @@
-//! wao-lb's nftables table (`inet wao-lb`), rendered from the ServiceTable. It never
+//! wao-lb's nftables table (`inet wao-lb`), rendered from the services' frontends. It never
 //! touches another table (kube-proxy's `ip kube-proxy` stays as it is) and uses only its
 //! own mark bits. Every apply replaces the whole table in one `nft -f` transaction, which
 //! also replaces a stale table a crashed instance left behind.
@@ -19,7 +19,7 @@
 use std::fmt::Write;
 
 use super::{run, RedirectError};
-use crate::model::{Frontend, Protocol};
+use crate::model::{Frontend, Service};
 use crate::settings::TproxySettings;
 
 pub const TABLE: &str = "wao-lb";
@@ -31,12 +31,17 @@ pub struct Entry {
     pub servable: bool,
 }
 
+impl Entry {
+    pub fn of(service: &Service) -> Entry {
+        Entry {
+            frontend: service.frontend,
+            servable: !service.backends.is_empty(),
+        }
+    }
+}
+
 fn element(f: &Frontend) -> String {
-    let proto = match f.protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    };
-    format!("{} . {proto} . {}", f.address.ip(), f.address.port())
+    format!("{} . {} . {}", f.address.ip(), f.protocol, f.address.port())
 }
 
 fn set(out: &mut String, name: &str, ip_type: &str, members: &[String]) {
@@ -160,6 +165,7 @@ pub async fn remove() -> Result<(), RedirectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Protocol;
 
     fn entry(addr: &str, protocol: Protocol, servable: bool) -> Entry {
         Entry {
