@@ -113,6 +113,9 @@ async fn async_main(command: Command) -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match FileConfig::load(path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} services, {} nodes)",
                 path.display(),

@@ -80,6 +80,22 @@ fn broken_files_name_the_bad_key() {
         ("node without model", "nodes:\n  a: {cores: 8}\n", &["nodes.a.model: missing"]),
         ("udp cap", "udp: {maxSessions: 0}\n", &["udp.maxSessions: must be at least 1"]),
         ("not yaml", "services: [\n", &["did not find expected"]),
+        ("empty file", "", &["the config is empty"]),
+        ("no services key", "proxy: {idleTimeout: 1m}\n", &["services: missing; write `services: []`"]),
+        ("alias", "services: []\nproxy: &p {idleTimeout: 1m}\nudp: *p\n", &["YAML aliases (*name) are not accepted (line 3)"]),
+        ("duplicate top-level key", "services: []\nproxy: {}\nproxy: {}\n", &["proxy: duplicate key \"proxy\" (line 3)"]),
+        ("deep nesting", &format!("services: []\nproxy: {}{}\n", "[".repeat(5000), "]".repeat(5000)), &["nested deeper than 32 levels"]),
+        ("huge number", "nodes:\n  a: {weight: 1e300}\n", &["nodes.a.weight: 1e300 is outside 0..1000000"]),
+        (
+            "credentials on a source that ignores them",
+            "nodes:\n  a: {cpu: {source: node-exporter, url: \"http://h:9100\", username: u, password: p}, weight: 1}\n",
+            &["nodes.a.cpu.username: not used by source node-exporter", "nodes.a.cpu.password: not used by source node-exporter"],
+        ),
+        (
+            "credentials in a bad URL",
+            "nodes:\n  a: {cpu: {source: node-exporter, url: \"ftp://admin:hunter2@h\"}, weight: 1}\n",
+            &["nodes.a.cpu.url: \"ftp://***@h\" is not an http:// or https:// URL"],
+        ),
         (
             "every error at once",
             "services:\n  - name: \"\"\n    address: nope\n    backends:\n      - {address: y, node: a}\nproxy: {drainTimeout: forever}\n",
@@ -96,10 +112,35 @@ fn broken_files_name_the_bad_key() {
         let path = dir.file(&format!("case{i}.yaml"), yaml);
         let (code, text) = check(&path);
         assert_eq!(code, 2, "{what}: exit code, output: {text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{what}: a password shown: {text}"
+        );
         for e in *expected {
             assert!(text.contains(e), "{what}: expected {e:?} in:\n{text}");
         }
     }
     let good = dir.file("good.yaml", GOOD_SERVICE);
     assert_eq!(check(&good).0, 0);
+}
+
+/// Legal but suspicious settings pass with a warning naming the key.
+#[test]
+fn suspicious_settings_pass_with_a_warning() {
+    let dir = TempDir::new("warn");
+    let path = dir.file(
+        "lb.yaml",
+        "admin: {listen: \"0.0.0.0:10349\"}\nservices:\n  - name: web\n    address: 127.0.0.1:8080\n    backends:\n      - {address: 127.0.0.1:9001, node: a}\n      - {address: 127.0.0.1:9002, node: typo}\nnodes:\n  a: {weight: 1}\n",
+    );
+    let (code, text) = check(&path);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("warning: admin.listen: 0.0.0.0:10349 is reachable from other hosts"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: services[0].backends[1].node: \"typo\" has no entry under nodes:"),
+        "{text}"
+    );
+    assert!(!text.contains("backends[0].node"), "{text}");
 }

@@ -114,6 +114,59 @@ async fn reloads_keep_serving_and_keep_connections() {
         .is_some_and(|s| s.success()));
 }
 
+/// An emptied file (a truncate seen before the write) is refused and every listener stays;
+/// only a file that says `services: []` removes them. A bad file re-read on SIGHUP counts
+/// one failure, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_file_keeps_every_listener() {
+    let echo = echo_server().await;
+    let admin: SocketAddr = free_addr();
+    let web: SocketAddr = free_addr();
+    let dir = TempDir::new("emptied");
+    let one = service_yaml("web", "tcp", web, &[(echo.addr, "a")]);
+    let path = dir.file("lb.yaml", &config_text(admin, &one));
+    let mut lb = Process::run(&path);
+    assert!(admin_up(admin).await, "wao-lb came up");
+
+    std::fs::write(&path, "").expect("truncate");
+    assert!(
+        eventually(Duration::from_secs(5), async || reloads(admin, "failure")
+            .await
+            >= 1.0)
+        .await
+    );
+    lb.signal("HUP");
+    // Give the signal time to be handled before the next write decides the outcome.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        echo_once(web, b"kept").await.expect("still served"),
+        b"kept"
+    );
+    assert_eq!(
+        reloads(admin, "failure").await,
+        1.0,
+        "one bad file, one failure"
+    );
+
+    std::fs::write(
+        &path,
+        format!("admin: {{listen: \"{admin}\"}}\nservices: []\n"),
+    )
+    .expect("write empty list");
+    assert!(
+        eventually(Duration::from_secs(5), async || TcpStream::connect(web)
+            .await
+            .is_err())
+        .await,
+        "services: [] closes the listener"
+    );
+    assert_eq!(reloads(admin, "success").await, 1.0);
+    lb.signal("TERM");
+    assert!(lb
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_connections() {
     let echo = echo_server().await;

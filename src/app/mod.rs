@@ -99,7 +99,14 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
     if let Err(e) = socket::raise_nofile_limit() {
         tracing::warn!(error = %e, "cannot raise the open-files limit");
     }
-    let FileConfig { settings, desired } = config;
+    let FileConfig {
+        settings,
+        desired,
+        warnings,
+    } = config;
+    for w in &warnings {
+        tracing::warn!(path = %w.path, "config: {}", w.message);
+    }
     let registry = Registry::new();
     let ready = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();

@@ -5,6 +5,7 @@
 pub mod curve;
 pub mod node;
 pub mod units;
+pub mod url;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -2,6 +2,7 @@
 //! source with its own refresh interval, timeout and staleness limit), the plausible range
 //! of each quantity, and its power model. Discovery fills these in; power runs them.
 
+use super::url::HttpUrl;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,22 +52,22 @@ pub enum Source {
     Static(f64),
     /// A Prometheus node_exporter: CPU utilisation from `node_cpu_seconds_total` rates.
     NodeExporter {
-        url: String,
+        url: HttpUrl,
     },
     /// A BMC's Redfish API: inlet temperature, vendor path detected automatically.
     /// `insecure` accepts the self-signed certificates BMCs usually have.
     Redfish {
-        url: String,
+        url: HttpUrl,
         auth: Option<BasicAuth>,
         insecure: bool,
     },
     /// An ipmi_exporter: `ipmi_temperature_celsius{name="Ambient"}`.
     IpmiExporter {
-        url: String,
+        url: HttpUrl,
     },
     /// WAO's DifferentialPressureAPI: `GET {url}/api/sensor/by_nodename/{node}`.
     Dpapi {
-        url: String,
+        url: HttpUrl,
         node: String,
     },
 }
@@ -103,7 +104,7 @@ pub enum RemoteProtocol {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteModelSpec {
     pub protocol: RemoteProtocol,
-    pub url: String,
+    pub url: HttpUrl,
     pub model: String,
     pub version: Option<String>,
     pub timeout: Duration,

@@ -9,8 +9,10 @@ use reqwest::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::http;
 use super::sources::{self, CpuCounters, RedfishVendor};
 use crate::model::node::{BasicAuth, Input, Quantity, Source, Timing};
+use crate::model::url::HttpUrl;
 
 /// What an input reads as now.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +114,7 @@ pub fn spawn(
         client,
         previous_cpu: None,
         vendor: None,
+        timeout: input.timing.timeout,
     };
     let (c, timing) = (cell.clone(), input.timing);
     tokio::spawn(async move {
@@ -150,6 +153,7 @@ struct Collector {
     client: Client,
     previous_cpu: Option<CpuCounters>,
     vendor: Option<RedfishVendor>,
+    timeout: Duration,
 }
 
 impl Collector {
@@ -170,7 +174,7 @@ impl Collector {
             }
             Source::Dpapi { url, node } => {
                 let doc = self
-                    .json(&format!("{url}/api/sensor/by_nodename/{node}"), None)
+                    .json(&url.join(&format!("/api/sensor/by_nodename/{node}")), None)
                     .await?;
                 sources::dpapi_pressure(&doc).map(Some)
             }
@@ -181,10 +185,10 @@ impl Collector {
 
     /// Tries the vendor that answered last; if none did yet (or it stopped), tries all three
     /// at once and keeps the first that answers.
-    async fn redfish(&mut self, url: &str, auth: Option<&BasicAuth>) -> Result<f64, String> {
+    async fn redfish(&mut self, url: &HttpUrl, auth: Option<&BasicAuth>) -> Result<f64, String> {
         if let Some(v) = self.vendor {
             match self
-                .json(&format!("{url}{}", v.path()), auth)
+                .json(&url.join(v.path()), auth)
                 .await
                 .and_then(|d| v.parse(&d))
             {
@@ -193,7 +197,7 @@ impl Collector {
             }
         }
         let [a, b, c] = RedfishVendor::ALL;
-        let urls = RedfishVendor::ALL.map(|v| format!("{url}{}", v.path()));
+        let urls = RedfishVendor::ALL.map(|v| url.join(v.path()));
         let (ra, rb, rc) = tokio::join!(
             self.json(&urls[0], auth),
             self.json(&urls[1], auth),
@@ -215,32 +219,26 @@ impl Collector {
         ))
     }
 
-    async fn get(&self, url: &str, auth: Option<&BasicAuth>) -> Result<reqwest::Response, String> {
-        let mut req = self.client.get(url);
+    async fn body(&self, url: &HttpUrl, auth: Option<&BasicAuth>) -> Result<Vec<u8>, String> {
+        let mut request = self.client.get(url.full());
         if let Some(a) = auth {
-            req = req.basic_auth(&a.username, Some(&a.password));
+            request = request.basic_auth(&a.username, Some(&a.password));
         }
-        let resp = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", resp.status()));
-        }
-        Ok(resp)
+        http::exchange(request, "GET", url, self.timeout).await
     }
 
-    async fn text(&self, url: &str, auth: Option<&BasicAuth>) -> Result<String, String> {
-        self.get(url, auth)
-            .await?
-            .text()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))
+    async fn text(&self, url: &HttpUrl, auth: Option<&BasicAuth>) -> Result<String, String> {
+        let body = self.body(url, auth).await?;
+        String::from_utf8(body).map_err(|_| format!("GET {url}: the answer is not UTF-8"))
     }
 
-    async fn json(&self, url: &str, auth: Option<&BasicAuth>) -> Result<serde_json::Value, String> {
-        self.get(url, auth)
-            .await?
-            .json()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))
+    async fn json(
+        &self,
+        url: &HttpUrl,
+        auth: Option<&BasicAuth>,
+    ) -> Result<serde_json::Value, String> {
+        let body = self.body(url, auth).await?;
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
     }
 }
 

@@ -10,7 +10,9 @@ use reqwest::Client;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::http;
 use crate::model::node::{RemoteModelSpec, RemoteProtocol};
+use crate::model::url::HttpUrl;
 
 const CACHE_MAX: usize = 4096;
 /// Predictions outside (0, this] watts are garbage.
@@ -19,7 +21,7 @@ pub const MAX_PLAUSIBLE_WATTS: f64 = 100_000.0;
 /// A remote power model (V2 inference or TF Serving) with its answer cache.
 pub struct RemotePredictor {
     config: RemoteModelSpec,
-    endpoint: String,
+    endpoint: HttpUrl,
     client: Client,
     cache: Mutex<HashMap<[i64; 3], (f64, Instant)>>,
 }
@@ -74,19 +76,14 @@ fn plausible(first: &Value) -> Result<f64, String> {
 
 impl RemotePredictor {
     pub fn new(config: RemoteModelSpec, client: Client) -> RemotePredictor {
-        let endpoint = match config.protocol {
-            RemoteProtocol::V2Inference => {
-                let mut e = format!("{}/v2/models/{}", config.url, config.model);
-                if let Some(v) = &config.version {
-                    e.push_str(&format!("/versions/{v}"));
-                }
-                e.push_str("/infer");
-                e
-            }
-            RemoteProtocol::TfServing => {
-                format!("{}/v1/models/{}:predict", config.url, config.model)
-            }
+        let path = match config.protocol {
+            RemoteProtocol::V2Inference => match &config.version {
+                Some(v) => format!("/v2/models/{}/versions/{v}/infer", config.model),
+                None => format!("/v2/models/{}/infer", config.model),
+            },
+            RemoteProtocol::TfServing => format!("/v1/models/{}:predict", config.model),
         };
+        let endpoint = config.url.join(&path);
         RemotePredictor {
             config,
             endpoint,
@@ -121,8 +118,7 @@ impl RemotePredictor {
         }
         let mut req = self
             .client
-            .post(&self.endpoint)
-            .timeout(self.config.timeout)
+            .post(self.endpoint.full())
             .json(&match self.config.protocol {
                 RemoteProtocol::V2Inference => request_body(cpu, inlet, delta_p),
                 RemoteProtocol::TfServing => tfserving_body(cpu, inlet, delta_p),
@@ -130,17 +126,9 @@ impl RemotePredictor {
         if let Some(a) = &self.config.auth {
             req = req.basic_auth(&a.username, Some(&a.password));
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("POST {}: {e}", self.endpoint))?;
-        if !resp.status().is_success() {
-            return Err(format!("POST {}: HTTP {}", self.endpoint, resp.status()));
-        }
-        let doc: Value = resp
-            .json()
-            .await
-            .map_err(|e| format!("POST {}: {e}", self.endpoint))?;
+        let body = http::exchange(req, "POST", &self.endpoint, self.config.timeout).await?;
+        let doc: Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("POST {}: not JSON: {e}", self.endpoint))?;
         let watts = match self.config.protocol {
             RemoteProtocol::V2Inference => parse_answer(&doc)?,
             RemoteProtocol::TfServing => parse_tfserving(&doc)?,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod validate;
-pub use validate::{structural, ConfigError, ConfigErrors, Validator};
+pub mod yaml;
+pub use validate::{show_number, ConfigError, ConfigErrors, Validator};
+pub use yaml::structural;
 
 /// Where the admin HTTP server listens unless the config says otherwise (loopback only).
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:10349";
@@ -246,6 +248,15 @@ impl Settings {
         let admin = v
             .socket_addr("admin.listen", admin_text)
             .unwrap_or(Settings::default().admin);
+        if !admin.ip().is_loopback() {
+            v.warn(
+                "admin.listen",
+                format!(
+                    "{admin} is reachable from other hosts, and the admin API has no \
+                     authentication: anyone who reaches it reads every service, backend and metric"
+                ),
+            );
+        }
         if raw.dataplane == DataplaneMode::Ipvs {
             v.err(
                 "dataplane",

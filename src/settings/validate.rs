@@ -1,6 +1,6 @@
 //! Validation with key paths: a `Validator` collects every value error of a file as
 //! `path: message`, so an operator fixes a file in one round. Structural errors (unknown
-//! keys, wrong types) come from serde through `structural`, with the path of the first one.
+//! keys, wrong types) come from `yaml::structural`, with the path of the first one.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -51,48 +51,28 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Deserialises YAML text into `T`, turning a structural error into one `ConfigError` with
-/// the full key path (`services[0].backends[0].adress`) and the line and column.
-pub fn structural<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = strip_location(&inner);
-        // serde_yaml puts its own (shorter) path in front; ours is the full one.
-        let message = match message.split_once(": ") {
-            Some((head, rest)) if path.starts_with(head) => rest.to_string(),
-            _ => message,
-        };
-        ConfigErrors(vec![ConfigError {
-            path: if path == "." { String::new() } else { path },
-            message,
-        }])
-    })
-}
-
-/// serde_yaml appends "at line L column C"; keep the location, which helps, but put it last
-/// behind the message so the path leads.
-fn strip_location(e: &serde_yaml::Error) -> String {
-    let msg = e.to_string();
-    match e.location() {
-        Some(loc) => {
-            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            let base = msg.strip_suffix(&suffix).unwrap_or(&msg);
-            format!("{base} (line {}, column {})", loc.line(), loc.column())
-        }
-        None => msg,
-    }
-}
-
 /// Collects value errors; each check returns a usable value (the default on error) so that
 /// validation goes on and reports everything.
 #[derive(Default)]
 pub struct Validator {
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Validator {
+    /// Something legal but probably not meant; shown by `check` and logged at start.
+    pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// The warnings so far.
+    pub fn warnings(&self) -> &[ConfigError] {
+        &self.warnings
+    }
+
     pub fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             path: path.into(),
@@ -148,8 +128,41 @@ impl Validator {
         if value.is_finite() && (lo..=hi).contains(&value) {
             value
         } else {
-            self.err(path, format!("{value} is outside {lo}..{hi} {unit}"));
+            self.err(
+                path,
+                format!("{} is outside {lo}..{hi} {unit}", show_number(value)),
+            );
             value.clamp(lo, hi)
         }
+    }
+}
+
+/// A number as an operator wrote it, short: `1e300` stays `1e300`, not 301 digits.
+pub fn show_number(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude != 0.0 && !(1e-4..1e9).contains(&magnitude) {
+        format!("{value:e}")
+    } else {
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_short() {
+        assert_eq!(show_number(1e300), "1e300");
+        assert_eq!(show_number(-2.5e-9), "-2.5e-9");
+        assert_eq!(show_number(80.5), "80.5");
+        assert_eq!(show_number(0.0), "0");
+        let mut v = Validator::default();
+        v.number_in("power.ceilingPercent", 1e300, 1.0, 100.0, "%");
+        let errs = v.finish(()).unwrap_err().0;
+        assert_eq!(
+            errs[0].to_string(),
+            "power.ceilingPercent: 1e300 is outside 1..100 %"
+        );
     }
 }

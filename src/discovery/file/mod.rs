@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use crate::model::Desired;
 use crate::settings::{
-    structural, ConfigErrors, DataplaneMode, RawAdmin, RawPower, RawProxy, RawSettings, RawTproxy,
-    RawUdp, RedirectMode, Settings, Validator,
+    structural, yaml, ConfigError, ConfigErrors, DataplaneMode, RawAdmin, RawPower, RawProxy,
+    RawSettings, RawTproxy, RawUdp, RedirectMode, Settings, Validator,
 };
 
 /// A validated config file: the process settings and the desired services and nodes.
@@ -23,6 +23,8 @@ use crate::settings::{
 pub struct FileConfig {
     pub settings: Settings,
     pub desired: Desired,
+    /// Legal but probably unintended (`path: why`); `check` prints them, `run` logs them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// The file's top level, as written. Unknown keys are errors, with their path.
@@ -41,8 +43,9 @@ struct RawFile {
     proxy: RawProxy,
     #[serde(default)]
     udp: RawUdp,
-    #[serde(default)]
-    services: Vec<services::RawService>,
+    /// Absent is an error (a file with nothing to serve is a mistake); `services: []` says
+    /// "none" on purpose.
+    services: Option<Vec<services::RawService>>,
     #[serde(default)]
     nodes: BTreeMap<String, nodes::RawNode>,
     #[serde(default)]
@@ -52,7 +55,7 @@ struct RawFile {
 impl FileConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = read_bounded(path).map_err(|e| {
             ConfigErrors::whole_file(format!("cannot read {}: {e}", path.display()))
         })?;
         FileConfig::parse(&text)
@@ -61,12 +64,19 @@ impl FileConfig {
     /// Parses and validates YAML text. Structural errors (unknown key, wrong type) stop at
     /// the first one; value errors are all collected.
     pub fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
-        let raw: RawFile = if text.trim().is_empty() {
-            RawFile::default()
-        } else {
-            structural(text)?
-        };
+        if text.trim().is_empty() {
+            return Err(ConfigErrors::whole_file(
+                "the config is empty; it needs `services:` (write `services: []` to serve none)",
+            ));
+        }
+        let raw: RawFile = structural(text)?;
         let mut v = Validator::default();
+        if raw.services.is_none() {
+            v.err(
+                "services",
+                "missing; write `services: []` to run with no services",
+            );
+        }
         let settings = Settings::validate(
             &RawSettings {
                 admin: raw.admin,
@@ -80,11 +90,29 @@ impl FileConfig {
             &mut v,
         );
         let desired = Desired {
-            services: services::validate(&mut v, &raw.services),
+            services: services::validate(&mut v, raw.services.as_deref().unwrap_or_default()),
             nodes: nodes::validate(&mut v, &raw.nodes),
         };
-        v.finish(FileConfig { settings, desired })
+        if let Some(raw_services) = &raw.services {
+            services::warn_unconfigured_nodes(&mut v, raw_services, &raw.nodes);
+        }
+        let warnings = v.warnings().to_vec();
+        v.finish(FileConfig {
+            settings,
+            desired,
+            warnings,
+        })
     }
+}
+
+/// The file's text, refused without reading it all when it is larger than YAML may be.
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(yaml::MAX_BYTES as u64 + 1)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -92,14 +120,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_file_is_defaults() {
-        let c = FileConfig::parse("").unwrap();
+    fn an_explicit_empty_service_list_is_defaults() {
+        let c = FileConfig::parse("services: []\n").unwrap();
         assert_eq!(
             c.settings.admin,
             crate::settings::DEFAULT_ADMIN.parse().unwrap()
         );
         assert!(c.settings.admin.ip().is_loopback());
         assert!(c.desired.services.services.is_empty());
+    }
+
+    #[test]
+    fn a_file_that_says_nothing_is_refused() {
+        for text in [
+            "",
+            "  \n",
+            "# just a comment\n",
+            "admin: {listen: 127.0.0.1:1}\n",
+        ] {
+            let errs = FileConfig::parse(text).unwrap_err().to_string();
+            assert!(errs.contains("services: []"), "{text:?}: {errs}");
+        }
     }
 
     #[test]
@@ -128,7 +169,7 @@ services:
     #[test]
     fn tproxy_settings_take_hex_marks_and_refuse_kube_proxy_bits() {
         let c = FileConfig::parse(
-            "redirect: tproxy\ntproxy: {mark: 0x100, upstreamMark: 0x200, routeTable: 77}\n",
+            "services: []\nredirect: tproxy\ntproxy: {mark: 0x100, upstreamMark: 0x200, routeTable: 77}\n",
         )
         .unwrap();
         assert_eq!(c.settings.redirect, crate::settings::RedirectMode::Tproxy);
@@ -140,10 +181,11 @@ services:
             ),
             (0x100, 0x200, 77)
         );
-        let errs =
-            FileConfig::parse("tproxy: {mark: 0x4000, upstreamMark: 0x4000, routeTable: 254}\n")
-                .unwrap_err()
-                .0;
+        let errs = FileConfig::parse(
+            "services: []\ntproxy: {mark: 0x4000, upstreamMark: 0x4000, routeTable: 254}\n",
+        )
+        .unwrap_err()
+        .0;
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert!(
             text.contains(

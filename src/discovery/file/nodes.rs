@@ -12,6 +12,7 @@ use crate::model::node::{
     BasicAuth, Input, NodeSpec, NodeWeighting, Quantity, RemoteModelSpec, RemoteProtocol, Source,
     Timing, DEFAULT_NODE_CORES,
 };
+use crate::model::url::HttpUrl;
 use crate::model::NodeName;
 use crate::settings::Validator;
 
@@ -152,17 +153,11 @@ fn required<'a>(
     value
 }
 
-fn url(v: &mut Validator, at: &str, value: Option<&String>, what: &str) -> Option<String> {
+fn url(v: &mut Validator, at: &str, value: Option<&String>, what: &str) -> Option<HttpUrl> {
     let url = required(v, at, "url", value, what)?;
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Some(url.trim_end_matches('/').to_string())
-    } else {
-        v.err(
-            format!("{at}.url"),
-            format!("{url:?} is not an http:// or https:// URL"),
-        );
-        None
-    }
+    HttpUrl::parse(url)
+        .map_err(|e| v.err(format!("{at}.url"), e))
+        .ok()
 }
 
 fn auth(
@@ -227,11 +222,20 @@ fn input(
             );
         }
     }
-    if r.insecure_skip_verify.is_some() && r.source != "redfish" {
-        v.err(
-            format!("{at}.insecureSkipVerify"),
-            format!("not used by source {}", r.source),
-        );
+    let keys = [
+        ("url", r.url.is_some()),
+        ("node", r.node.is_some()),
+        ("username", r.username.is_some()),
+        ("password", r.password.is_some()),
+        ("insecureSkipVerify", r.insecure_skip_verify.is_some()),
+    ];
+    for (key, given) in keys {
+        if given && !source_takes(&r.source, key) {
+            v.err(
+                format!("{at}.{key}"),
+                format!("not used by source {}", r.source),
+            );
+        }
     }
     let timing = timing(
         v,
@@ -279,6 +283,16 @@ fn input(
         _ => return None,
     };
     Some(Input { source, timing })
+}
+
+/// Whether `source` reads `key` (beyond `source` and the timing keys every source takes).
+fn source_takes(source: &str, key: &str) -> bool {
+    match source {
+        "node-exporter" | "ipmi-exporter" => key == "url",
+        "dpapi" => matches!(key, "url" | "node"),
+        "redfish" => matches!(key, "url" | "username" | "password" | "insecureSkipVerify"),
+        _ => false,
+    }
 }
 
 fn model(v: &mut Validator, at: &str, m: &RawModel) -> Option<NodeWeighting> {

@@ -1,7 +1,7 @@
 //! The `services:` section of a config file: its shape and its translation into the
 //! `ServiceTable`, each value checked with its key path.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +100,29 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
         table.services.insert(frontend, Arc::new(service));
     }
     table
+}
+
+/// A backend on a node with no entry under `nodes:` is legal (it is weighted neutrally) but
+/// usually a typo; each one is named once per service.
+pub(super) fn warn_unconfigured_nodes<T>(
+    v: &mut Validator,
+    raw: &[RawService],
+    nodes: &BTreeMap<String, T>,
+) {
+    for (i, s) in raw.iter().enumerate() {
+        let mut named = BTreeSet::new();
+        for (j, b) in s.backends.iter().enumerate() {
+            if !b.node.trim().is_empty() && !nodes.contains_key(&b.node) && named.insert(&b.node) {
+                v.warn(
+                    format!("services[{i}].backends[{j}].node"),
+                    format!(
+                        "{:?} has no entry under nodes:, so it has no power model and is weighted neutrally",
+                        b.node
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn backends(v: &mut Validator, at: &str, raw: &[RawBackend]) -> Vec<Backend> {

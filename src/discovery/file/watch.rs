@@ -1,11 +1,13 @@
 //! Re-reads the config file when asked (SIGHUP, or the `reload` sender of a running
-//! balancer) or when its bytes change (polled each second). Every re-read is handed on,
-//! valid or not; the receiver decides what to apply and keeps the running one on error.
+//! balancer) or when its bytes change (polled each second, and read once they have held
+//! still, so a truncate-then-write is not read half-way). Every re-read of new bytes is
+//! handed on, valid or not; the receiver decides what to apply and keeps the running one on
+//! error. A request for bytes already re-read is answered from the log, not counted twice.
+//! Parsing runs on a blocking thread, never on the data path's workers.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +17,9 @@ use crate::settings::ConfigErrors;
 
 /// How often the file is checked for changes.
 const POLL: Duration = Duration::from_secs(1);
+
+/// How long changed bytes must hold still before they are read.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// One re-read of the file and why it happened.
 pub struct Reread {
@@ -39,15 +44,32 @@ pub fn spawn(
                 _ = stop.cancelled() => return,
                 Some(()) = requests.recv() => "signal",
                 _ = poll.tick() => {
-                    let now = fingerprint(&path);
-                    if now.is_none() || now == seen {
+                    if fingerprint(&path) == seen {
                         continue;
                     }
                     "file changed"
                 }
             };
-            seen = fingerprint(&path).or(seen);
-            let loaded = FileConfig::load(&path);
+            let now = settled(&path).await;
+            if now.is_some() && now == seen {
+                if why == "signal" {
+                    tracing::info!(
+                        "reload requested; the config file has not changed since it was last read"
+                    );
+                }
+                continue;
+            }
+            if now.is_none() && why != "signal" {
+                continue; // gone for now (being replaced); a signal reports why
+            }
+            seen = now;
+            let file = path.clone();
+            let loaded = match tokio::task::spawn_blocking(move || FileConfig::load(&file)).await {
+                Ok(loaded) => loaded,
+                Err(e) => Err(ConfigErrors::whole_file(format!(
+                    "reading the config failed: {e}"
+                ))),
+            };
             if tx.send(Reread { why, loaded }).await.is_err() {
                 return;
             }
@@ -56,10 +78,36 @@ pub fn spawn(
     rx
 }
 
-/// A hash of the file's bytes, or None if it cannot be read.
-fn fingerprint(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    Some(h.finish())
+/// The fingerprint of the file once two reads `SETTLE` apart agree.
+async fn settled(path: &Path) -> Option<Fingerprint> {
+    let mut last = fingerprint(path);
+    loop {
+        tokio::time::sleep(SETTLE).await;
+        let now = fingerprint(path);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// What identifies the file's current bytes without reading them: its inode, size and
+/// change times. A rewrite with the same bytes reads again and applies nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+}
+
+/// The file's fingerprint, or None if it cannot be read.
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        inode: m.ino(),
+        len: m.len(),
+        modified: m.modified().ok(),
+        changed: (m.ctime(), m.ctime_nsec()),
+    })
 }
