@@ -182,8 +182,25 @@ async fn udp_datagrams_of_every_size_echo_exactly() {
     lb.stop().await;
 }
 
+/// One datagram out and its echo back, or None after 500 ms.
+async fn ask(c: &UdpSocket, buf: &mut [u8]) -> Option<usize> {
+    c.send(b"ping").await.ok()?;
+    tokio::time::timeout(Duration::from_millis(500), c.recv(buf))
+        .await
+        .ok()?
+        .ok()
+}
+
+async fn udp_client(frontend: SocketAddr) -> UdpSocket {
+    let c = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    c.connect(frontend).await.expect("connect");
+    c
+}
+
+/// At the cap, a new flow is dropped while every session is active; once the sessions idle,
+/// the least recently active one makes room instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_session_cap_drops_new_flows_and_keeps_old_ones() {
+async fn udp_session_cap_keeps_active_flows_and_evicts_idle_ones() {
     let backend = udp_echo_server().await;
     let frontend: SocketAddr = free_addr();
     let yaml = format!(
@@ -193,18 +210,9 @@ async fn udp_session_cap_drops_new_flows_and_keeps_old_ones() {
     let lb = start(&yaml).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let c = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        c.connect(frontend).await.expect("connect");
-        clients.push(c);
+        clients.push(udp_client(frontend).await);
     }
     let mut buf = [0u8; 64];
-    async fn ask(c: &UdpSocket, buf: &mut [u8]) -> Option<usize> {
-        c.send(b"ping").await.ok()?;
-        tokio::time::timeout(Duration::from_millis(500), c.recv(buf))
-            .await
-            .ok()?
-            .ok()
-    }
     assert_eq!(ask(&clients[0], &mut buf).await, Some(4));
     assert_eq!(ask(&clients[1], &mut buf).await, Some(4));
     assert_eq!(
@@ -220,6 +228,98 @@ async fn udp_session_cap_drops_new_flows_and_keeps_old_ones() {
     let m = lb.metrics_text();
     let dropped = metric(&m, "wao_lb_udp_datagrams_dropped_total{service=\"capped\"}");
     assert_eq!(dropped, Some(1.0));
+
+    // Both sessions fall idle; the new flow takes the place of the least recent.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(ask(&clients[2], &mut buf).await, Some(4), "room was made");
+    let m = lb.metrics_text();
+    assert_eq!(metric(&m, "wao_lb_udp_sessions_evicted_total"), Some(1.0));
+    assert_eq!(
+        metric(&m, "wao_lb_udp_sessions_active{service=\"capped\"}"),
+        Some(2.0)
+    );
+    lb.stop().await;
+}
+
+/// DNS-style traffic, a new source port per query: with `udp.responses: 1` each flow ends
+/// with its answer, so 60 queries pass a cap of 4 sessions with none held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flows_end_after_their_responses() {
+    let backend = udp_echo_server().await;
+    let frontend: SocketAddr = free_addr();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nudp: {{maxSessions: 4}}\nservices:\n{}    udp: {{responses: 1}}\n",
+        service_yaml("dns", "udp", frontend, &[(backend, "n")])
+    );
+    let lb = start(&yaml).await;
+    let mut buf = [0u8; 64];
+    let mut answered = 0;
+    for _ in 0..60 {
+        let c = udp_client(frontend).await;
+        for _try in 0..3 {
+            if ask(&c, &mut buf).await == Some(4) {
+                answered += 1;
+                break;
+            }
+        }
+    }
+    assert_eq!(answered, 60);
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(
+            &lb.metrics_text(),
+            "wao_lb_udp_sessions_active{service=\"dns\"}"
+        ) == Some(0.0))
+        .await,
+        "no flow is held after its answer"
+    );
+    lb.stop().await;
+}
+
+/// A dead UDP backend answers with ICMP port unreachable: that counts as a failure, ejects
+/// it, and the client's next datagram goes to the live backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_udp_backend_is_ejected() {
+    let live = udp_echo_server().await;
+    let dead = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr")
+    };
+    let frontend: SocketAddr = free_addr();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\nservices:\n{}",
+        service_yaml("dns", "udp", frontend, &[(live, "a"), (dead, "b")])
+    );
+    let lb = start(&yaml).await;
+    let mut buf = [0u8; 64];
+    let mut tries = 0;
+    for _ in 0..40 {
+        let c = udp_client(frontend).await;
+        let mut answered = false;
+        for _try in 0..5 {
+            tries += 1;
+            if ask(&c, &mut buf).await == Some(4) {
+                answered = true;
+                break;
+            }
+        }
+        assert!(answered, "every client reaches the live backend");
+    }
+    let m = lb.metrics_text();
+    let dead_label = format!("backend=\"{dead}\",service=\"dns\"");
+    let failures = metric(
+        &m,
+        &format!("wao_lb_backend_connect_failures_total{{{dead_label}}}"),
+    )
+    .unwrap_or(0.0);
+    let ejections = metric(
+        &m,
+        &format!("wao_lb_backend_ejections_total{{{dead_label}}}"),
+    )
+    .unwrap_or(0.0);
+    assert!(failures >= 1.0 && ejections >= 1.0, "{m}");
+    // Half the flows would be lost without ejection; with it, the dead backend costs a
+    // few datagrams, one per back-off.
+    assert!(tries < 40 + 20, "{tries} datagrams for 40 answers");
     lb.stop().await;
 }
 

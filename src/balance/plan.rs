@@ -167,6 +167,7 @@ mod tests {
                 .collect(),
             affinity: None,
             cpu_per_connection: None,
+            udp_responses: None,
         };
         let mut reports = BTreeMap::new();
         for (n, w) in [("a", 1.0), ("b", 2.0), ("c", 6.0)] {

@@ -60,6 +60,7 @@ pub struct Affinity {
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Service {
     /// What metrics, logs and uniqueness checks key the service by: its name for a static
     /// service, `namespace/name:port` for a Kubernetes one (one key per frontend).
@@ -71,6 +72,8 @@ pub struct Service {
     pub affinity: Option<Affinity>,
     /// CPU (in millicores) one more connection costs a node; overrides `power.cpuPerConnection`.
     pub cpu_per_connection: Option<u32>,
+    /// UDP: a flow ends after this many replies (1 suits DNS), as nginx's `proxy_responses`.
+    pub udp_responses: Option<u32>,
 }
 
 /// Every service, keyed by its frontend.

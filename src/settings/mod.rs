@@ -96,8 +96,9 @@ impl Default for Settings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxySettings {
     pub connect_timeout: Duration,
-    /// How many backends one connection may try before it is refused.
-    pub connect_attempts: u32,
+    /// How many backends one connection may try before it is refused; None: every backend
+    /// (the data plane bounds it).
+    pub connect_attempts: Option<u32>,
     /// A connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
     /// How long a stop waits for open connections to finish.
@@ -111,7 +112,7 @@ impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
             connect_timeout: Duration::from_secs(2),
-            connect_attempts: 3,
+            connect_attempts: None,
             idle_timeout: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
             splice_after_bytes: 64 * 1024,
@@ -321,7 +322,7 @@ fn proxy(v: &mut Validator, raw: &RawProxy) -> ProxySettings {
     let d = ProxySettings::default();
     let connect_attempts = match raw.connect_attempts {
         None => d.connect_attempts,
-        Some(n @ 1..=16) => n,
+        Some(n @ 1..=16) => Some(n),
         Some(n) => {
             v.err("proxy.connectAttempts", format!("{n} is outside 1..16"));
             d.connect_attempts

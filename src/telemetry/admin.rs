@@ -1,8 +1,10 @@
 //! The admin HTTP API (read-only; binds to loopback by default): `/metrics`, `/healthz`,
 //! `/readyz` (200 once rules and tables are in place), `/weights` and `/services` (JSON).
+//! Its connections are capped and timed out, so it holds a bounded share of descriptors.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::State;
@@ -10,7 +12,11 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::render;
@@ -37,14 +43,59 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin API on `listener` until `stop` is cancelled.
+/// Admin connections open at once; more wait in the listen backlog, holding no descriptor.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A request's headers must arrive within this; a silent or trickling client is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// No admin connection lives longer than this (a scraper simply reconnects).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves the admin API on `listener` until `stop` is cancelled, with at most
+/// `MAX_CONNECTIONS` connections, each bounded in time, so that clients of the API can
+/// never take the descriptors the data plane needs.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
-    let app = router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "admin server failed");
+    let service = TowerToHyperService::new(router(state));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = accept(&listener, &slots) => accepted,
+        };
+        let Some((stream, slot)) = accepted else {
+            // Out of descriptors or the like: wait instead of spinning.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let service = service.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
+                _ = stop.cancelled() => {}
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// The next connection once a slot is free, or None when accept fails.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> Option<(tokio::net::TcpStream, OwnedSemaphorePermit)> {
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, _)) => Some((stream, slot)),
+        Err(e) => {
+            tracing::debug!(error = %e, "admin accept failed");
+            None
+        }
     }
 }
 

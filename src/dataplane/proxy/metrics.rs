@@ -3,11 +3,14 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use super::budget::FdBudget;
+
 pub struct ProxyMetrics {
     pub connections: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub bytes: IntCounterVec,
     pub connect_failures: IntCounterVec,
+    pub ejections: IntCounterVec,
     pub connect_retries: IntCounterVec,
     pub refused: IntCounterVec,
     pub picks: IntCounterVec,
@@ -15,9 +18,11 @@ pub struct ProxyMetrics {
     pub udp_sessions_active: IntGaugeVec,
     pub udp_datagrams_dropped: IntCounterVec,
     pub udp_datagrams: IntCounterVec,
+    pub udp_evictions: IntCounter,
     pub accept_errors: IntCounterVec,
     pub splice_connections: IntCounter,
     pub listeners: IntGauge,
+    fd_budget: IntGaugeVec,
 }
 
 /// Why a connection or flow was not served.
@@ -56,6 +61,15 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 impl ProxyMetrics {
+    /// Publishes the descriptor budget's split.
+    pub fn publish_budget(&self, b: &FdBudget) {
+        for (part, n) in [("pool", b.pool), ("udp_sessions", b.udp_sessions)] {
+            self.fd_budget
+                .with_label_values(&[part])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     pub fn new(r: &Registry) -> ProxyMetrics {
         let splice_connections = IntCounter::new(
             "wao_lb_splice_connections_total",
@@ -86,7 +100,13 @@ impl ProxyMetrics {
             connect_failures: counter(
                 r,
                 "wao_lb_backend_connect_failures_total",
-                "Failed connects to a backend",
+                "Failed connects to a backend (refused, timed out; UDP: ICMP unreachable)",
+                &["service", "backend"],
+            ),
+            ejections: counter(
+                r,
+                "wao_lb_backend_ejections_total",
+                "Times a backend was taken out of picks after a failed connect (passive ejection)",
                 &["service", "backend"],
             ),
             connect_retries: counter(
@@ -139,6 +159,20 @@ impl ProxyMetrics {
             ),
             splice_connections: register(r, splice_connections),
             listeners: register(r, listeners),
+            udp_evictions: register(
+                r,
+                IntCounter::new(
+                    "wao_lb_udp_sessions_evicted_total",
+                    "Idle UDP sessions ended early to make room for a new flow",
+                )
+                .unwrap_or_else(|e| unreachable!("metric is well-formed: {e}")),
+            ),
+            fd_budget: gauge(
+                r,
+                "wao_lb_fd_budget",
+                "The descriptor budget: the pool connections and sessions share, and the most UDP sessions",
+                &["part"],
+            ),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! draining), and in transparent mode the kernel's redirect rules.
 
 pub mod affinity;
+pub mod budget;
+pub mod ejection;
 pub mod listeners;
 pub mod metrics;
 pub mod redirect;
@@ -13,6 +15,7 @@ pub mod socket;
 pub mod table;
 pub mod tcp;
 pub mod udp;
+pub mod warn_limit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::budget::{FdBudget, Slots};
 use self::listeners::Listeners;
 use self::metrics::{ProxyMetrics, Refusal};
 use self::redirect::nftables::Entry;
@@ -60,6 +64,8 @@ pub struct ProxyContext {
     pub tracker: TaskTracker,
     /// Cancelled when the drain period is over: open connections are reset.
     pub cut: CancellationToken,
+    /// The descriptor budget's slots for connections, splicing and UDP sessions.
+    pub slots: Arc<Slots>,
 }
 
 impl ProxyContext {
@@ -93,7 +99,9 @@ impl Proxy {
             upstream_mark: transparent.then_some(settings.tproxy.upstream_mark),
             tracker: TaskTracker::new(),
             cut: CancellationToken::new(),
+            slots: Arc::new(Slots::new(FdBudget::split(socket::nofile_limit()))),
         };
+        ctx.metrics.publish_budget(&ctx.slots.budget);
         Proxy {
             ctx: Arc::new(ctx),
             listeners: Listeners::default(),

@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::budget::Slots;
 use super::scratch::with_scratch;
 use super::socket::{bytes_acked, reset};
 
@@ -46,10 +48,13 @@ pub struct Relayed {
     pub ending: Ending,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RelaySettings {
     pub idle_timeout: Duration,
     pub splice_after_bytes: u64,
+    /// The descriptor budget, which must grant a connection its pipes before it splices;
+    /// without them it keeps copying.
+    pub budget: Arc<Slots>,
 }
 
 /// One direction of the copy mode.
@@ -170,6 +175,10 @@ pub async fn relay<C: Future<Output = ()>>(
         let ending = match exit {
             CopyExit::Ended(ending) => ending,
             CopyExit::Bulky => {
+                let Some(_pipes) = settings.budget.splice() else {
+                    splice_after = u64::MAX;
+                    continue;
+                };
                 let copied = (up.bytes, down.bytes);
                 let cut = cut.as_mut();
                 match splice_phase(&client, &upstream, settings.idle_timeout, copied, cut).await {

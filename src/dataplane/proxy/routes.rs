@@ -12,6 +12,7 @@ use prometheus::{IntCounter, IntGauge};
 use rand::RngCore;
 
 use super::affinity::AffinityTable;
+use super::ejection::Ejection;
 use super::metrics::{ProxyMetrics, Refusal};
 use super::table::Table;
 use crate::balance::plan::{Plan, PlannedService};
@@ -21,6 +22,19 @@ pub struct BackendEntry {
     pub address: SocketAddr,
     pub picks: IntCounter,
     pub connect_failures: IntCounter,
+    pub ejection: Arc<Ejection>,
+    ejections: IntCounter,
+}
+
+impl BackendEntry {
+    /// A connect to this backend failed: it is ejected for a back-off (counted once per
+    /// ejection).
+    pub fn failed(&self) {
+        self.connect_failures.inc();
+        if self.ejection.failed() {
+            self.ejections.inc();
+        }
+    }
 }
 
 /// Metric handles of one service, resolved once per build so the data path never hashes labels.
@@ -76,6 +90,7 @@ impl ServiceEntry {
     fn new(
         planned: &PlannedService,
         affinity: Option<Arc<AffinityTable>>,
+        previous: Option<&ServiceEntry>,
         m: &ProxyMetrics,
     ) -> ServiceEntry {
         let key = &planned.service.key;
@@ -83,11 +98,18 @@ impl ServiceEntry {
             .backends
             .iter()
             .map(|b| {
-                let label = b.backend.address.to_string();
+                let address = b.backend.address;
+                let label = address.to_string();
+                let ejection = previous
+                    .and_then(|p| p.by_address.get(&address).map(|&i| &p.backends[i]))
+                    .map(|old| old.ejection.clone())
+                    .unwrap_or_default();
                 BackendEntry {
-                    address: b.backend.address,
+                    address,
                     picks: m.picks.with_label_values(&[key, &label, &b.backend.node]),
                     connect_failures: m.connect_failures.with_label_values(&[key, &label]),
+                    ejection,
+                    ejections: m.ejections.with_label_values(&[key, &label]),
                 }
             })
             .collect();
@@ -136,20 +158,26 @@ impl ServiceEntry {
         chosen
     }
 
-    /// A weighted pick that avoids `tried`; after a few misses it takes the first untried
-    /// backend with a share, then any untried one.
+    /// A weighted pick that avoids `tried` and ejected backends; after a few misses it takes
+    /// the first such backend with a share, then any; only when every untried backend is
+    /// ejected does it take an ejected one.
     fn pick_untried<R: RngCore + ?Sized>(&self, tried: &[usize], rng: &mut R) -> Option<usize> {
+        let usable = |i: &usize| !tried.contains(i) && !self.backends[*i].ejection.is_ejected();
         for _ in 0..8 {
             let i = self.table.pick(rng)?;
-            if !tried.contains(&i) {
+            if usable(&i) {
                 return Some(i);
             }
         }
         let untried = |i: &usize| !tried.contains(i);
-        (0..self.backends.len())
-            .filter(untried)
-            .find(|&i| self.table.share(i) > 0.0)
-            .or_else(|| (0..self.backends.len()).find(untried))
+        let all = 0..self.backends.len();
+        let with_share = |i: &usize| self.table.share(*i) > 0.0;
+        all.clone()
+            .filter(usable)
+            .find(with_share)
+            .or_else(|| all.clone().find(usable))
+            .or_else(|| all.clone().filter(untried).find(with_share))
+            .or_else(|| all.clone().find(untried))
     }
 
     /// The index of a backend that still exists and still gets traffic.
@@ -193,7 +221,12 @@ impl Routes {
                         .filter(|old| old.timeout() == a.timeout)
                         .unwrap_or_else(|| Arc::new(AffinityTable::new(a.timeout)))
                 });
-                let entry = ServiceEntry::new(planned, affinity, metrics);
+                let entry = ServiceEntry::new(
+                    planned,
+                    affinity,
+                    previous.get(frontend).map(|e| &**e),
+                    metrics,
+                );
                 (*frontend, Arc::new(entry))
             })
             .collect();

@@ -104,6 +104,13 @@ pub fn bytes_acked(stream: &TcpStream) -> Option<u64> {
 /// Raises the open-files limit as far as allowed: with CAP_SYS_RESOURCE up to the kernel's
 /// `fs.nr_open`, else the soft limit up to the hard one. Each proxied TCP connection holds
 /// two sockets (and two pipes while it splices). Returns the new soft limit.
+/// The open-files limit in force (the soft one), or Linux's usual default if unknown.
+pub fn nofile_limit() -> u64 {
+    rlimit::Resource::NOFILE
+        .get()
+        .map_or(1024, |(soft, _)| soft)
+}
+
 pub fn raise_nofile_limit() -> io::Result<u64> {
     use rlimit::Resource;
     let (soft, hard) = Resource::NOFILE.get()?;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::relay::{relay, RelaySettings};
 use super::routes::ServiceEntry;
 use super::socket::{connect, errno_name, is_resource_exhaustion, original_dst, reset};
+use super::warn_limit::WarnLimit;
 use super::{Destination, ProxyContext};
 use crate::model::Frontend;
 
@@ -27,7 +28,15 @@ pub async fn serve(
 ) {
     let at = listener.local_addr().ok();
     let mut backoff = Duration::ZERO;
+    let warn = WarnLimit::default();
     loop {
+        // A connection needs a slot of the descriptor budget; while none is free, new
+        // connections wait in the listen backlog.
+        let slot = tokio::select! {
+            s = ctx.slots.connection() => s,
+            _ = stop.cancelled() => return,
+        };
+        let Some(slot) = slot else { return };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.cancelled() => return,
@@ -36,7 +45,10 @@ pub async fn serve(
             Ok((client, peer)) => {
                 backoff = Duration::ZERO;
                 let ctx2 = ctx.clone();
-                ctx.tracker.spawn(handle(client, peer, destination, ctx2));
+                ctx.tracker.spawn(async move {
+                    handle(client, peer, destination, ctx2).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 ctx.metrics
@@ -48,8 +60,10 @@ pub async fn serve(
                     continue;
                 }
                 backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                tracing::warn!(?at, error = %e, backoff_ms = backoff.as_millis() as u64,
-                    "accept: out of resources, backing off");
+                if let Some(failures) = warn.event() {
+                    tracing::warn!(?at, error = %e, failures, backoff_ms = backoff.as_millis() as u64,
+                        "accept: out of resources, backing off");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.cancelled() => return,
@@ -106,7 +120,7 @@ pub async fn handle(
             &entry,
             peer,
             ctx.upstream_mark,
-            settings.connect_attempts as usize,
+            settings.connect_attempts,
             settings.connect_timeout,
         ) => c,
         _ = cut.as_mut() => {
@@ -126,6 +140,7 @@ pub async fn handle(
         RelaySettings {
             idle_timeout: settings.idle_timeout,
             splice_after_bytes: settings.splice_after_bytes,
+            budget: ctx.slots.clone(),
         },
         cut,
     )
@@ -142,15 +157,21 @@ pub async fn handle(
     tracing::trace!(service = %entry.service.name, %peer, ?relayed, "connection done");
 }
 
-/// Tries up to `attempts` different backends; the first that accepts the connection wins.
+/// Tries up to `attempts` different backends (every one, at most `MAX_ATTEMPTS`, when the
+/// config sets none); the first that accepts the connection wins. A backend that fails is
+/// ejected for a while. Running out of local descriptors is no backend's fault: it ends the
+/// attempts without blaming one.
 async fn connect_any(
     entry: &ServiceEntry,
     peer: SocketAddr,
     mark: Option<u32>,
-    attempts: usize,
+    attempts: Option<u32>,
     timeout: Duration,
 ) -> Option<TcpStream> {
-    let attempts = attempts.clamp(1, MAX_ATTEMPTS).min(entry.backends.len());
+    let attempts = attempts
+        .map_or(MAX_ATTEMPTS, |n| n as usize)
+        .clamp(1, MAX_ATTEMPTS)
+        .min(entry.backends.len());
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     for n in 0..attempts {
         let i = entry.choose(peer.ip(), &tried[..n], &mut rand::rng())?;
@@ -161,9 +182,17 @@ async fn connect_any(
             entry.counters.retries.inc();
         }
         match connect(backend.address, timeout, mark).await {
-            Ok(stream) => return Some(stream),
+            Ok(stream) => {
+                backend.ejection.succeeded();
+                return Some(stream);
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                tracing::debug!(service = %entry.service.name, error = %e,
+                    "no local resources for an upstream socket");
+                return None;
+            }
             Err(e) => {
-                backend.connect_failures.inc();
+                backend.failed();
                 entry.forget_client(peer.ip());
                 tracing::debug!(service = %entry.service.name, backend = %backend.address,
                     error = %e, "connect failed");

@@ -1,9 +1,13 @@
 //! UDP: per-client sessions. The first datagram from a client address picks a backend and
 //! opens an upstream socket connected to it; replies go back from the address the client
 //! sent to: the service's own socket (`listen`), or in transparent mode a socket of the
-//! flow's own, bound to the VIP and connected to the client. Sessions end after the idle timeout, when the
-//! backend refuses (ICMP), or at stop. Past `maxSessions`, new flows are dropped and counted
-//! while existing flows keep working.
+//! flow's own, bound to the VIP and connected to the client. Sessions end after the idle
+//! timeout, after the service's `udp.responses` replies, when the backend is unreachable
+//! (ICMP; the backend is then ejected, and the client's next datagram picks another), or at
+//! stop. A new flow needs a slot of the descriptor budget and room under `maxSessions`;
+//! when there is none, the least recently active session idle for `EVICTABLE_IDLE` makes
+//! room, and only if none has idled is the new flow's datagram dropped (counted, and
+//! logged at most once per period).
 //!
 //! A flow's own socket can receive another client's datagram: the kernel's TPROXY lookup
 //! races the socket's connect. Such a stray goes back to the listener's loop, which serves
@@ -21,13 +25,18 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::Held;
 use super::routes::ServiceEntry;
 use super::scratch::with_scratch;
 use super::socket::{recv_with_original_dst, transparent_reply_socket};
+use super::warn_limit::WarnLimit;
 use super::{Destination, ProxyContext};
 use crate::model::{Frontend, Protocol};
 
 const MAX_DATAGRAM: usize = super::scratch::SCRATCH_BYTES;
+
+/// A session silent for this long may be evicted to make room for a new flow.
+const EVICTABLE_IDLE: Duration = Duration::from_secs(2);
 
 /// Sessions by (client, frontend address).
 type Sessions = Arc<Mutex<HashMap<(SocketAddr, SocketAddr), Arc<Session>>>>;
@@ -48,13 +57,23 @@ struct Shared {
     strays: mpsc::Sender<Stray>,
     ctx: Arc<ProxyContext>,
     stop: CancellationToken,
+    /// Warnings about dropped flows, at most one per period.
+    drops: Arc<WarnLimit>,
 }
 
 struct Session {
     upstream: UdpSocket,
+    /// The backend's index in the entry the session was opened with.
+    backend: usize,
     /// Milliseconds since `epoch` of the last datagram either way.
     last_active: AtomicU64,
     epoch: Instant,
+    /// Replies relayed to the client.
+    replies: AtomicU64,
+    /// The session's slot of the descriptor budget; a flow that evicts it takes it over.
+    slot: Mutex<Option<Held>>,
+    /// Cancelled when the session is evicted or its backend is unreachable.
+    ended: CancellationToken,
 }
 
 impl Session {
@@ -84,6 +103,7 @@ pub async fn serve(
         strays,
         ctx,
         stop,
+        drops: Arc::default(),
     };
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -118,14 +138,35 @@ async fn forward(datagram: &[u8], client: SocketAddr, dst: SocketAddr, shared: &
             Some(s) => s,
             None => {
                 entry.counters.udp_datagrams_dropped.inc();
+                if let Some(drops) = shared.drops.event() {
+                    tracing::warn!(service = %entry.service.name, drops,
+                        "udp: new flows dropped (no session could be opened or made room for)");
+                }
                 return;
             }
         },
     };
     session.touch();
-    if session.upstream.send(datagram).await.is_ok() {
-        entry.counters.udp_datagrams_upstream.inc();
+    match session.upstream.send(datagram).await {
+        Ok(_) => entry.counters.udp_datagrams_upstream.inc(),
+        Err(e) => unreachable_backend(&session, &e, client, &entry),
     }
+}
+
+/// An error on a session's upstream socket: if the backend is unreachable (ICMP), it is
+/// ejected and the session ends, so the client's next datagram picks another backend.
+fn unreachable_backend(session: &Session, e: &io::Error, client: SocketAddr, entry: &ServiceEntry) {
+    let unreachable = matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)
+    );
+    if unreachable {
+        if let Some(backend) = entry.backends.get(session.backend) {
+            backend.failed();
+        }
+        entry.forget_client(client.ip());
+    }
+    session.ended.cancel();
 }
 
 /// One datagram: its length, its client, and the frontend address it was sent to.
@@ -206,10 +247,7 @@ async fn open_session(
 ) -> Option<Arc<Session>> {
     let (ctx, sessions) = (&shared.ctx, &shared.sessions);
     let settings = **ctx.udp.load();
-    if lock(sessions).len() >= settings.max_sessions {
-        tracing::debug!(service = %entry.service.name, %client, "udp session limit reached");
-        return None;
-    }
+    let slot = admit(shared, settings.max_sessions)?;
     let reply = match shared.destination {
         Destination::Bound(_) => shared.listener.clone(),
         _ => match client_socket(frontend, client).await {
@@ -223,18 +261,22 @@ async fn open_session(
     let i = entry.choose(client.ip(), &[], &mut rand::rng())?;
     let backend = &entry.backends[i];
     backend.picks.inc();
+    // Creating and connecting a UDP socket sends nothing: a failure here is local.
     let upstream = match connect_upstream(backend.address, ctx.upstream_mark).await {
         Ok(s) => s,
         Err(e) => {
-            backend.connect_failures.inc();
             tracing::debug!(backend = %backend.address, error = %e, "udp upstream socket");
             return None;
         }
     };
     let session = Arc::new(Session {
         upstream,
+        backend: i,
         last_active: AtomicU64::new(0),
         epoch: Instant::now(),
+        replies: AtomicU64::new(0),
+        slot: Mutex::new(Some(slot)),
+        ended: CancellationToken::new(),
     });
     lock(sessions).insert((client, frontend), session.clone());
     entry.counters.udp_sessions.inc();
@@ -248,6 +290,29 @@ async fn open_session(
         shared.clone(),
     ));
     Some(session)
+}
+
+/// A budget slot for a new flow: a free one while this listener is under `max_sessions`,
+/// else the slot of its least recently active session idle for `EVICTABLE_IDLE`, which is
+/// evicted. None when neither exists.
+fn admit(shared: &Shared, max_sessions: usize) -> Option<Held> {
+    let mut sessions = lock(&shared.sessions);
+    if sessions.len() < max_sessions {
+        if let Some(slot) = shared.ctx.slots.session() {
+            return Some(slot);
+        }
+    }
+    let (key, victim) = sessions
+        .iter()
+        .map(|(k, s)| (s.idle_for(), *k, s))
+        .filter(|(idle, ..)| *idle >= EVICTABLE_IDLE)
+        .max_by_key(|(idle, ..)| *idle)
+        .map(|(_, k, s)| (k, s.clone()))?;
+    sessions.remove(&key);
+    victim.ended.cancel();
+    shared.ctx.metrics.udp_evictions.inc();
+    let slot = victim.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    slot
 }
 
 async fn connect_upstream(backend: SocketAddr, mark: Option<u32>) -> io::Result<UdpSocket> {
@@ -278,6 +343,7 @@ fn forward_replies(
         match session.upstream.try_recv(buf) {
             Ok(n) => {
                 session.touch();
+                session.replies.fetch_add(1, Ordering::Relaxed);
                 match reply.try_send_to(&buf[..n], client) {
                     Ok(_) => entry.counters.udp_datagrams_downstream.inc(),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -304,7 +370,11 @@ async fn replies(
     // A connected reply socket is the session's own (transparent mode); the shared listener
     // socket is read by `serve`.
     let owns_reply = reply.peer_addr().is_ok();
+    let responses = entry.service.udp_responses.map(u64::from);
     loop {
+        if responses.is_some_and(|n| session.replies.load(Ordering::Relaxed) >= n) {
+            break;
+        }
         let wait = timeout.saturating_sub(session.idle_for());
         if wait.is_zero() {
             break;
@@ -313,7 +383,10 @@ async fn replies(
             r = session.upstream.readable() => {
                 let waiting = match r.and_then(|_| forward_replies(&session, &reply, client, &entry)) {
                     Ok(w) => w,
-                    Err(_) => break,
+                    Err(e) => {
+                        unreachable_backend(&session, &e, client, &entry);
+                        break;
+                    }
                 };
                 if let Some(datagram) = waiting {
                     if reply.send_to(&datagram, client).await.is_ok() {
@@ -328,9 +401,17 @@ async fn replies(
                 }
             }
             _ = tokio::time::sleep(wait) => {}
+            _ = session.ended.cancelled() => break,
             _ = shared.stop.cancelled() => break,
         }
     }
-    lock(&shared.sessions).remove(&(client, frontend));
+    {
+        // An evicted session's key may already hold a new session of the same client.
+        let mut sessions = lock(&shared.sessions);
+        let key = (client, frontend);
+        if sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, &session)) {
+            sessions.remove(&key);
+        }
+    }
     entry.counters.udp_sessions_active.dec();
 }

@@ -21,6 +21,14 @@ pub(super) struct RawService {
     backends: Vec<RawBackend>,
     session_affinity: Option<RawAffinity>,
     cpu_per_connection: Option<String>,
+    udp: Option<RawUdp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawUdp {
+    /// End a flow after this many replies.
+    responses: Option<u32>,
 }
 
 fn default_protocol() -> RawProtocol {
@@ -80,6 +88,13 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
             &format!("{at}.cpuPerConnection"),
             s.cpu_per_connection.as_deref(),
         );
+        let udp_responses = s.udp.as_ref().and_then(|u| u.responses);
+        if s.udp.is_some() && matches!(protocol, Protocol::Tcp) {
+            v.err(format!("{at}.udp"), "only for protocol udp");
+        }
+        if udp_responses == Some(0) {
+            v.err(format!("{at}.udp.responses"), "must be at least 1");
+        }
         let Some(address) = address else { continue };
         let frontend = Frontend { protocol, address };
         if table.services.contains_key(&frontend) {
@@ -96,6 +111,7 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
             backends,
             affinity,
             cpu_per_connection,
+            udp_responses,
         };
         table.services.insert(frontend, Arc::new(service));
     }
