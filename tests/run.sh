@@ -23,5 +23,15 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 export PATH="$PWD/.venv/bin:$PATH"
 
-
-cargo test --release --workspace --no-fail-fast
+# Every test binary runs even when one fails; the summary lists each binary's result and
+# every failed test, and the exit code is cargo's.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+echo
+echo "== summary =="
+grep -E "^     Running |^   Doc-tests |^test result:" "$log" | sed -E 's/^ +//' | paste - - | \
+  sed -E 's/^(Running|Doc-tests) ([^ ]+).*test result: ([A-Za-z]+)\. ([0-9]+) passed; ([0-9]+) failed.*/\3 \2: \4 passed, \5 failed/' || true
+grep -E "^test .* FAILED$" "$log" | sed 's/^/  /' || true
+exit "$status"

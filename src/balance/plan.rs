@@ -53,8 +53,11 @@ impl Plan {
     }
 }
 
-/// Each backend's weight from its node's report. A node the power side does not know gets
-/// the median weight of the service's known nodes: neither favoured nor starved.
+/// Each backend's weight from its node's report. A node without a usable weight gets the
+/// mean weight of the service's nodes that have one, which is what an average healthy node
+/// gets: the split among the healthy ones stays the policy's, and none of them is starved.
+/// When fewer than half the backends have a weight, the policy knows too little and every
+/// backend gets the same.
 fn planned_backends(service: &Service, weights: &NodeWeights, cost: u32) -> Vec<PlannedBackend> {
     let reports = weights.for_cost(cost);
     let report_of = |b: &Backend| reports.and_then(|r| r.get(&b.node));
@@ -62,8 +65,9 @@ fn planned_backends(service: &Service, weights: &NodeWeights, cost: u32) -> Vec<
         .backends
         .iter()
         .filter_map(|b| report_of(b).and_then(|r| r.weight))
+        .filter(|w| w.is_finite())
         .collect();
-    let neutral = median(&known);
+    let neutral = neutral_weight(&known, service.backends.len());
     let weighed: Vec<(f64, String)> = service
         .backends
         .iter()
@@ -73,9 +77,12 @@ fn planned_backends(service: &Service, weights: &NodeWeights, cost: u32) -> Vec<
                 (Some(w), _) => (w, report.map(|r| r.reason.clone()).unwrap_or_default()),
                 (None, Some(m)) => {
                     let why = report.map_or("node has no power config", |r| r.reason.as_str());
-                    (m, format!("{why}: median weight of the other nodes"))
+                    (m, format!("{why}: mean weight of the other nodes"))
                 }
-                (None, None) => (1.0, "no node has a usable prediction: uniform".into()),
+                (None, None) => (
+                    1.0,
+                    "fewer than half the nodes have a usable prediction: uniform".into(),
+                ),
             }
         })
         .collect();
@@ -111,18 +118,13 @@ pub fn shares(weights: &[f64]) -> Vec<f64> {
     clean.iter().map(|w| w / sum).collect()
 }
 
-fn median(values: &[f64]) -> Option<f64> {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
+/// The weight for a backend whose node has none: the mean of the `known` weights, or None
+/// (every backend uniform) when they cover fewer than half of the `backends`.
+fn neutral_weight(known: &[f64], backends: usize) -> Option<f64> {
+    if known.is_empty() || 2 * known.len() < backends {
         return None;
     }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len().is_multiple_of(2) {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
-    })
+    Some(known.iter().sum::<f64>() / known.len() as f64)
 }
 
 #[cfg(test)]
@@ -130,11 +132,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn median_of_known_weights() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0]), Some(3.0));
-        assert_eq!(median(&[1.0, 9.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[1.0, 2.0, 3.0, 4.0]), Some(2.5));
+    fn the_neutral_weight_is_the_mean_of_at_least_half() {
+        assert_eq!(neutral_weight(&[], 3), None);
+        assert_eq!(neutral_weight(&[1.0, 2.0, 6.0], 4), Some(3.0));
+        assert_eq!(neutral_weight(&[1.0, 0.0], 4), Some(0.5));
+        assert_eq!(neutral_weight(&[1.0], 5), None, "one of five: too little");
     }
 
     #[test]
@@ -148,8 +150,9 @@ mod tests {
         assert!(shares(&[]).is_empty());
     }
 
-    #[test]
-    fn unknown_nodes_get_the_median_and_say_so() {
+    /// The plan of one service with a backend on each node; `None` is a node whose
+    /// prediction failed.
+    fn plan_of(nodes: &[(&str, Option<f64>)]) -> PlannedService {
         let service = Service {
             key: "web".into(),
             name: "web".into(),
@@ -157,10 +160,10 @@ mod tests {
                 protocol: crate::model::Protocol::Tcp,
                 address: "127.0.0.1:80".parse().unwrap(),
             },
-            backends: ["a", "b", "c", "x"]
+            backends: nodes
                 .iter()
                 .enumerate()
-                .map(|(i, n)| Backend {
+                .map(|(i, (n, _))| Backend {
                     address: ([127, 0, 0, 1], 9000 + i as u16).into(),
                     node: (*n).into(),
                 })
@@ -169,15 +172,17 @@ mod tests {
             cpu_per_connection: None,
             udp_responses: None,
         };
-        let mut reports = BTreeMap::new();
-        for (n, w) in [("a", 1.0), ("b", 2.0), ("c", 6.0)] {
-            let r = NodeReport {
-                weight: Some(w),
-                reason: "ok".into(),
-                ..NodeReport::default()
-            };
-            reports.insert(n.into(), r);
-        }
+        let reports = nodes
+            .iter()
+            .map(|(n, w)| {
+                let r = NodeReport {
+                    weight: *w,
+                    reason: if w.is_some() { "ok" } else { "model failed" }.into(),
+                    ..NodeReport::default()
+                };
+                ((*n).into(), r)
+            })
+            .collect();
         let weights = NodeWeights {
             by_cost: BTreeMap::from([(100, reports)]),
         };
@@ -186,12 +191,47 @@ mod tests {
             .services
             .insert(service.frontend, Arc::new(service.clone()));
         let plan = Plan::build(&table, &weights, 100);
-        let planned = &plan.services[&service.frontend];
-        let w: Vec<f64> = planned.backends.iter().map(|b| b.weight).collect();
-        assert_eq!(w, vec![1.0, 2.0, 6.0, 2.0]);
-        assert!(planned.backends[3].reason.contains("median"));
-        let total: f64 = planned.backends.iter().map(|b| b.share).sum();
-        assert!((total - 1.0).abs() < 1e-12);
-        assert!((planned.backends[2].share - 6.0 / 11.0).abs() < 1e-12);
+        (*plan.services[&service.frontend]).clone()
+    }
+
+    fn shares_of(p: &PlannedService) -> Vec<f64> {
+        p.backends.iter().map(|b| b.share).collect()
+    }
+
+    #[test]
+    fn failed_nodes_get_the_mean_and_say_so() {
+        let p = plan_of(&[
+            ("a", Some(1.0)),
+            ("b", Some(2.0)),
+            ("c", Some(6.0)),
+            ("x", None),
+        ]);
+        let w: Vec<f64> = p.backends.iter().map(|b| b.weight).collect();
+        assert_eq!(w, vec![1.0, 2.0, 6.0, 3.0]);
+        assert!(p.backends[3].reason.contains("mean weight"));
+        assert!((shares_of(&p).iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!((p.backends[2].share - 6.0 / 12.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn failing_nodes_never_starve_the_healthy_ones() {
+        // Four of five predictions fail: the policy knows too little, every node gets 1/5.
+        let p = plan_of(&[
+            ("ok", Some(1.0)),
+            ("f1", None),
+            ("f2", None),
+            ("f3", None),
+            ("f4", None),
+        ]);
+        assert_eq!(shares_of(&p), vec![0.2; 5]);
+        // Two healthy nodes, the policy putting everything on one of them: the failed ones
+        // get an average healthy node's weight, not the healthy one's whole share.
+        let p = plan_of(&[
+            ("a", Some(1.0)),
+            ("b", Some(0.0)),
+            ("f1", None),
+            ("f2", None),
+        ]);
+        assert_eq!(shares_of(&p), vec![0.5, 0.0, 0.25, 0.25]);
     }
 }

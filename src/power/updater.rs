@@ -225,6 +225,19 @@ async fn compute(
 /// What a node's model says for each cost: Ok((watts now, ΔW)) or why not.
 type Predicted = BTreeMap<u32, Result<(f64, f64), String>>;
 
+/// (watts now, ΔW) from predictions at `cpu` and `next` %. A model whose answer does not
+/// move when the CPU does is broken (a stub, or one fed the wrong input) and would win every
+/// connection with ΔW = 0: it counts as a failed prediction.
+fn changes_with_cpu(before: f64, after: f64, cpu: f64, next: f64) -> Result<(f64, f64), String> {
+    if after == before && next > cpu {
+        Err(format!(
+            "implausible: the prediction stays at {before} W from {cpu:.1}% to {next:.1}% CPU"
+        ))
+    } else {
+        Ok((before, after - before))
+    }
+}
+
 async fn predict_node(
     readings: &[(Quantity, Reading)],
     predictor: Option<&Predictor>,
@@ -258,10 +271,13 @@ async fn predict_node(
     for cost in costs {
         let step = f64::from(*cost) / (cores * 1000.0) * 100.0;
         let r = match &before {
-            Ok(b) => predictor
-                .predict((cpu + step).min(100.0), inlet, dp)
-                .await
-                .map(|after| (*b, after - b)),
+            Ok(b) => {
+                let next = (cpu + step).min(100.0);
+                predictor
+                    .predict(next, inlet, dp)
+                    .await
+                    .and_then(|after| changes_with_cpu(*b, after, cpu, next))
+            }
             Err(e) => Err(e.clone()),
         };
         out.insert(*cost, r);
