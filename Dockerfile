@@ -12,5 +12,8 @@ RUN apt-get update \
 COPY --from=build /src/target/release/wao-lb /usr/local/bin/wao-lb
 COPY config/ /etc/wao-lb/
 USER 65532:65532
+# The container example's services (config/container.yaml). Its admin API stays on the
+# container's loopback (`docker exec <c> wao-lb weights`); it has no authentication.
+EXPOSE 18080/tcp 18053/udp
 ENTRYPOINT ["/usr/local/bin/wao-lb"]
-CMD ["run", "--config", "/etc/wao-lb/standalone.yaml"]
+CMD ["run", "--config", "/etc/wao-lb/container.yaml", "--log-format", "json"]

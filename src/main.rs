@@ -29,16 +29,20 @@ struct Cli {
 enum Command {
     /// Run the balancer (SIGHUP or a change to the file reloads; SIGTERM drains and stops).
     Run {
+        /// The YAML config file (see README for its keys).
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file: exit 0, or print every error with its path and exit 2.
+    /// Validate a config file: exit 0 (warnings on stderr), or print every error with its
+    /// path and exit 2.
     Check {
+        /// The YAML config file to validate.
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Print the nftables ruleset and routing commands transparent mode would apply.
     Nft {
+        /// The YAML config file whose services the rules would redirect.
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -53,6 +57,7 @@ enum Command {
     },
     /// A self-contained demo on loopback: three backends, a short load, the weighted split.
     Demo {
+        /// How many connections the demo's load sends through the balancer.
         #[arg(long, default_value_t = 3000)]
         connections: u64,
     },
@@ -163,7 +168,14 @@ async fn weights(admin: &str, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
         Err(e) => {
-            eprintln!("error: cannot reach {url}: {e}");
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
+            eprintln!(
+                "error: no wao-lb admin API at {admin} ({cause}).\n\
+                 Is wao-lb running? If its admin.listen is elsewhere, pass --admin HOST:PORT."
+            );
             return ExitCode::FAILURE;
         }
     };

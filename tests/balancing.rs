@@ -186,5 +186,13 @@ async fn client_ip_affinity_sticks_to_one_backend() {
         1,
         "one client IP, one backend: {counts:?}"
     );
+    // The weights view says why picks do not follow shares.
+    let rows = lb.weights();
+    assert!(
+        rows.iter().all(|r| r.affinity_seconds == Some(600)),
+        "{rows:?}"
+    );
+    let table = wao_lb::telemetry::weights_view::render_table(&rows);
+    assert!(table.contains("ClientIP affinity 600s"), "{table}");
     lb.stop().await;
 }

@@ -32,6 +32,6 @@ cargo test --release --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 echo
 echo "== summary =="
 grep -E "^     Running |^   Doc-tests |^test result:" "$log" | sed -E 's/^ +//' | paste - - | \
-  sed -E 's/^(Running|Doc-tests) ([^ ]+).*test result: ([A-Za-z]+)\. ([0-9]+) passed; ([0-9]+) failed.*/\3 \2: \4 passed, \5 failed/' || true
+  sed -E 's/^(Running|Doc-tests) ([^(\t]*[^( \t]) *(\([^)]*\))?\ttest result: ([A-Za-z]+)\. ([0-9]+) passed; ([0-9]+) failed.*/\4 \2: \5 passed, \6 failed/' || true
 grep -E "^test .* FAILED$" "$log" | sed 's/^/  /' || true
 exit "$status"

@@ -1,5 +1,7 @@
 //! Structured logs through tracing: `--log-format text|json`, level from `RUST_LOG`
-//! (default `info`, or what the caller passes).
+//! (default `info`, or what the caller passes). Colours only when stderr is a terminal.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -14,7 +16,8 @@ pub fn init(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests, demo) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

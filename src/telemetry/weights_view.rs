@@ -28,6 +28,10 @@ pub struct WeightRow {
     /// Fraction of this service's picks that went to this backend so far.
     pub picked_share: f64,
     pub reason: String,
+    /// `ClientIP` session affinity and its timeout in seconds; then picks follow clients,
+    /// not shares, and one client's connections all go to one backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_seconds: Option<u64>,
 }
 
 /// The rows of `plan`, with the picks the data plane counted (0 where it counts none).
@@ -67,6 +71,7 @@ pub fn rows(plan: &Plan, picks: Option<&dyn PickCounts>) -> Vec<WeightRow> {
                     picks as f64 / total as f64
                 },
                 reason: b.reason.clone(),
+                affinity_seconds: e.service.affinity.map(|a| a.timeout.as_secs()),
             });
         }
     }
@@ -99,7 +104,13 @@ pub fn render_table(rows: &[WeightRow]) -> String {
                 format!("{:.1}%", r.share * 100.0),
                 r.picks.to_string(),
                 format!("{:.1}%", r.picked_share * 100.0),
-                r.reason.clone(),
+                match r.affinity_seconds {
+                    Some(secs) => format!(
+                        "{} (ClientIP affinity {secs}s: picks follow clients)",
+                        r.reason
+                    ),
+                    None => r.reason.clone(),
+                },
             ]
         })
         .collect();
@@ -155,6 +166,7 @@ mod tests {
             picks: 10,
             picked_share: 0.5,
             reason: "static inputs".into(),
+            affinity_seconds: None,
         };
         let text = render_table(&[
             row("web", "127.0.0.1:9001", 1.0),
