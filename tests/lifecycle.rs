@@ -295,6 +295,12 @@ async fn admin_api_and_weights_cli() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
+    for series in [
+        "wao_lb_udp_sessions_total{service=\"web\"}",
+        "wao_lb_udp_datagrams_total{direction=\"upstream\",service=\"web\"}",
+    ] {
+        assert!(!metrics.contains(series), "a TCP service has no {series}");
+    }
 
     let (code, body) = http_get(admin, "/weights").await;
     assert_eq!(code, 200);

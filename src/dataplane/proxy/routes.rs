@@ -16,7 +16,7 @@ use super::ejection::Ejection;
 use super::metrics::{ProxyMetrics, Refusal};
 use super::table::Table;
 use crate::balance::plan::{Plan, PlannedService};
-use crate::model::{Frontend, Service};
+use crate::model::{Frontend, Protocol, Service};
 
 pub struct BackendEntry {
     pub address: SocketAddr,
@@ -54,26 +54,56 @@ pub struct ServiceCounters {
 }
 
 impl ServiceCounters {
-    fn new(m: &ProxyMetrics, service: &str) -> ServiceCounters {
+    /// Handles for `service`; only the series of its protocol are exported (a TCP service
+    /// has no datagram series, a UDP one no connection series): the others count into
+    /// handles no registry holds.
+    fn new(m: &ProxyMetrics, service: &str, protocol: Protocol) -> ServiceCounters {
+        let (tcp, udp) = (protocol == Protocol::Tcp, protocol == Protocol::Udp);
+        let counter = |export: bool, vec: &prometheus::IntCounterVec, labels: &[&str]| {
+            if export {
+                vec.with_label_values(labels)
+            } else {
+                unexported_counter()
+            }
+        };
+        let gauge = |export: bool, vec: &prometheus::IntGaugeVec, labels: &[&str]| {
+            if export {
+                vec.with_label_values(labels)
+            } else {
+                unexported_gauge()
+            }
+        };
         ServiceCounters {
-            connections: m.connections.with_label_values(&[service]),
-            active: m.connections_active.with_label_values(&[service]),
-            bytes_upstream: m.bytes.with_label_values(&[service, "upstream"]),
-            bytes_downstream: m.bytes.with_label_values(&[service, "downstream"]),
-            retries: m.connect_retries.with_label_values(&[service]),
+            connections: counter(tcp, &m.connections, &[service]),
+            active: gauge(tcp, &m.connections_active, &[service]),
+            bytes_upstream: counter(tcp, &m.bytes, &[service, "upstream"]),
+            bytes_downstream: counter(tcp, &m.bytes, &[service, "downstream"]),
+            retries: counter(tcp, &m.connect_retries, &[service]),
             refused_no_backend: m
                 .refused
                 .with_label_values(&[service, Refusal::NoBackend.label()]),
-            refused_all_failed: m
-                .refused
-                .with_label_values(&[service, Refusal::AllBackendsFailed.label()]),
-            udp_sessions: m.udp_sessions.with_label_values(&[service]),
-            udp_sessions_active: m.udp_sessions_active.with_label_values(&[service]),
-            udp_datagrams_dropped: m.udp_datagrams_dropped.with_label_values(&[service]),
-            udp_datagrams_upstream: m.udp_datagrams.with_label_values(&[service, "upstream"]),
-            udp_datagrams_downstream: m.udp_datagrams.with_label_values(&[service, "downstream"]),
+            refused_all_failed: counter(
+                tcp,
+                &m.refused,
+                &[service, Refusal::AllBackendsFailed.label()],
+            ),
+            udp_sessions: counter(udp, &m.udp_sessions, &[service]),
+            udp_sessions_active: gauge(udp, &m.udp_sessions_active, &[service]),
+            udp_datagrams_dropped: counter(udp, &m.udp_datagrams_dropped, &[service]),
+            udp_datagrams_upstream: counter(udp, &m.udp_datagrams, &[service, "upstream"]),
+            udp_datagrams_downstream: counter(udp, &m.udp_datagrams, &[service, "downstream"]),
         }
     }
+}
+
+fn unexported_counter() -> IntCounter {
+    IntCounter::new("unexported", "unexported")
+        .unwrap_or_else(|e| unreachable!("counter is well-formed: {e}"))
+}
+
+fn unexported_gauge() -> IntGauge {
+    IntGauge::new("unexported", "unexported")
+        .unwrap_or_else(|e| unreachable!("gauge is well-formed: {e}"))
 }
 
 pub struct ServiceEntry {
@@ -124,7 +154,7 @@ impl ServiceEntry {
             backends,
             table: Table::from_shares(shares),
             affinity,
-            counters: ServiceCounters::new(m, key),
+            counters: ServiceCounters::new(m, key, planned.service.frontend.protocol),
         }
     }
 
