@@ -345,12 +345,17 @@ async fn admin_api_and_weights_cli() {
 
 #[test]
 fn weights_cli_reports_an_unreachable_admin() {
+    let addr = closed_port_addr().to_string();
     let out = std::process::Command::new(BIN)
-        .args(["weights", "--admin", &closed_port_addr().to_string()])
+        .args(["weights", "--admin", &addr])
         .output()
         .expect("wao-lb weights");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!("no wao-lb admin API at {addr}")) && text.contains("--admin"),
+        "says what it tried and how to point elsewhere: {text}"
+    );
 }
 
 #[test]
