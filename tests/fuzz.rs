@@ -40,20 +40,23 @@ nodes:
 
 /// Bytes YAML cares about, so mutations hit structure and values, not only letters.
 fn yaml_fragment() -> impl Strategy<Value = String> {
+    const SIGNIFICANT: [&str; 13] = [
+        ":",
+        "- ",
+        "\n",
+        "  ",
+        "{",
+        "}",
+        "[",
+        "&a ",
+        "*a",
+        "1e300",
+        "-1",
+        "99999999999999999999s",
+        "\"",
+    ];
     prop_oneof![
-        Just(":".to_string()),
-        Just("- ".to_string()),
-        Just("\n".to_string()),
-        Just("  ".to_string()),
-        Just("{".to_string()),
-        Just("}".to_string()),
-        Just("[".to_string()),
-        Just("&a ".to_string()),
-        Just("*a".to_string()),
-        Just("1e300".to_string()),
-        Just("-1".to_string()),
-        Just("99999999999999999999s".to_string()),
-        Just("\"".to_string()),
+        prop::sample::select(&SIGNIFICANT[..]).prop_map(str::to_string),
         "[a-zA-Z0-9:./@]{0,12}",
     ]
 }
@@ -111,15 +114,18 @@ fn json() -> impl Strategy<Value = Value> {
         "[a-zA-Z ]{0,8}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
+        const KNOWN: [&str; 8] = [
+            "outputs",
+            "data",
+            "sensor",
+            "pressure",
+            "Reading",
+            "Temperatures",
+            "Name",
+            "ReadingCelsius",
+        ];
         let keys = prop_oneof![
-            Just("outputs".to_string()),
-            Just("data".to_string()),
-            Just("sensor".to_string()),
-            Just("pressure".to_string()),
-            Just("Reading".to_string()),
-            Just("Temperatures".to_string()),
-            Just("Name".to_string()),
-            Just("ReadingCelsius".to_string()),
+            prop::sample::select(&KNOWN[..]).prop_map(str::to_string),
             "[a-z]{1,6}",
         ];
         prop_oneof![

@@ -44,17 +44,50 @@ async fn reloads(admin: SocketAddr, result: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reloads_keep_serving_and_keep_connections() {
+/// A wao-lb process serving one TCP service, `web`, in front of an echo server; ready.
+struct WebLb {
+    echo: Echo,
+    admin: SocketAddr,
+    web: SocketAddr,
+    /// `web`'s block of the `services:` list.
+    one: String,
+    path: std::path::PathBuf,
+    lb: Process,
+    _dir: TempDir,
+}
+
+async fn web_lb(tag: &str) -> WebLb {
     let echo = echo_server().await;
     let admin: SocketAddr = free_addr();
     let web: SocketAddr = free_addr();
-    let api: SocketAddr = free_addr();
-    let dir = TempDir::new("reload");
+    let dir = TempDir::new(tag);
     let one = service_yaml("web", "tcp", web, &[(echo.addr, "a")]);
     let path = dir.file("lb.yaml", &config_text(admin, &one));
-    let mut lb = Process::run(&path);
+    let lb = Process::run(&path);
     assert!(admin_up(admin).await, "wao-lb came up");
+    WebLb {
+        echo,
+        admin,
+        web,
+        one,
+        path,
+        lb,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_serving_and_keep_connections() {
+    let WebLb {
+        echo,
+        admin,
+        web,
+        one,
+        path,
+        mut lb,
+        _dir,
+    } = web_lb("reload").await;
+    let api: SocketAddr = free_addr();
     let mut open = TcpStream::connect(web).await.expect("connect");
     ping(&mut open, b"before")
         .await
@@ -119,14 +152,14 @@ async fn reloads_keep_serving_and_keep_connections() {
 /// one failure, not two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_file_keeps_every_listener() {
-    let echo = echo_server().await;
-    let admin: SocketAddr = free_addr();
-    let web: SocketAddr = free_addr();
-    let dir = TempDir::new("emptied");
-    let one = service_yaml("web", "tcp", web, &[(echo.addr, "a")]);
-    let path = dir.file("lb.yaml", &config_text(admin, &one));
-    let mut lb = Process::run(&path);
-    assert!(admin_up(admin).await, "wao-lb came up");
+    let WebLb {
+        admin,
+        web,
+        path,
+        mut lb,
+        _dir,
+        ..
+    } = web_lb("emptied").await;
 
     std::fs::write(&path, "").expect("truncate");
     assert!(
@@ -176,16 +209,13 @@ fn open_fds(pid: u32) -> usize {
 /// frees, the API itself keep answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_admin_clients_hold_a_bounded_number_of_descriptors() {
-    let echo = echo_server().await;
-    let admin: SocketAddr = free_addr();
-    let web: SocketAddr = free_addr();
-    let dir = TempDir::new("admin-fds");
-    let path = dir.file(
-        "lb.yaml",
-        &config_text(admin, &service_yaml("web", "tcp", web, &[(echo.addr, "a")])),
-    );
-    let mut lb = Process::run(&path);
-    assert!(admin_up(admin).await);
+    let WebLb {
+        admin,
+        web,
+        mut lb,
+        _dir,
+        ..
+    } = web_lb("admin-fds").await;
     let pid = lb.child.id();
     let before = open_fds(pid);
     let mut stalled = Vec::new();
@@ -229,16 +259,13 @@ async fn stalled_admin_clients_hold_a_bounded_number_of_descriptors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_connections() {
-    let echo = echo_server().await;
-    let admin: SocketAddr = free_addr();
-    let web: SocketAddr = free_addr();
-    let dir = TempDir::new("drain");
-    let path = dir.file(
-        "lb.yaml",
-        &config_text(admin, &service_yaml("web", "tcp", web, &[(echo.addr, "a")])),
-    );
-    let mut lb = Process::run(&path);
-    assert!(admin_up(admin).await);
+    let WebLb {
+        admin,
+        web,
+        mut lb,
+        _dir,
+        ..
+    } = web_lb("drain").await;
     let mut open = TcpStream::connect(web).await.expect("connect");
     ping(&mut open, b"one").await.expect("served");
 

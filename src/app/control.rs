@@ -86,9 +86,7 @@ impl<D: Dataplane> Control<D> {
         if new.settings == self.settings && new.desired == *self.desired {
             return;
         }
-        for w in &new.warnings {
-            tracing::warn!(path = %w.path, "config: {}", w.message);
-        }
+        super::log_warnings(&new.warnings);
         if new.settings.redirect != self.settings.redirect
             || new.settings.tproxy != self.settings.tproxy
         {

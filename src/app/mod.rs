@@ -26,7 +26,7 @@ use crate::discovery::file::{watch as file_watch, FileConfig};
 use crate::power::metrics::PowerMetrics;
 use crate::power::updater::{self, Demand};
 use crate::power::weights::NodeWeights;
-use crate::settings::ConfigErrors;
+use crate::settings::{ConfigError, ConfigErrors};
 use crate::telemetry::admin::{self, AdminState};
 use crate::telemetry::registry::render;
 use crate::telemetry::weights_view::{rows, WeightRow};
@@ -93,6 +93,13 @@ fn reload_counter(registry: &Registry) -> IntCounterVec {
     c
 }
 
+/// Logs a config's warnings, at start and on each reload that applies.
+fn log_warnings(warnings: &[ConfigError]) {
+    for w in warnings {
+        tracing::warn!(path = %w.path, "config: {}", w.message);
+    }
+}
+
 /// Starts the balancer on `config`. `path` is where the config came from; it is re-read on
 /// reload and watched for changes.
 pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running, StartError> {
@@ -104,9 +111,7 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
         desired,
         warnings,
     } = config;
-    for w in &warnings {
-        tracing::warn!(path = %w.path, "config: {}", w.message);
-    }
+    log_warnings(&warnings);
     let registry = Registry::new();
     let ready = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();

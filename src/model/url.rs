@@ -44,17 +44,29 @@ impl fmt::Debug for HttpUrl {
     }
 }
 
-/// `scheme://user:pass@host/…` → `scheme://***@host/…`; anything else unchanged.
+/// Every `//user:pass@host` in `text` → `//***@host`; the rest unchanged. Works on any text
+/// (an error quoting a mangled config value, say), not only on a well-formed URL.
 pub fn redact(text: &str) -> String {
-    let Some((scheme, rest)) = text.split_once("://") else {
-        return text.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
-        None => text.to_string(),
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("//") {
+        let (head, after) = rest.split_at(at + 2);
+        out.push_str(head);
+        let end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let (authority, tail) = after.split_at(end);
+        match authority.rsplit_once('@') {
+            Some((_, host)) => {
+                out.push_str("***@");
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        rest = tail;
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -76,6 +88,11 @@ mod tests {
             "https://***@host/p?q=x@y"
         );
         assert_eq!(redact("http://host/a@b"), "http://host/a@b");
+        assert_eq!(redact("1e300//u:p@h/m"), "1e300//***@h/m");
+        assert_eq!(
+            redact("unknown source \"x \\\"http://u:p@h:1/m\\\"\" and ftp://a@b c"),
+            "unknown source \"x \\\"http://***@h:1/m\\\"\" and ftp://***@b c"
+        );
         let e = HttpUrl::parse("ftp://u:pw@host").unwrap_err();
         assert!(!e.contains("pw"), "{e}");
     }

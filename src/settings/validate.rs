@@ -7,12 +7,24 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::model::units::{parse_duration, parse_millicores};
+use crate::model::url::redact;
 
 /// One problem in a config file: the path of the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub path: String,
     pub message: String,
+}
+
+impl ConfigError {
+    /// An error at `path`. Both may quote what the file says (a mangled key or value);
+    /// any credentials in a URL there are redacted here, once for every error and warning.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: redact(&path.into()),
+            message: redact(&message.into()),
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -32,10 +44,7 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl ConfigErrors {
     /// A single error that belongs to no key (e.g. the file cannot be read).
     pub fn whole_file(message: impl Into<String>) -> ConfigErrors {
-        ConfigErrors(vec![ConfigError {
-            path: String::new(),
-            message: message.into(),
-        }])
+        ConfigErrors(vec![ConfigError::new(String::new(), message)])
     }
 }
 
@@ -62,10 +71,7 @@ pub struct Validator {
 impl Validator {
     /// Something legal but probably not meant; shown by `check` and logged at start.
     pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(ConfigError {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.warnings.push(ConfigError::new(path, message));
     }
 
     /// The warnings so far.
@@ -74,10 +80,7 @@ impl Validator {
     }
 
     pub fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.errors.push(ConfigError::new(path, message));
     }
 
     /// `value` if no error was found, else every error.

@@ -48,7 +48,7 @@ pub fn structural<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Confi
         if let Some(line) = line {
             message = format!("{message} (line {line})");
         }
-        ConfigErrors(vec![ConfigError { path, message }])
+        ConfigErrors(vec![ConfigError::new(path, message)])
     })
 }
 
@@ -61,12 +61,12 @@ pub fn check_limits(text: &str) -> Result<(), ConfigErrors> {
             text.len()
         )));
     }
-    walk(text, |_, _| false).map(|_| ())
+    walk(text, None).map(|_| ())
 }
 
 /// The line where the key or value at `path` (`services[0].backends[1].address`) starts.
 fn line_of(text: &str, path: &str) -> Option<usize> {
-    walk(text, |p, _| p == path).ok().flatten()
+    walk(text, Some(path)).ok().flatten()
 }
 
 /// Where the walk is inside one mapping or sequence.
@@ -80,12 +80,10 @@ enum Frame {
     },
 }
 
-/// Walks the YAML events with the key path of each node, enforcing the limits; returns the
-/// line of the first node for which `stop(path, line)` holds.
-fn walk(
-    text: &str,
-    mut stop: impl FnMut(&str, usize) -> bool,
-) -> Result<Option<usize>, ConfigErrors> {
+/// Walks the YAML events, enforcing the limits; with a `target` path, returns the line of
+/// the first node at it. Paths are built only for a target or a duplicate key, so the
+/// limits alone cost no allocation per node.
+fn walk(text: &str, target: Option<&str>) -> Result<Option<usize>, ConfigErrors> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
     loop {
@@ -98,29 +96,22 @@ fn walk(
             })
         })?;
         let line = mark.line();
-        let starts_node = matches!(
-            event,
-            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..)
-        );
-        if starts_node {
-            let mut path = path_of(&stack);
+        let scalar = match &event {
+            Event::Scalar(value, ..) => Some(value.as_str()),
+            Event::SequenceStart(..) | Event::MappingStart(..) => Some("?"),
+            _ => None,
+        };
+        if let Some(name) = scalar {
             if let Some(Frame::Map { keys, key: None }) = stack.last_mut() {
                 // This node is a key.
-                let name = match &event {
-                    Event::Scalar(value, ..) => value.clone(),
-                    _ => "?".to_string(),
-                };
-                path = join(&path, &name);
-                if !keys.insert(name.clone()) {
-                    return Err(ConfigErrors(vec![ConfigError {
-                        path,
-                        message: format!("duplicate key {name:?} (line {line})"),
-                    }]));
+                if !keys.insert(name.to_string()) {
+                    return Err(ConfigErrors(vec![ConfigError::new(
+                        join(&path_of(&stack), name),
+                        format!("duplicate key {name:?} (line {line})"),
+                    )]));
                 }
-            } else if let Some(Frame::Map { key: Some(k), .. }) = stack.last() {
-                path = join(&path, k);
             }
-            if stop(&path, line) {
+            if target.is_some_and(|t| node_path(&stack, name) == t) {
                 return Ok(Some(line));
             }
         }
@@ -152,6 +143,17 @@ fn walk(
             Event::Scalar(value, ..) => node_done(&mut stack, &value),
             _ => {}
         }
+    }
+}
+
+/// The path of a node starting now: a key's own path is its mapping's path and its name, a
+/// value's is its key's, an item's its sequence index.
+fn node_path(stack: &[Frame], name: &str) -> String {
+    let path = path_of(stack);
+    match stack.last() {
+        Some(Frame::Map { key: None, .. }) => join(&path, name),
+        Some(Frame::Map { key: Some(k), .. }) => join(&path, k),
+        _ => path,
     }
 }
 

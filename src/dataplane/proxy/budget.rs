@@ -51,8 +51,13 @@ pub struct Slots {
     udp: Arc<Semaphore>,
 }
 
-/// What a connection or session holds of the budget; dropping it gives it back.
-pub type Held = Vec<OwnedSemaphorePermit>;
+/// What a UDP session holds of the budget: its place in the UDP share and its
+/// descriptors. Dropping it gives both back.
+#[derive(Debug)]
+pub struct SessionSlot {
+    _share: OwnedSemaphorePermit,
+    _fds: OwnedSemaphorePermit,
+}
 
 impl Slots {
     pub fn new(budget: FdBudget) -> Slots {
@@ -64,9 +69,9 @@ impl Slots {
     }
 
     /// A TCP connection's descriptors, once the pool has them.
-    pub async fn connection(&self) -> Option<Held> {
+    pub async fn connection(&self) -> Option<OwnedSemaphorePermit> {
         let p = self.pool.clone().acquire_many_owned(PER_CONNECTION).await;
-        p.ok().map(|p| vec![p])
+        p.ok()
     }
 
     /// A splicing connection's pipes, if the pool has them now.
@@ -75,10 +80,11 @@ impl Slots {
     }
 
     /// A UDP session's descriptors, if the pool and the UDP share both have them now.
-    pub fn session(&self) -> Option<Held> {
-        let share = self.udp.clone().try_acquire_owned().ok()?;
-        let fds = self.pool.clone().try_acquire_many_owned(PER_SESSION).ok()?;
-        Some(vec![share, fds])
+    pub fn session(&self) -> Option<SessionSlot> {
+        Some(SessionSlot {
+            _share: self.udp.clone().try_acquire_owned().ok()?,
+            _fds: self.pool.clone().try_acquire_many_owned(PER_SESSION).ok()?,
+        })
     }
 
     /// The pool's descriptors not in use now.
@@ -107,7 +113,7 @@ mod tests {
     #[tokio::test]
     async fn parts_share_the_pool_and_udp_keeps_to_its_quarter() {
         let slots = Slots::new(FdBudget::split(80)); // pool 60, 7 sessions
-        let sessions: Vec<Held> = std::iter::from_fn(|| slots.session()).collect();
+        let sessions: Vec<SessionSlot> = std::iter::from_fn(|| slots.session()).collect();
         assert_eq!(sessions.len(), 7, "a quarter of the pool");
         assert_eq!(slots.free(), 60 - 14);
         let splice = slots.splice().expect("pipes");

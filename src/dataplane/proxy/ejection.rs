@@ -36,9 +36,11 @@ impl Default for Ejection {
 }
 
 impl Ejection {
-    /// Whether new picks skip the backend now.
+    /// Whether new picks skip the backend now. A healthy backend (no deadline) costs one
+    /// atomic load and no clock read: this runs on every pick.
     pub fn is_ejected(&self) -> bool {
-        self.now_ms() < self.until_ms.load(Ordering::Relaxed)
+        let until = self.until_ms.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
     }
 
     /// Records a failed connect; returns true when this starts an ejection (it was not

@@ -65,7 +65,7 @@ pub struct ProxyContext {
     /// Cancelled when the drain period is over: open connections are reset.
     pub cut: CancellationToken,
     /// The descriptor budget's slots for connections, splicing and UDP sessions.
-    pub slots: Arc<Slots>,
+    pub slots: Slots,
 }
 
 impl ProxyContext {
@@ -99,7 +99,7 @@ impl Proxy {
             upstream_mark: transparent.then_some(settings.tproxy.upstream_mark),
             tracker: TaskTracker::new(),
             cut: CancellationToken::new(),
-            slots: Arc::new(Slots::new(FdBudget::split(socket::nofile_limit()))),
+            slots: Slots::new(FdBudget::split(socket::nofile_limit())),
         };
         ctx.metrics.publish_budget(&ctx.slots.budget);
         Proxy {

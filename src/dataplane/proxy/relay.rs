@@ -13,7 +13,6 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,13 +47,13 @@ pub struct Relayed {
     pub ending: Ending,
 }
 
-#[derive(Debug, Clone)]
-pub struct RelaySettings {
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings<'a> {
     pub idle_timeout: Duration,
     pub splice_after_bytes: u64,
     /// The descriptor budget, which must grant a connection its pipes before it splices;
     /// without them it keeps copying.
-    pub budget: Arc<Slots>,
+    pub budget: &'a Slots,
 }
 
 /// One direction of the copy mode.
@@ -155,7 +154,7 @@ fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 pub async fn relay<C: Future<Output = ()>>(
     client: TcpStream,
     upstream: TcpStream,
-    settings: RelaySettings,
+    settings: RelaySettings<'_>,
     mut cut: Pin<&mut C>,
 ) -> Relayed {
     let mut up = Half::default();

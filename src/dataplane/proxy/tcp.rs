@@ -140,7 +140,7 @@ pub async fn handle(
         RelaySettings {
             idle_timeout: settings.idle_timeout,
             splice_after_bytes: settings.splice_after_bytes,
-            budget: ctx.slots.clone(),
+            budget: &ctx.slots,
         },
         cut,
     )

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::Held;
+use super::budget::SessionSlot;
 use super::routes::ServiceEntry;
 use super::scratch::with_scratch;
 use super::socket::{recv_with_original_dst, transparent_reply_socket};
@@ -71,7 +71,7 @@ struct Session {
     /// Replies relayed to the client.
     replies: AtomicU64,
     /// The session's slot of the descriptor budget; a flow that evicts it takes it over.
-    slot: Mutex<Option<Held>>,
+    slot: Mutex<Option<SessionSlot>>,
     /// Cancelled when the session is evicted or its backend is unreachable.
     ended: CancellationToken,
 }
@@ -295,7 +295,7 @@ async fn open_session(
 /// A budget slot for a new flow: a free one while this listener is under `max_sessions`,
 /// else the slot of its least recently active session idle for `EVICTABLE_IDLE`, which is
 /// evicted. None when neither exists.
-fn admit(shared: &Shared, max_sessions: usize) -> Option<Held> {
+fn admit(shared: &Shared, max_sessions: usize) -> Option<SessionSlot> {
     let mut sessions = lock(&shared.sessions);
     if sessions.len() < max_sessions {
         if let Some(slot) = shared.ctx.slots.session() {

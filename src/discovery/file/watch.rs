@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -92,12 +92,12 @@ async fn settled(path: &Path) -> Option<Fingerprint> {
 }
 
 /// What identifies the file's current bytes without reading them: its inode, size and
-/// change times. A rewrite with the same bytes reads again and applies nothing.
+/// status-change time (which every write moves, as it does the modification time). A
+/// rewrite with the same bytes reads again and applies nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint {
     inode: u64,
     len: u64,
-    modified: Option<SystemTime>,
     changed: (i64, i64),
 }
 
@@ -107,7 +107,6 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
     Some(Fingerprint {
         inode: m.ino(),
         len: m.len(),
-        modified: m.modified().ok(),
         changed: (m.ctime(), m.ctime_nsec()),
     })
 }
