@@ -6,6 +6,7 @@ pub mod balance;
 pub mod dataplane;
 pub mod demo;
 pub mod discovery;
+pub mod health;
 pub mod model;
 pub mod power;
 pub mod settings;

@@ -196,3 +196,109 @@ async fn client_ip_affinity_sticks_to_one_backend() {
     assert!(table.contains("ClientIP affinity 600s"), "{table}");
     lb.stop().await;
 }
+
+/// A listener that completes no handshake: its one-slot accept queue is full and never
+/// drained, so the kernel drops new SYNs, as a hung host does. Returns it and the queued
+/// connections (keep both alive).
+async fn hung_backend() -> (socket2::Socket, Vec<tokio::net::TcpStream>) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_reuse_address(true).expect("reuseaddr");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    socket.listen(0).expect("listen");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    let mut queued = Vec::new();
+    while let Ok(Ok(s)) = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    {
+        queued.push(s);
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    (socket, queued)
+}
+
+/// Health checks take a hung backend (SYNs dropped) out of the split and bring it back when
+/// it answers again; the weights view and the metrics show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_take_a_hung_backend_out_and_back() {
+    let live = echo_server().await;
+    let (hung, queued) = hung_backend().await;
+    let hung_addr = hung.local_addr().expect("addr").as_socket().expect("inet");
+    let frontend: SocketAddr = free_addr();
+    let yaml = weighted_yaml(frontend, &[(live.addr, "a", 1.0), (hung_addr, "b", 1.0)]).replace(
+        "    backends:",
+        "    healthCheck: {interval: 500ms, timeout: 400ms, rise: 2, fall: 2}\n    backends:",
+    );
+    let lb = start(&yaml).await;
+    let row = |lb: &wao_lb::app::Running, addr: SocketAddr| {
+        lb.weights()
+            .into_iter()
+            .find(|r| r.backend == addr.to_string())
+            .expect("row")
+    };
+    let within = std::time::Duration::from_secs(30);
+    assert!(
+        eventually(within, async || row(&lb, hung_addr).health.as_deref()
+            == Some("down"))
+        .await,
+        "the hung backend is marked down: {:?}",
+        lb.weights()
+    );
+    let down = row(&lb, hung_addr);
+    assert_eq!(down.share, 0.0);
+    assert!(down.reason.contains("timed out after 400ms"), "{down:?}");
+    assert_eq!(row(&lb, live.addr).share, 1.0);
+    assert_eq!(row(&lb, live.addr).health.as_deref(), Some("up"));
+    let table = wao_lb::telemetry::weights_view::render_table(&lb.weights());
+    assert!(
+        table.contains("HEALTH") && table.contains("down"),
+        "{table}"
+    );
+    let m = lb.metrics_text();
+    let series = format!("backend=\"{hung_addr}\",service=\"web\"");
+    assert_eq!(
+        metric(&m, &format!("wao_lb_backend_up{{{series}}}")),
+        Some(0.0)
+    );
+    let failed = format!(
+        "wao_lb_health_checks_total{{backend=\"{hung_addr}\",result=\"failure\",service=\"web\"}}"
+    );
+    assert!(metric(&m, &failed).unwrap_or(0.0) >= 2.0, "{m}");
+
+    // While it is down, new connections go only to the live backend.
+    let picks = |lb: &wao_lb::app::Running| row(lb, hung_addr).picks;
+    let before = picks(&lb);
+    connections(frontend, 200).await;
+    assert_eq!(picks(&lb), before, "a down backend gets no picks");
+
+    // The host answers again: two passing checks bring it back into the split.
+    drop(queued);
+    drop(hung);
+    let revived = tokio::net::TcpListener::bind(hung_addr)
+        .await
+        .expect("rebind");
+    tokio::spawn(async move { while revived.accept().await.is_ok() {} });
+    assert!(
+        eventually(within, async || row(&lb, hung_addr).health.as_deref()
+            == Some("up"))
+        .await,
+        "the backend comes back: {:?}",
+        lb.weights()
+    );
+    assert_eq!(row(&lb, hung_addr).share, 0.5);
+    let m = lb.metrics_text();
+    assert_eq!(
+        metric(&m, &format!("wao_lb_backend_up{{{series}}}")),
+        Some(1.0)
+    );
+    lb.stop().await;
+}

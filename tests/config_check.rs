@@ -79,6 +79,17 @@ fn broken_files_name_the_bad_key() {
         ("cpu out of range", "nodes:\n  a: {cpu: {source: static, percent: 130}, weight: 1}\n", &["nodes.a.cpu.percent: 130 is outside 0..100 %"]),
         ("node without model", "nodes:\n  a: {cores: 8}\n", &["nodes.a.model: missing"]),
         ("udp cap", "udp: {maxSessions: 0}\n", &["udp.maxSessions: must be at least 1"]),
+        (
+            "health checks on UDP, and out of range",
+            "services:\n  - name: dns\n    protocol: udp\n    address: 127.0.0.1:53\n    healthCheck: {interval: 1s, timeout: 2s, rise: 0, fall: 101}\n",
+            &[
+                "services[0].healthCheck: checks are TCP connects: only for protocol tcp",
+                "services[0].healthCheck.timeout: must be at most the interval",
+                "services[0].healthCheck.rise: must be from 1 to 100",
+                "services[0].healthCheck.fall: must be from 1 to 100",
+            ],
+        ),
+        ("health check too often", "services:\n  - name: web\n    address: 127.0.0.1:80\n    healthCheck: {interval: 10ms}\n", &["services[0].healthCheck.interval: must be at least 100ms"]),
         ("not yaml", "services: [\n", &["did not find expected"]),
         ("empty file", "", &["the config is empty"]),
         ("no services key", "proxy: {idleTimeout: 1m}\n", &["services: missing; write `services: []`"]),

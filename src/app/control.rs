@@ -14,6 +14,8 @@ use crate::balance::metrics::BalanceMetrics;
 use crate::balance::plan::Plan;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::discovery::file::watch::Reread;
+use crate::health::checker::Checker;
+use crate::health::HealthTable;
 use crate::model::Desired;
 use crate::power::updater::Demand;
 use crate::power::weights::NodeWeights;
@@ -26,6 +28,9 @@ pub(super) struct Control<D: Dataplane> {
     /// The Plan in force, read by the admin API.
     pub plan: Arc<ArcSwap<Plan>>,
     pub weights: watch::Receiver<Arc<NodeWeights>>,
+    /// The health checks: told the services on each reload, heard on each change of state.
+    pub checker: Checker,
+    pub health: watch::Receiver<Arc<HealthTable>>,
     pub demand: watch::Sender<Arc<Demand>>,
     pub balance_metrics: BalanceMetrics,
     pub reloads: IntCounterVec,
@@ -51,6 +56,11 @@ impl<D: Dataplane> Control<D> {
                         tracing::error!(error = %e, "new weights applied, but a frontend could not be set up");
                     }
                 }
+                Ok(()) = self.health.changed() => {
+                    if let Err(e) = self.replan().await {
+                        tracing::error!(error = %e, "new health applied, but a frontend could not be set up");
+                    }
+                }
             }
         }
         ready.store(false, Ordering::Release);
@@ -58,13 +68,15 @@ impl<D: Dataplane> Control<D> {
         background.cancel();
     }
 
-    /// Builds the Plan from the desired services and the latest weights, publishes it and
-    /// programs the data plane.
+    /// Builds the Plan from the desired services, the latest weights and health, publishes
+    /// it and programs the data plane.
     pub async fn replan(&mut self) -> Result<(), DataplaneError> {
         let weights = self.weights.borrow_and_update().clone();
+        let health = self.health.borrow_and_update().clone();
         let plan = Arc::new(Plan::build(
             &self.desired.services,
             &weights,
+            &health,
             self.settings.power.cpu_per_connection,
         ));
         self.balance_metrics.publish(&plan);
@@ -103,6 +115,7 @@ impl<D: Dataplane> Control<D> {
         }
         self.settings = new.settings;
         self.desired = Arc::new(new.desired);
+        self.checker.update(&self.desired.services);
         self.dataplane.reconfigure(&self.settings);
         // The updater answers with new weights, which re-plan; plan now too so that new
         // services have routes before their listeners accept.

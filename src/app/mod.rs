@@ -1,5 +1,5 @@
 //! Wiring and lifecycle. `start` connects the parts in the one direction data flows:
-//! discovery (the config file) → power (NodeWeights) → balance (the Plan) → dataplane, with
+//! discovery (the config file) → power (NodeWeights) and health → balance (the Plan) → dataplane, with
 //! telemetry reading the Plan and the data plane's counters. `control` runs the loop that
 //! re-plans on every change and handles reload and drain.
 
@@ -23,6 +23,8 @@ use crate::balance::plan::Plan;
 use crate::dataplane::proxy::{socket, Proxy};
 use crate::dataplane::{Dataplane, DataplaneError, PickCounts};
 use crate::discovery::file::{watch as file_watch, FileConfig};
+use crate::health::checker::Checker;
+use crate::health::metrics::HealthMetrics;
 use crate::power::metrics::PowerMetrics;
 use crate::power::updater::{self, Demand};
 use crate::power::weights::NodeWeights;
@@ -141,6 +143,9 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
     // Start with real weights when the inputs answer quickly; uniform otherwise.
     let _ = tokio::time::timeout(FIRST_WEIGHTS, weights_rx.changed()).await;
 
+    let (mut checker, health) = Checker::new(HealthMetrics::new(&registry));
+    checker.update(&desired.services);
+
     let dataplane = Proxy::new(&settings, &registry);
     let picks = dataplane.picks();
     let plan = Arc::new(ArcSwap::from_pointee(Plan::default()));
@@ -150,6 +155,8 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
         dataplane,
         plan: plan.clone(),
         weights: weights_rx,
+        checker,
+        health,
         demand: demand_tx,
         balance_metrics: BalanceMetrics::new(&registry),
         reloads: reload_counter(&registry),

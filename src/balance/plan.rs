@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::health::{Health, HealthTable};
 use crate::model::{Backend, Frontend, Service, ServiceTable};
 use crate::power::weights::{NodeReport, NodeWeights};
 
@@ -19,6 +20,8 @@ pub struct PlannedBackend {
     /// Why it has that weight.
     pub reason: String,
     pub report: Option<NodeReport>,
+    /// What the service's health checks say; None when it has none.
+    pub health: Option<Health>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,9 +37,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan for `services` under `weights`; a service without its own
+    /// The plan for `services` under `weights` and `health`; a service without its own
     /// `cpuPerConnection` is weighed at `default_cost` millicores.
-    pub fn build(services: &ServiceTable, weights: &NodeWeights, default_cost: u32) -> Plan {
+    pub fn build(
+        services: &ServiceTable,
+        weights: &NodeWeights,
+        health: &HealthTable,
+        default_cost: u32,
+    ) -> Plan {
         let services = services
             .services
             .iter()
@@ -44,7 +52,11 @@ impl Plan {
                 let cost = service.cpu_per_connection.unwrap_or(default_cost);
                 let planned = PlannedService {
                     service: service.clone(),
-                    backends: planned_backends(service, weights, cost),
+                    backends: checked(
+                        planned_backends(service, weights, cost),
+                        &service.key,
+                        health,
+                    ),
                 };
                 (*frontend, Arc::new(planned))
             })
@@ -98,8 +110,50 @@ fn planned_backends(service: &Service, weights: &NodeWeights, cost: u32) -> Vec<
             share,
             reason,
             report: report_of(b).cloned(),
+            health: None,
         })
         .collect()
+}
+
+/// Applies the health checks: a down backend gets no share. When every backend is down the
+/// checks cannot tell where to go, so the shares stay as they were (as Envoy's panic mode):
+/// a service with backends is never black-holed.
+fn checked(
+    mut backends: Vec<PlannedBackend>,
+    service: &std::sync::Arc<str>,
+    health: &HealthTable,
+) -> Vec<PlannedBackend> {
+    for b in &mut backends {
+        b.health = health.get(service, b.backend.address).cloned();
+    }
+    let down = |b: &PlannedBackend| b.health.as_ref().is_some_and(Health::is_down);
+    if backends.iter().all(down) {
+        for b in backends.iter_mut().filter(|b| down(b)) {
+            b.reason = format!(
+                "{}; every backend fails its health check: all kept",
+                b.reason
+            );
+        }
+        return backends;
+    }
+    let mut raw: Vec<f64> = backends
+        .iter()
+        .map(|b| if down(b) { 0.0 } else { b.weight })
+        .collect();
+    if !raw.iter().any(|w| w.is_finite() && *w > 0.0) {
+        // The policy gave the live backends nothing: they share equally, the down ones not.
+        raw = backends
+            .iter()
+            .map(|b| f64::from(u8::from(!down(b))))
+            .collect();
+    }
+    for (b, share) in backends.iter_mut().zip(shares(&raw)) {
+        b.share = share;
+        if let Some(Health::Down(why)) = &b.health {
+            b.reason = format!("down: {why}");
+        }
+    }
+    backends
 }
 
 /// Weights → shares that sum to 1. Weights ≤ 0 or not finite exclude a backend; if none is
@@ -153,6 +207,11 @@ mod tests {
     /// The plan of one service with a backend on each node; `None` is a node whose
     /// prediction failed.
     fn plan_of(nodes: &[(&str, Option<f64>)]) -> PlannedService {
+        plan_checked(nodes, &[])
+    }
+
+    /// As `plan_of`, with the health of the first backends.
+    fn plan_checked(nodes: &[(&str, Option<f64>)], states: &[Health]) -> PlannedService {
         let service = Service {
             key: "web".into(),
             name: "web".into(),
@@ -171,6 +230,7 @@ mod tests {
             affinity: None,
             cpu_per_connection: None,
             udp_responses: None,
+            health_check: None,
         };
         let reports = nodes
             .iter()
@@ -190,7 +250,15 @@ mod tests {
         table
             .services
             .insert(service.frontend, Arc::new(service.clone()));
-        let plan = Plan::build(&table, &weights, 100);
+        let health = HealthTable {
+            backends: service
+                .backends
+                .iter()
+                .zip(states)
+                .map(|(b, h)| ((service.key.clone(), b.address), h.clone()))
+                .collect(),
+        };
+        let plan = Plan::build(&table, &weights, &health, 100);
         (*plan.services[&service.frontend]).clone()
     }
 
@@ -233,5 +301,26 @@ mod tests {
             ("f2", None),
         ]);
         assert_eq!(shares_of(&p), vec![0.5, 0.0, 0.25, 0.25]);
+    }
+
+    #[test]
+    fn down_backends_get_no_share_unless_all_are_down() {
+        let down = || Health::Down("connect: refused".into());
+        let p = plan_checked(
+            &[("a", Some(1.0)), ("b", Some(3.0)), ("c", Some(4.0))],
+            &[Health::Up, down(), Health::Starting],
+        );
+        assert_eq!(shares_of(&p), vec![0.2, 0.0, 0.8]);
+        assert_eq!(p.backends[1].reason, "down: connect: refused");
+        assert_eq!(p.backends[2].health, Some(Health::Starting));
+        // The policy gives the live backend nothing: it still takes all, the down one none.
+        let p = plan_checked(&[("a", Some(0.0)), ("b", Some(1.0))], &[Health::Up, down()]);
+        assert_eq!(shares_of(&p), vec![1.0, 0.0]);
+        // Every backend down: the checks cannot say where to go; the policy's split stays.
+        let p = plan_checked(&[("a", Some(1.0)), ("b", Some(3.0))], &[down(), down()]);
+        assert_eq!(shares_of(&p), vec![0.25, 0.75]);
+        assert!(p.backends[0].reason.contains("all kept"));
+        // Unchecked backends have no health.
+        assert_eq!(plan_of(&[("a", Some(1.0))]).backends[0].health, None);
     }
 }

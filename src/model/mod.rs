@@ -74,6 +74,21 @@ pub struct Service {
     pub cpu_per_connection: Option<u32>,
     /// UDP: a flow ends after this many replies (1 suits DNS), as nginx's `proxy_responses`.
     pub udp_responses: Option<u32>,
+    /// Active TCP connect checks of each backend; none when absent.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An active health check: a TCP connect to the backend every `interval`, failing after
+/// `timeout`. A backend goes down after `fall` failures in a row and up again after `rise`
+/// successes in a row, as HAProxy's `check inter rise fall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct HealthCheck {
+    #[serde(with = "units::duration_secs")]
+    pub interval: Duration,
+    #[serde(with = "units::duration_secs")]
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
 }
 
 /// Every service, keyed by its frontend.

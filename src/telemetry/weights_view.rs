@@ -32,6 +32,9 @@ pub struct WeightRow {
     /// not shares, and one client's connections all go to one backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_seconds: Option<u64>,
+    /// `starting`, `up` or `down` when the service has health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// The rows of `plan`, with the picks the data plane counted (0 where it counts none).
@@ -72,6 +75,7 @@ pub fn rows(plan: &Plan, picks: Option<&dyn PickCounts>) -> Vec<WeightRow> {
                 },
                 reason: b.reason.clone(),
                 affinity_seconds: e.service.affinity.map(|a| a.timeout.as_secs()),
+                health: b.health.as_ref().map(|h| h.label().to_string()),
             });
         }
     }
@@ -86,9 +90,9 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 pub fn render_table(rows: &[WeightRow]) -> String {
     let header = [
         "SERVICE", "BACKEND", "NODE", "CPU%", "INLET°C", "ΔP Pa", "WATTS", "ΔW", "WEIGHT", "SHARE",
-        "PICKS", "PICKED", "REASON",
+        "PICKS", "PICKED", "HEALTH", "REASON",
     ];
-    let cells: Vec<[String; 13]> = rows
+    let cells: Vec<[String; 14]> = rows
         .iter()
         .map(|r| {
             [
@@ -104,6 +108,7 @@ pub fn render_table(rows: &[WeightRow]) -> String {
                 format!("{:.1}%", r.share * 100.0),
                 r.picks.to_string(),
                 format!("{:.1}%", r.picked_share * 100.0),
+                r.health.clone().unwrap_or_else(|| "-".into()),
                 match r.affinity_seconds {
                     Some(secs) => format!(
                         "{} (ClientIP affinity {secs}s: picks follow clients)",
@@ -167,6 +172,7 @@ mod tests {
             picked_share: 0.5,
             reason: "static inputs".into(),
             affinity_seconds: None,
+            health: None,
         };
         let text = render_table(&[
             row("web", "127.0.0.1:9001", 1.0),

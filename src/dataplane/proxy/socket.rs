@@ -131,14 +131,9 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Err(last.unwrap_or_else(|| io::Error::other("open-files limit unchanged")))
 }
 
-/// Whether an accept error means the process or system ran out of something (files,
-/// memory, buffers): back off instead of spinning.
-pub fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
+/// Whether an error means the process or system ran out of something (files, memory,
+/// buffers): back off instead of spinning, and blame no backend.
+pub use crate::health::probe::is_resource_exhaustion;
 
 /// The errno name of an error, for metric labels.
 pub fn errno_name(e: &io::Error) -> &'static str {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::{Affinity, Backend, Frontend, Protocol, Service, ServiceTable};
+use crate::model::{Affinity, Backend, Frontend, HealthCheck, Protocol, Service, ServiceTable};
 use crate::settings::Validator;
 
 #[derive(Debug, Deserialize)]
@@ -22,6 +22,16 @@ pub(super) struct RawService {
     session_affinity: Option<RawAffinity>,
     cpu_per_connection: Option<String>,
     udp: Option<RawUdp>,
+    health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawHealthCheck {
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<u32>,
+    fall: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +105,7 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
         if udp_responses == Some(0) {
             v.err(format!("{at}.udp.responses"), "must be at least 1");
         }
+        let health_check = health_check(v, &at, protocol, s.health_check.as_ref());
         let Some(address) = address else { continue };
         let frontend = Frontend { protocol, address };
         if table.services.contains_key(&frontend) {
@@ -112,6 +123,7 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
             affinity,
             cpu_per_connection,
             udp_responses,
+            health_check,
         };
         table.services.insert(frontend, Arc::new(service));
     }
@@ -171,6 +183,52 @@ fn backends(v: &mut Validator, at: &str, raw: &[RawBackend]) -> Vec<Backend> {
         });
     }
     out
+}
+
+/// `healthCheck`: TCP connect checks, for TCP services. Defaults as HAProxy's: every 2s,
+/// down after 3 failures, up after 2 successes; a check times out after 1s.
+fn health_check(
+    v: &mut Validator,
+    at: &str,
+    protocol: Protocol,
+    raw: Option<&RawHealthCheck>,
+) -> Option<HealthCheck> {
+    let raw = raw?;
+    let at = format!("{at}.healthCheck");
+    if protocol != Protocol::Tcp {
+        v.err(at.clone(), "checks are TCP connects: only for protocol tcp");
+    }
+    let interval = v.duration(
+        &format!("{at}.interval"),
+        raw.interval.as_deref(),
+        Duration::from_secs(2),
+    );
+    let timeout = v.duration(
+        &format!("{at}.timeout"),
+        raw.timeout.as_deref(),
+        Duration::from_secs(1).min(interval),
+    );
+    if interval < Duration::from_millis(100) {
+        v.err(format!("{at}.interval"), "must be at least 100ms");
+    }
+    if timeout > interval {
+        v.err(format!("{at}.timeout"), "must be at most the interval");
+    }
+    let mut count = |key: &str, value: Option<u32>, default: u32| {
+        let n = value.unwrap_or(default);
+        if !(1..=100).contains(&n) {
+            v.err(format!("{at}.{key}"), "must be from 1 to 100");
+        }
+        n
+    };
+    let rise = count("rise", raw.rise, 2);
+    let fall = count("fall", raw.fall, 3);
+    Some(HealthCheck {
+        interval,
+        timeout,
+        rise,
+        fall,
+    })
 }
 
 fn affinity(v: &mut Validator, at: &str, raw: Option<&RawAffinity>) -> Option<Affinity> {
