@@ -391,6 +391,38 @@ async fn all_predictors_down_gives_uniform_weights() {
     lb.stop().await;
 }
 
+/// Static inputs carry no feedback: after its first step the controller holds its shares,
+/// however long it runs, though the nodes' marginal watts differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_inputs_hold_the_shares_still() {
+    let node = |cpu: u32| format!("    cpu: {{source: static, percent: {cpu}}}\n{CURVE}");
+    let lb = start(&config(&[("a", node(25)), ("b", node(35))])).await;
+    let shares = |lb: &wao_lb::app::Running| -> Vec<f64> {
+        let r = weights(lb);
+        vec![row(&r, "a").share, row(&r, "b").share]
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            row(&weights(&lb), "a").delta_watts.is_some()
+        })
+        .await,
+        "{:?}",
+        weights(&lb)
+    );
+    let r = weights(&lb);
+    let (da, db) = (row(&r, "a").delta_watts, row(&r, "b").delta_watts);
+    assert!(
+        da.zip(db).is_some_and(|(a, b)| (a / b - 1.0).abs() > 0.01),
+        "the nodes' marginal watts must differ by more than the dead band: {da:?} {db:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = shares(&lb);
+    // Fifteen more power intervals of 200 ms.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(shares(&lb), first, "{:?}", weights(&lb));
+    lb.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_input_neither_favours_nor_starves_its_node() {
     let dead = closed_port_addr();

@@ -9,6 +9,11 @@
 //! watt count: unlike WAO it never rounds ΔW to whole watts. Safety limits apply last: a node
 //! at or above the utilisation ceiling only gives traffic away, and every node keeps at least
 //! the minimum share.
+//!
+//! The controller moves only on new information: when the signals and limits are exactly
+//! those of its last step (static inputs, or inputs that kept their last value), it holds
+//! its shares. Without feedback the step would integrate the same small difference forever
+//! and drift everything onto one node.
 
 use std::collections::BTreeMap;
 
@@ -34,10 +39,11 @@ pub struct Signal {
     pub cpu_percent: f64,
 }
 
-/// The controller's memory: the shares it gave last step.
+/// The controller's memory: the shares it gave last step and what it saw then.
 #[derive(Debug, Clone, Default)]
 pub struct Controller {
     shares: BTreeMap<NodeName, f64>,
+    seen: Option<(BTreeMap<NodeName, Signal>, Limits)>,
 }
 
 impl Controller {
@@ -49,8 +55,14 @@ impl Controller {
     ) -> BTreeMap<NodeName, f64> {
         if signals.is_empty() {
             self.shares.clear();
+            self.seen = None;
             return BTreeMap::new();
         }
+        let now = Some((signals.clone(), limits));
+        if self.seen == now {
+            return self.shares.clone();
+        }
+        self.seen = now;
         let marginal = |s: &Signal| s.delta_watts.max(1e-9);
         // Nodes seen for the first time start from inverse-marginal shares.
         let fresh = inverse(signals);
@@ -206,9 +218,14 @@ mod tests {
     #[test]
     fn cheaper_node_gains_share_step_by_step() {
         let mut c = Controller::default();
-        let s = signals(&[("cheap", 0.2, 30.0), ("dear", 0.6, 30.0)]);
-        let first = c.step(&s, Limits::default());
-        let second = c.step(&s, Limits::default());
+        let first = c.step(
+            &signals(&[("cheap", 0.2, 30.0), ("dear", 0.6, 30.0)]),
+            Limits::default(),
+        );
+        let second = c.step(
+            &signals(&[("cheap", 0.2, 31.0), ("dear", 0.6, 29.0)]),
+            Limits::default(),
+        );
         assert!(second["cheap"] > first["cheap"], "{first:?} → {second:?}");
         assert!((second.values().sum::<f64>() - 1.0).abs() < 1e-12);
     }
@@ -223,11 +240,42 @@ mod tests {
     }
 
     #[test]
+    fn static_inputs_hold_still() {
+        // Nodes 0.02 W apart, inputs that never change: one step, then no drift.
+        let mut c = Controller::default();
+        let s = signals(&[("a", 0.50, 30.0), ("b", 0.52, 30.0)]);
+        let first = c.step(&s, Limits::default());
+        for _ in 0..1_000 {
+            assert_eq!(c.step(&s, Limits::default()), first);
+        }
+        // New information moves it again: the same inputs under a new limit, or new inputs.
+        let floor = Limits {
+            min_share: 0.5,
+            ..Limits::default()
+        };
+        assert_eq!(
+            c.step(&s, floor).values().copied().collect::<Vec<_>>(),
+            [0.5, 0.5]
+        );
+        let before = c.step(&s, Limits::default());
+        let moved = c.step(
+            &signals(&[("a", 0.50, 31.0), ("b", 0.52, 30.0)]),
+            Limits::default(),
+        );
+        assert!(moved["a"] > before["a"], "{before:?} → {moved:?}");
+    }
+
+    #[test]
     fn a_node_over_the_ceiling_only_gives_traffic_away() {
         let mut c = Controller::default();
-        let s = signals(&[("hot", 0.1, 85.0), ("cool", 0.5, 30.0)]);
-        let first = c.step(&s, Limits::default());
-        let second = c.step(&s, Limits::default());
+        let first = c.step(
+            &signals(&[("hot", 0.1, 85.0), ("cool", 0.5, 30.0)]),
+            Limits::default(),
+        );
+        let second = c.step(
+            &signals(&[("hot", 0.1, 84.0), ("cool", 0.5, 31.0)]),
+            Limits::default(),
+        );
         assert!(second["hot"] < first["hot"], "{first:?} → {second:?}");
     }
 
