@@ -99,13 +99,27 @@ pub struct EchoProcess {
     pub addr: SocketAddr,
 }
 
+/// How an echo process closes its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// As any server: a FIN, also when the process dies.
+    Plain,
+    /// A FIN once the peer has acknowledged every byte; a process that dies resets its
+    /// open connections (the soak's backends: a killed backend must not look like one
+    /// that finished).
+    ResetOnDeath,
+}
+
 impl EchoProcess {
-    pub fn start() -> std::io::Result<Self> {
+    /// An echo process on `port` of 127.0.0.1 (0: any free port).
+    pub fn start(port: u16, closing: Closing) -> std::io::Result<Self> {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .arg("--serve-echo")
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.args(["--serve-echo", "--echo-port", &port.to_string()]);
+        if closing == Closing::ResetOnDeath {
+            command.arg("--echo-resets");
+        }
+        let mut child = command.stdout(std::process::Stdio::piped()).spawn()?;
         let mut line = String::new();
         if let Some(out) = child.stdout.take() {
             std::io::BufReader::new(out).read_line(&mut line)?;
@@ -123,6 +137,14 @@ impl EchoProcess {
     }
 }
 
+impl EchoProcess {
+    /// SIGKILL, and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for EchoProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -131,11 +153,61 @@ impl Drop for EchoProcess {
 }
 
 /// The body of `wao-bench --serve-echo`: bind, print the address, echo until killed.
-pub async fn serve_echo_forever() -> std::io::Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+pub async fn serve_echo_forever(port: u16, closing: Closing) -> std::io::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening {}", listener.local_addr()?);
-    serve_echo(listener).await;
+    match closing {
+        Closing::Plain => serve_echo(listener).await,
+        Closing::ResetOnDeath => serve_resetting_echo(listener).await,
+    }
     Ok(())
+}
+
+/// An echo whose connections carry SO_LINGER 0, so when its process dies each open one is
+/// reset. A connection that completes sends its FIN and waits until the peer has
+/// acknowledged everything before it closes, so the reset of that close discards nothing.
+async fn serve_resetting_echo(listener: TcpListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break,
+                    Err(_) => return,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if s.shutdown().await.is_err() {
+                return;
+            }
+            for _ in 0..2_000 {
+                if unacknowledged(&s) == Some(0) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+    }
+}
+
+/// Bytes (and FIN) sent on `s` that the peer has not acknowledged yet (SIOCOUTQ).
+fn unacknowledged(s: &tokio::net::TcpStream) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: ioctl(SIOCOUTQ, int*) writes one int into `n`, which lives across the call;
+    // the descriptor belongs to `s`, which is borrowed for the call.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    (rc == 0).then_some(n)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `wao-bench`: the load-test harness. It runs scenarios (throughput, rr, crr, idle, udp,
-//! energy) against targets (direct, wao-lb bound or transparent, HAProxy, nginx stream,
+//! energy; and `soak`, wao-lb alone under churn) against targets (direct, wao-lb bound or transparent, HAProxy, nginx stream,
 //! nftables DNAT) in one
 //! go, pinning each proxy alone on one core and the load on the other, and writes a table,
 //! a JSON report and an SVG chart per scenario.
@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use scenario::{energy, Scenario};
+use scenario::{energy, soak, Scenario};
 use targets::{Setup, Target};
 
 #[derive(Parser)]
@@ -37,7 +37,7 @@ struct Cli {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// Connections (rr, crr) or sockets (udp) in parallel.
+    /// Connections (rr, crr, soak) or sockets (udp) in parallel.
     #[arg(long, default_value_t = 16)]
     connections: usize,
     /// The paced rr rate, requests per second over all connections.
@@ -58,9 +58,18 @@ struct Cli {
     /// Seed of the energy simulation.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Serve a TCP echo and print its address (the idle scenario's backend process).
+    /// How long the soak runs, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    soak_seconds: f64,
+    /// Serve a TCP echo and print its address (the idle and soak backends' process).
     #[arg(long, hide = true)]
     serve_echo: bool,
+    /// The echo's port (0: any).
+    #[arg(long, hide = true, default_value_t = 0)]
+    echo_port: u16,
+    /// The echo resets its connections when it dies.
+    #[arg(long, hide = true)]
+    echo_resets: bool,
 }
 
 /// Pins the calling thread, and every thread it later starts, to `core`.
@@ -89,7 +98,13 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.serve_echo {
-        let served = runtime().and_then(|rt| rt.block_on(backends::serve_echo_forever()));
+        let closing = if cli.echo_resets {
+            backends::Closing::ResetOnDeath
+        } else {
+            backends::Closing::Plain
+        };
+        let served = runtime()
+            .and_then(|rt| rt.block_on(backends::serve_echo_forever(cli.echo_port, closing)));
         if let Err(e) = served {
             eprintln!("error: echo backend: {e}");
             return ExitCode::FAILURE;
@@ -179,8 +194,26 @@ fn bench(cli: Cli) -> std::io::Result<()> {
     bar.enable_steady_tick(Duration::from_millis(120));
     let rt = runtime()?;
     let mut written = Vec::new();
+    let mut failed = None;
     for s in scenarios {
-        if s == Scenario::Energy {
+        if s == Scenario::Soak {
+            bar.set_message("soak");
+            let _ = netns::enter_fresh();
+            let sizes = if cli.smoke {
+                soak::Sizes::smoke()
+            } else {
+                soak::Sizes::new(cli.soak_seconds, cli.connections, cli.seed)
+            };
+            let report = rt.block_on(soak::run(&setup, &sizes))?;
+            bar.suspend(|| print!("{}", report.table()));
+            std::fs::write(cli.out.join("soak.json"), report.json())?;
+            if report.outcomes.defects() > 0 {
+                failed = Some(format!(
+                    "soak: {} connections lost or changed data without an error",
+                    report.outcomes.defects()
+                ));
+            }
+        } else if s == Scenario::Energy {
             bar.set_message("energy simulation");
             let reports = energy::run_all(cli.seed).map_err(std::io::Error::other)?;
             bar.suspend(|| print!("{}", energy::table(&reports)));
@@ -197,9 +230,12 @@ fn bench(cli: Cli) -> std::io::Result<()> {
     }
     bar.finish_and_clear();
     println!(
-        "wrote {} .json and .svg to {}",
+        "wrote {} .json (and .svg) to {}",
         written.join(", "),
         cli.out.display()
     );
-    Ok(())
+    match failed {
+        Some(why) => Err(std::io::Error::other(why)),
+        None => Ok(()),
+    }
 }

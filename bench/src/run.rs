@@ -50,7 +50,7 @@ impl Sizes {
 /// The measurements a scenario makes, one step of the progress bar per target.
 pub fn steps(scenario: Scenario, targets: &[Target]) -> u64 {
     match scenario {
-        Scenario::Energy | Scenario::All => 0,
+        Scenario::Energy | Scenario::Soak | Scenario::All => 0,
         _ => targets.len() as u64,
     }
 }
@@ -70,7 +70,9 @@ impl Backend {
                 Backend::Sink(addr, received)
             }
             Scenario::Udp => Backend::UdpEcho(backends::udp_echo().await?),
-            Scenario::Idle => Backend::EchoProcess(backends::EchoProcess::start()?),
+            Scenario::Idle => {
+                Backend::EchoProcess(backends::EchoProcess::start(0, backends::Closing::Plain)?)
+            }
             _ => Backend::Echo(backends::tcp_echo().await?),
         })
     }
@@ -119,7 +121,7 @@ fn describe(scenario: Scenario, sizes: &Sizes, setup: &Setup) -> (String, Vec<Co
             ),
             udp::columns(),
         ),
-        Scenario::Energy | Scenario::All => (String::new(), Vec::new()),
+        Scenario::Energy | Scenario::Soak | Scenario::All => (String::new(), Vec::new()),
     }
 }
 

@@ -113,7 +113,7 @@ fn exited_within(child: &mut Child, limit: Duration) -> bool {
 
 /// The fallback when a `Running` is dropped without `stop()` (an error path): SIGTERM,
 /// a short wait, then SIGKILL.
-fn stop_gracefully(child: &mut Child) {
+pub fn stop_gracefully(child: &mut Child) {
     // An exited child's pid may belong to someone else by now: signal only a live one.
     if !matches!(child.try_wait(), Ok(None)) {
         return;
@@ -243,7 +243,7 @@ pub fn dnat_ruleset(table: &str, listen: SocketAddr, backend: SocketAddr, proto:
 
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
-fn free_addr(ip: std::net::Ipv4Addr, proto: Proto) -> std::io::Result<SocketAddr> {
+pub fn free_addr(ip: std::net::Ipv4Addr, proto: Proto) -> std::io::Result<SocketAddr> {
     match proto {
         Proto::Tcp => std::net::TcpListener::bind((ip, 0))?.local_addr(),
         Proto::Udp => std::net::UdpSocket::bind((ip, 0))?.local_addr(),
@@ -257,7 +257,7 @@ fn installed(program: &str) -> bool {
 }
 
 /// Starts `program args` on the proxy core, stdout and stderr to `log`.
-fn spawn(setup: &Setup, program: &str, args: &[&str], log: &Path) -> Result<Child, Skip> {
+pub fn spawn(setup: &Setup, program: &str, args: &[&str], log: &Path) -> Result<Child, Skip> {
     let out = std::fs::File::create(log).map_err(|e| Skip(format!("{}: {e}", log.display())))?;
     let err = out
         .try_clone()
@@ -295,7 +295,7 @@ fn spawn(setup: &Setup, program: &str, args: &[&str], log: &Path) -> Result<Chil
 
 /// Waits until the target answers: a TCP connect, or a UDP datagram echoed by the backend
 /// behind it. A peer that exits first is skipped with the tail of its log.
-async fn wait_serving(
+pub async fn wait_serving(
     child: &mut Option<&mut Child>,
     addr: SocketAddr,
     proto: Proto,

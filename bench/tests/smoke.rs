@@ -104,3 +104,52 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
     assert!(energy.as_array().is_some_and(|a| !a.is_empty()));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// A short soak: churn (kills, restarts, rewrites) with every connection accounted for, none
+/// silently short, and wao-lb's footprint sampled.
+#[test]
+fn a_short_soak_loses_no_byte_silently() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wao_lb = ["release", "debug"]
+        .iter()
+        .map(|p| root.join("target").join(p).join("wao-lb"))
+        .find(|p| p.is_file())
+        .expect("the workspace build holds the wao-lb binary");
+    let out = std::env::temp_dir().join(format!("wao-bench-soak-{}", std::process::id()));
+    let run = Command::new(env!("CARGO_BIN_EXE_wao-bench"))
+        .args(["soak", "--smoke"])
+        .arg("--wao-lb")
+        .arg(&wao_lb)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("wao-bench runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = std::fs::read_to_string(out.join("soak.json")).expect("soak.json");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let n = |k: &str| report["outcomes"][k].as_u64().unwrap_or(u64::MAX);
+    assert!(n("byte_exact") > 0, "{json}");
+    for defect in ["silently_short", "corrupt", "stalled"] {
+        assert_eq!(n(defect), 0, "{defect}: {json}");
+    }
+    assert!(report["backend_kills"].as_u64().unwrap_or(0) >= 1, "{json}");
+    assert!(
+        report["reloads_applied"].as_f64().unwrap_or(0.0) >= 1.0,
+        "{json}"
+    );
+    let samples = report["samples"].as_array().unwrap();
+    assert!(samples.len() >= 3, "{json}");
+    assert!(
+        samples
+            .iter()
+            .all(|s| s["rss_kib"].as_u64().unwrap_or(0) > 0 && s["fds"].as_u64().unwrap_or(0) > 0),
+        "{json}"
+    );
+    assert!(stdout.contains("== soak:"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -4,6 +4,7 @@
 pub mod energy;
 pub mod idle;
 pub mod rr;
+pub mod soak;
 pub mod throughput;
 pub mod udp;
 
@@ -16,6 +17,8 @@ pub enum Scenario {
     Idle,
     Udp,
     Energy,
+    /// Not part of `all`: a minute of churn, run on its own.
+    Soak,
     All,
 }
 
@@ -37,6 +40,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Udp => "udp",
             Scenario::Energy => "energy",
+            Scenario::Soak => "soak",
             Scenario::All => "all",
         }
     }
