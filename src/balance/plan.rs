@@ -231,6 +231,8 @@ mod tests {
             cpu_per_connection: None,
             udp_responses: None,
             health_check: None,
+            when_empty: crate::model::WhenEmpty::Reject,
+            source_ranges: Vec::new(),
         };
         let reports = nodes
             .iter()

@@ -2,6 +2,7 @@
 //! `Desired` state discovery produces. Balance, power and the data planes consume them;
 //! nothing here does I/O, and this module imports no other of the crate.
 
+pub mod cidr;
 pub mod curve;
 pub mod node;
 pub mod units;
@@ -76,6 +77,22 @@ pub struct Service {
     pub udp_responses: Option<u32>,
     /// Active TCP connect checks of each backend; none when absent.
     pub health_check: Option<HealthCheck>,
+    /// What a connection gets while there is no backend.
+    pub when_empty: WhenEmpty,
+    /// The clients this frontend serves (a load-balancer IP's `loadBalancerSourceRanges`);
+    /// others are dropped. Empty: every client.
+    pub source_ranges: Vec<cidr::Cidr>,
+}
+
+/// What a frontend does with a connection while it has no backend, as kube-proxy: reject
+/// (a TCP reset, ICMP port unreachable for UDP) when the service has no endpoint at all;
+/// drop (no answer) when a traffic policy `Local` leaves this node none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenEmpty {
+    #[default]
+    Reject,
+    Drop,
 }
 
 /// An active health check: a TCP connect to the backend every `interval`, failing after

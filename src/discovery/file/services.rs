@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::{Affinity, Backend, Frontend, HealthCheck, Protocol, Service, ServiceTable};
+use crate::model::{
+    Affinity, Backend, Frontend, HealthCheck, Protocol, Service, ServiceTable, WhenEmpty,
+};
 use crate::settings::Validator;
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +126,8 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
             cpu_per_connection,
             udp_responses,
             health_check,
+            when_empty: WhenEmpty::Reject,
+            source_ranges: Vec::new(),
         };
         table.services.insert(frontend, Arc::new(service));
     }

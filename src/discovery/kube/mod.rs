@@ -1,0 +1,6 @@
+//! Kubernetes discovery: the opted-in Services and their EndpointSlices, turned into the
+//! same `ServiceTable` the config file gives. `endpoints` and `translate` are pure and hold
+//! kube-proxy's semantics.
+
+pub mod endpoints;
+pub mod translate;
