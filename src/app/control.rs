@@ -14,6 +14,8 @@ use crate::balance::metrics::BalanceMetrics;
 use crate::balance::plan::Plan;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::discovery::file::watch::Reread;
+use crate::discovery::kube::settings::KubeSettings;
+use crate::discovery::kube::translate::Translation;
 use crate::health::checker::Checker;
 use crate::health::HealthTable;
 use crate::model::Desired;
@@ -23,6 +25,11 @@ use crate::settings::Settings;
 
 pub(super) struct Control<D: Dataplane> {
     pub settings: Settings,
+    /// What the config file wants: its static services and its nodes.
+    pub file: Arc<Desired>,
+    /// Kubernetes discovery's latest translation (None before its first full sync).
+    pub discovered: Option<watch::Receiver<Option<Arc<Translation>>>>,
+    /// The file's services and the discovered ones: what runs.
     pub desired: Arc<Desired>,
     pub dataplane: D,
     /// The Plan in force, read by the admin API.
@@ -32,6 +39,8 @@ pub(super) struct Control<D: Dataplane> {
     pub checker: Checker,
     pub health: watch::Receiver<Arc<HealthTable>>,
     pub demand: watch::Sender<Arc<Demand>>,
+    /// The running Kubernetes discovery settings (they change only on restart).
+    pub kubernetes: Option<KubeSettings>,
     pub balance_metrics: BalanceMetrics,
     pub reloads: IntCounterVec,
 }
@@ -48,6 +57,11 @@ impl<D: Dataplane> Control<D> {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(reread) = next(&mut rereads) => self.reload(reread).await,
+                Some(()) = discovery_changed(&mut self.discovered) => {
+                    if self.rediscover().await {
+                        ready.store(true, Ordering::Release);
+                    }
+                }
                 r = self.weights.changed() => {
                     if r.is_err() {
                         break;
@@ -95,7 +109,7 @@ impl<D: Dataplane> Control<D> {
                 return;
             }
         };
-        if new.settings == self.settings && new.desired == *self.desired {
+        if new.settings == self.settings && new.desired == *self.file {
             return;
         }
         super::log_warnings(&new.warnings);
@@ -113,20 +127,13 @@ impl<D: Dataplane> Control<D> {
         {
             tracing::warn!("admin and dataplane changes take effect on restart");
         }
+        if new.kubernetes != self.kubernetes {
+            tracing::warn!("discovery changes take effect on restart");
+        }
         self.settings = new.settings;
-        self.desired = Arc::new(new.desired);
-        self.checker.update(&self.desired.services);
+        self.file = Arc::new(new.desired);
         self.dataplane.reconfigure(&self.settings);
-        // The updater answers with new weights, which re-plan; plan now too so that new
-        // services have routes before their listeners accept.
-        let demand = Arc::new(Demand::new(&self.desired, &self.settings.power));
-        self.demand.send_if_modified(|d| {
-            let changed = **d != *demand;
-            if changed {
-                *d = demand;
-            }
-            changed
-        });
+        self.merge_desired();
         match self.replan().await {
             Ok(()) => {
                 self.reloads.with_label_values(&["success"]).inc();
@@ -141,6 +148,63 @@ impl<D: Dataplane> Control<D> {
                 tracing::error!(error = %e, "config reloaded, but the frontends could not all be set up");
             }
         }
+    }
+}
+
+impl<D: Dataplane> Control<D> {
+    /// Applies discovery's latest translation; true when it is programmed.
+    async fn rediscover(&mut self) -> bool {
+        self.merge_desired();
+        match self.replan().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "discovered services applied, but a frontend could not be set up");
+                false
+            }
+        }
+    }
+
+    /// `desired` = the file's services and nodes plus the discovered services (the file's
+    /// win a frontend both claim); the health checks and the power side follow it.
+    fn merge_desired(&mut self) {
+        let mut desired = (*self.file).clone();
+        let discovered = self
+            .discovered
+            .as_mut()
+            .and_then(|rx| rx.borrow_and_update().clone());
+        if let Some(t) = discovered {
+            for (frontend, service) in &t.table.services {
+                if desired.services.services.contains_key(frontend) {
+                    tracing::warn!(%frontend, service = %service.key,
+                        "a Kubernetes Service claims a frontend of the config file; the file's service keeps it");
+                    continue;
+                }
+                desired.services.services.insert(*frontend, service.clone());
+            }
+        }
+        self.desired = Arc::new(desired);
+        self.checker.update(&self.desired.services);
+        // The updater answers with new weights, which re-plan; the caller plans now too so
+        // that new services have routes before their listeners accept.
+        let demand = Arc::new(Demand::new(&self.desired, &self.settings.power));
+        self.demand.send_if_modified(|d| {
+            let changed = **d != *demand;
+            if changed {
+                *d = demand;
+            }
+            changed
+        });
+    }
+}
+
+/// Completes when discovery has a new translation; never without discovery, or once it
+/// stopped.
+async fn discovery_changed(
+    rx: &mut Option<watch::Receiver<Option<Arc<Translation>>>>,
+) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -23,6 +23,7 @@ use crate::balance::plan::Plan;
 use crate::dataplane::proxy::{socket, Proxy};
 use crate::dataplane::{Dataplane, DataplaneError, PickCounts};
 use crate::discovery::file::{watch as file_watch, FileConfig};
+use crate::discovery::kube::watch as kube_watch;
 use crate::health::checker::Checker;
 use crate::health::metrics::HealthMetrics;
 use crate::power::metrics::PowerMetrics;
@@ -47,6 +48,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error("discovery.kubernetes: {0}")]
+    Kubernetes(String),
 }
 
 /// A started balancer. Dropping it does not stop it; call `stop`.
@@ -111,6 +114,7 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
     let FileConfig {
         settings,
         desired,
+        kubernetes,
         warnings,
     } = config;
     log_warnings(&warnings);
@@ -146,18 +150,38 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
     let (mut checker, health) = Checker::new(HealthMetrics::new(&registry));
     checker.update(&desired.services);
 
+    // Kubernetes: Services and EndpointSlices → a translation on a watch channel; nothing
+    // from it is programmed, and /readyz stays red, until every store has synced once.
+    let kube_settings = kubernetes.clone();
+    let discovered = match kubernetes {
+        Some(k) => {
+            let client = kube_watch::client(&k)
+                .await
+                .map_err(StartError::Kubernetes)?;
+            let (tx, rx) = watch::channel(None);
+            tokio::spawn(kube_watch::run(client, k, tx, background.clone()));
+            Some(rx)
+        }
+        None => None,
+    };
+
     let dataplane = Proxy::new(&settings, &registry);
     let picks = dataplane.picks();
     let plan = Arc::new(ArcSwap::from_pointee(Plan::default()));
+    let waits_for_discovery = discovered.is_some();
+    let desired = Arc::new(desired);
     let mut control = Control {
         settings,
-        desired: Arc::new(desired),
+        file: desired.clone(),
+        discovered,
+        desired,
         dataplane,
         plan: plan.clone(),
         weights: weights_rx,
         checker,
         health,
         demand: demand_tx,
+        kubernetes: kube_settings,
         balance_metrics: BalanceMetrics::new(&registry),
         reloads: reload_counter(&registry),
     };
@@ -176,7 +200,9 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
         }),
         background.clone(),
     ));
-    ready.store(true, Ordering::Release);
+    if !waits_for_discovery {
+        ready.store(true, Ordering::Release);
+    }
     tracing::info!(%admin_addr, services = control.desired.services.services.len(), "wao-lb started");
 
     let (reload_tx, reload_rx) = mpsc::channel(4);

@@ -2,6 +2,8 @@
 //! ports, starting wao-lb in-process or as a process, and small HTTP reads of the admin API.
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

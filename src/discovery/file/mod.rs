@@ -1,5 +1,6 @@
 //! The config file as a discovery source: one YAML file holds the process settings
-//! (`settings`), the static `services:` and the `nodes:` with their power inputs. `load`
+//! (`settings`), the static `services:`, the `nodes:` with their power inputs, and
+//! `discovery.kubernetes` when Services come from a cluster too. `load`
 //! reads and validates all of it, reporting every value error with its key path; `watch`
 //! re-reads it on request (SIGHUP) or when its bytes change.
 
@@ -12,6 +13,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::kube::settings::{self as kube_settings, KubeSettings, RawKube, NODE_NAME_ENV};
 use crate::model::Desired;
 use crate::settings::{
     structural, yaml, ConfigError, ConfigErrors, DataplaneMode, RawAdmin, RawPower, RawProxy,
@@ -23,6 +25,9 @@ use crate::settings::{
 pub struct FileConfig {
     pub settings: Settings,
     pub desired: Desired,
+    /// Kubernetes discovery, when `discovery.kubernetes` is set: its Services join the
+    /// file's `services:`.
+    pub kubernetes: Option<KubeSettings>,
     /// Legal but probably unintended (`path: why`); `check` prints them, `run` logs them.
     pub warnings: Vec<ConfigError>,
 }
@@ -50,6 +55,14 @@ struct RawFile {
     nodes: BTreeMap<String, nodes::RawNode>,
     #[serde(default)]
     power: RawPower,
+    #[serde(default)]
+    discovery: RawDiscovery,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDiscovery {
+    kubernetes: Option<RawKube>,
 }
 
 impl FileConfig {
@@ -71,10 +84,15 @@ impl FileConfig {
         }
         let raw: RawFile = structural(text)?;
         let mut v = Validator::default();
-        if raw.services.is_none() {
+        let kubernetes = raw
+            .discovery
+            .kubernetes
+            .as_ref()
+            .map(|k| kube_settings::validate(&mut v, k, std::env::var(NODE_NAME_ENV).ok()));
+        if raw.services.is_none() && kubernetes.is_none() {
             v.err(
                 "services",
-                "missing; write `services: []` to run with no services",
+                "missing; write `services: []` to run with no services, or set discovery.kubernetes",
             );
         }
         let settings = Settings::validate(
@@ -100,6 +118,7 @@ impl FileConfig {
         v.finish(FileConfig {
             settings,
             desired,
+            kubernetes,
             warnings,
         })
     }

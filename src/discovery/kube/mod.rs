@@ -3,4 +3,6 @@
 //! kube-proxy's semantics.
 
 pub mod endpoints;
+pub mod settings;
 pub mod translate;
+pub mod watch;

@@ -1,0 +1,401 @@
+//! A Kubernetes API server for the tests (no real one can run here). It speaks the real
+//! protocol over HTTP for Services, EndpointSlices and Nodes: list with a resourceVersion,
+//! watch streams of ADDED / MODIFIED / DELETED / BOOKMARK events from a given version,
+//! label selectors (`k=v`, `k`, `!k`) and `metadata.name` field selectors, an object that
+//! leaves a watch's selector arriving as DELETED, and `410 Gone` (an ERROR event with the
+//! `Expired` status) for a version older than the last compaction. It can be stopped and
+//! started again on the same port. The real client (kube-rs) drives it through a kubeconfig.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// The kinds it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl Kind {
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Node => "Node",
+        }
+    }
+}
+
+/// One change, with the object before (None: created) and after (None: deleted).
+#[derive(Clone)]
+struct Change {
+    rv: u64,
+    kind: Kind,
+    before: Option<Value>,
+    after: Option<Value>,
+}
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    objects: BTreeMap<(Kind, String, String), Value>,
+    log: Vec<Change>,
+    /// Watches from a version before this get 410 Gone.
+    compacted: u64,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    changes: broadcast::Sender<Change>,
+    /// Watches answered with 410 Gone.
+    gone: std::sync::atomic::AtomicU64,
+}
+
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<CancellationToken>,
+}
+
+impl ApiServer {
+    pub async fn start() -> ApiServer {
+        let (changes, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store {
+                rv: 100,
+                ..Store::default()
+            }),
+            changes,
+            gone: Default::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind api server");
+        let addr = listener.local_addr().expect("addr");
+        let mut server = ApiServer {
+            addr,
+            shared,
+            stop: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let stop = CancellationToken::new();
+        let state = (self.shared.clone(), stop.clone());
+        let app = Router::new()
+            .route("/api/v1/services", get(|s, q| handle(s, q, Kind::Service)))
+            .route(
+                "/apis/discovery.k8s.io/v1/endpointslices",
+                get(|s, q| handle(s, q, Kind::EndpointSlice)),
+            )
+            .route("/api/v1/nodes", get(|s, q| handle(s, q, Kind::Node)))
+            .with_state(state);
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(until.cancelled_owned())
+                .await;
+        });
+        self.stop = Some(stop);
+    }
+
+    /// Stops serving: the listener closes and every watch stream ends.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+    }
+
+    /// Serves again on the same port.
+    pub async fn restart(&mut self) {
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("rebind {}: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+
+    /// Creates or replaces an object (its namespace and name from its metadata).
+    pub fn put(&self, kind: Kind, mut object: Value) {
+        let mut store = self.shared.store.lock().expect("store");
+        store.rv += 1;
+        let rv = store.rv;
+        object["apiVersion"] = json!(kind.api_version());
+        object["kind"] = json!(kind.name());
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = json!(format!("uid-{rv}"));
+        }
+        let key = key_of(kind, &object);
+        let before = store.objects.insert(key, object.clone());
+        let change = Change {
+            rv,
+            kind,
+            before,
+            after: Some(object),
+        };
+        store.log.push(change.clone());
+        let _ = self.shared.changes.send(change);
+    }
+
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
+        let mut store = self.shared.store.lock().expect("store");
+        let Some(mut before) =
+            store
+                .objects
+                .remove(&(kind, namespace.to_string(), name.to_string()))
+        else {
+            return;
+        };
+        store.rv += 1;
+        let rv = store.rv;
+        before["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let change = Change {
+            rv,
+            kind,
+            before: Some(before),
+            after: None,
+        };
+        store.log.push(change.clone());
+        let _ = self.shared.changes.send(change);
+    }
+
+    /// Forgets the history: a watch from any version before now gets 410 Gone.
+    pub fn compact(&self) {
+        let mut store = self.shared.store.lock().expect("store");
+        store.compacted = store.rv + 1;
+        store.log.clear();
+    }
+
+    /// How many watches were answered with 410 Gone.
+    pub fn gone(&self) -> u64 {
+        self.shared.gone.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A kubeconfig for this server, written into `dir`.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"http://{}\"}}\n\
+             users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\n\
+             current-context: test\n",
+            self.addr
+        );
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn key_of(kind: Kind, object: &Value) -> (Kind, String, String) {
+    let meta = &object["metadata"];
+    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    (kind, text(&meta["namespace"]), text(&meta["name"]))
+}
+
+/// What a list or watch asks for.
+struct Selection {
+    labels: Vec<(String, Option<String>, bool)>,
+    name: Option<String>,
+}
+
+impl Selection {
+    fn parse(q: &BTreeMap<String, String>) -> Selection {
+        let labels = q
+            .get("labelSelector")
+            .map(|s| {
+                s.split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(|t| match (t.strip_prefix('!'), t.split_once('=')) {
+                        (Some(k), _) => (k.to_string(), None, false),
+                        (None, Some((k, v))) => (k.to_string(), Some(v.to_string()), true),
+                        (None, None) => (t.to_string(), None, true),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name = q
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+            .map(str::to_string);
+        Selection { labels, name }
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        let meta = &object["metadata"];
+        if let Some(name) = &self.name {
+            if meta["name"].as_str() != Some(name) {
+                return false;
+            }
+        }
+        self.labels.iter().all(|(k, v, present)| {
+            let got = meta["labels"][k].as_str();
+            match (v, present) {
+                (_, false) => got.is_none(),
+                (Some(v), true) => got == Some(v.as_str()),
+                (None, true) => got.is_some(),
+            }
+        })
+    }
+}
+
+async fn handle(
+    State((shared, stop)): State<(Arc<Shared>, CancellationToken)>,
+    Query(q): Query<BTreeMap<String, String>>,
+    kind: Kind,
+) -> Response {
+    let selection = Selection::parse(&q);
+    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return watch(shared, stop, q, kind, selection).await;
+    }
+    let store = shared.store.lock().expect("store");
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|((k, _, _), o)| *k == kind && selection.matches(o))
+        .map(|(_, o)| o.clone())
+        .collect();
+    Json(json!({
+        "apiVersion": kind.api_version(),
+        "kind": format!("{}List", kind.name()),
+        "metadata": {"resourceVersion": store.rv.to_string()},
+        "items": items,
+    }))
+    .into_response()
+}
+
+/// The event a watcher with `selection` sees for `change`, if any.
+fn event_for(change: &Change, selection: &Selection) -> Option<Value> {
+    let before = change.before.as_ref().filter(|o| selection.matches(o));
+    let after = change.after.as_ref().filter(|o| selection.matches(o));
+    let (kind, mut object) = match (before, after) {
+        (None, Some(a)) => ("ADDED", a.clone()),
+        (Some(_), Some(a)) => ("MODIFIED", a.clone()),
+        (Some(b), None) => ("DELETED", b.clone()),
+        (None, None) => return None,
+    };
+    object["metadata"]["resourceVersion"] = json!(change.rv.to_string());
+    Some(json!({"type": kind, "object": object}))
+}
+
+async fn watch(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    q: BTreeMap<String, String>,
+    kind: Kind,
+    selection: Selection,
+) -> Response {
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs);
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    let (tx, rx) = mpsc::channel::<Bytes>(1024);
+    let line = |v: Value| Bytes::from(format!("{v}\n"));
+    let (replay, mut live, gone, last) = {
+        let store = shared.store.lock().expect("store");
+        let gone = from != 0 && from < store.compacted;
+        if gone {
+            shared
+                .gone
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let replay: Vec<Value> = store
+            .log
+            .iter()
+            .filter(|c| c.kind == kind && c.rv > from)
+            .filter_map(|c| event_for(c, &selection))
+            .collect();
+        (replay, shared.changes.subscribe(), gone, store.rv)
+    };
+    tokio::spawn(async move {
+        if gone {
+            let status = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "metadata": {}, "status": "Failure", "message": "too old resource version",
+                "reason": "Expired", "code": 410}});
+            let _ = tx.send(line(status)).await;
+            return;
+        }
+        for event in replay {
+            if tx.send(line(event)).await.is_err() {
+                return;
+            }
+        }
+        let end = tokio::time::sleep(timeout);
+        tokio::pin!(end);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut seen = last.max(from);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = &mut end => return,
+                _ = tick.tick(), if bookmarks => {
+                    let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.name(),
+                        "apiVersion": kind.api_version(), "metadata": {"resourceVersion": seen.to_string()}}});
+                    if tx.send(line(bookmark)).await.is_err() {
+                        return;
+                    }
+                }
+                change = live.recv() => {
+                    let Ok(change) = change else { return };
+                    if change.kind != kind || change.rv <= seen {
+                        continue;
+                    }
+                    seen = change.rv;
+                    if let Some(event) = event_for(&change, &selection) {
+                        if tx.send(line(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}

@@ -1,0 +1,346 @@
+//! Kubernetes mode against the test API server (`common/apiserver.rs`), driven by the real
+//! client (kube-rs) through a generated kubeconfig: opted-in Services over every
+//! EndpointSlice, opting out, terminating endpoints, and an API server that goes away and
+//! comes back compacted. Out-of-cluster mode (`redirect: listen`): wao-lb binds the
+//! ClusterIPs and balances straight to the pod addresses.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::apiserver::{ApiServer, Kind};
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const OPT_IN: &str = "service.kubernetes.io/service-proxy-name";
+
+/// Echo "pods" on distinct loopback addresses that share one port, as pods of a
+/// Deployment do; each counts its connections.
+struct Pods {
+    port: u16,
+    counts: BTreeMap<IpAddr, Arc<AtomicU64>>,
+}
+
+impl Pods {
+    async fn start(ips: &[&str]) -> Pods {
+        let first: IpAddr = ips[0].parse().unwrap();
+        let port = std::net::TcpListener::bind((first, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut counts = BTreeMap::new();
+        for ip in ips {
+            let ip: IpAddr = ip.parse().unwrap();
+            let listener = tokio::net::TcpListener::bind((ip, port))
+                .await
+                .expect("bind pod");
+            let count = Arc::new(AtomicU64::new(0));
+            counts.insert(ip, count.clone());
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = s.split();
+                        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                            let _ = w.shutdown().await;
+                        }
+                    });
+                }
+            });
+        }
+        Pods { port, counts }
+    }
+
+    fn count(&self, ip: &str) -> u64 {
+        self.counts[&ip.parse::<IpAddr>().unwrap()].load(Ordering::Relaxed)
+    }
+}
+
+fn node(name: &str, ip: &str) -> Value {
+    json!({"metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "z1"}},
+           "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+}
+
+fn service(name: &str, vip: SocketAddr, opted_in: bool) -> Value {
+    let labels = if opted_in {
+        json!({OPT_IN: "wao-loadbalancer"})
+    } else {
+        json!({})
+    };
+    json!({"metadata": {"namespace": "shop", "name": name, "labels": labels},
+           "spec": {"type": "ClusterIP", "clusterIP": vip.ip().to_string(),
+                    "clusterIPs": [vip.ip().to_string()],
+                    "ports": [{"name": "http", "port": vip.port(), "targetPort": "web", "protocol": "TCP"}]}})
+}
+
+/// An EndpointSlice of `service` with one endpoint per (ip, node, state) at `port`.
+fn slice(service: &str, name: &str, port: u16, endpoints: &[(&str, &str, &str)]) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, node, state)| {
+            let conditions = match *state {
+                "terminating" => json!({"ready": false, "serving": true, "terminating": true}),
+                _ => json!({"ready": true, "serving": true, "terminating": false}),
+            };
+            json!({"addresses": [ip], "nodeName": node, "conditions": conditions})
+        })
+        .collect();
+    json!({"metadata": {"namespace": "shop", "name": name,
+                        "labels": {"kubernetes.io/service-name": service, OPT_IN: "wao-loadbalancer"}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+           "endpoints": endpoints})
+}
+
+/// wao-lb in Kubernetes mode for node n1 against `api`.
+async fn start_lb(api: &ApiServer, dir: &TempDir) -> wao_lb::app::Running {
+    let kubeconfig = api.kubeconfig(&dir.0);
+    start(&format!(
+        "admin: {{listen: 127.0.0.1:0}}\ndiscovery:\n  kubernetes: {{nodeName: n1, minSyncPeriod: 100ms, kubeconfig: \"{}\"}}\n",
+        kubeconfig.display()
+    ))
+    .await
+}
+
+async fn ready(lb: &wao_lb::app::Running) -> bool {
+    http_get(lb.admin_addr, "/readyz").await.0 == 200
+}
+
+/// One echo through `frontend`; Ok(true) when it came back whole.
+async fn echo(frontend: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), echo_once(frontend, b"ping")).await,
+        Ok(Ok(b)) if b == b"ping"
+    )
+}
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_in_service_reaches_the_pods_of_both_slices() {
+    let api = ApiServer::start().await;
+    let dir = TempDir::new("kube-slices");
+    let pods = Pods::start(&["127.0.61.1", "127.0.61.2"]).await;
+    let vip = free_addr();
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(Kind::Service, service("web", vip, true));
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-a", pods.port, &[("127.0.61.1", "n1", "ready")]),
+    );
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-b", pods.port, &[("127.0.61.2", "n2", "ready")]),
+    );
+    let lb = start_lb(&api, &dir).await;
+    assert!(
+        eventually(WITHIN, async || ready(&lb).await).await,
+        "/readyz after the first sync"
+    );
+    for _ in 0..200 {
+        assert!(echo(vip).await, "through the ClusterIP");
+    }
+    let (a, b) = (pods.count("127.0.61.1"), pods.count("127.0.61.2"));
+    assert_eq!(a + b, 200);
+    assert!(a > 40 && b > 40, "both slices' pods serve: {a} / {b}");
+    let rows = lb.weights();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.service == "shop/web:http"),
+        "{rows:?}"
+    );
+    let nodes: Vec<&str> = rows.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(nodes, ["n1", "n2"], "backends carry their pods' nodes");
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_without_the_label_are_ignored_and_one_that_loses_it_is_removed() {
+    let api = ApiServer::start().await;
+    let dir = TempDir::new("kube-optout");
+    let pods = Pods::start(&["127.0.62.1"]).await;
+    let (ours, theirs) = (free_addr(), free_addr());
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(Kind::Service, service("ours", ours, true));
+    api.put(Kind::Service, service("theirs", theirs, false));
+    api.put(
+        Kind::EndpointSlice,
+        slice(
+            "ours",
+            "ours-a",
+            pods.port,
+            &[("127.0.62.1", "n1", "ready")],
+        ),
+    );
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    assert!(echo(ours).await);
+    assert!(!echo(theirs).await, "kube-proxy's Service is not ours");
+    assert!(lb.weights().iter().all(|r| r.service == "shop/ours:http"));
+    // The label goes: the Service is kube-proxy's again and wao-lb lets go of it.
+    api.put(Kind::Service, service("ours", ours, false));
+    assert!(
+        eventually(WITHIN, async || lb.weights().is_empty()).await,
+        "{:?}",
+        lb.weights()
+    );
+    assert!(!echo(ours).await, "the listener is gone");
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_follow_a_new_slice_and_established_ones_stay() {
+    let api = ApiServer::start().await;
+    let dir = TempDir::new("kube-terminating");
+    let pods = Pods::start(&["127.0.63.1", "127.0.63.2"]).await;
+    let vip = free_addr();
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(Kind::Service, service("web", vip, true));
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-a", pods.port, &[("127.0.63.1", "n1", "ready")]),
+    );
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    // An established connection to the old pod.
+    let mut held = tokio::net::TcpStream::connect(vip).await.expect("connect");
+    held.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    held.read_exact(&mut buf).await.unwrap();
+    // The old pod terminates, a new one appears in a new slice.
+    api.put(
+        Kind::EndpointSlice,
+        slice(
+            "web",
+            "web-a",
+            pods.port,
+            &[("127.0.63.1", "n1", "terminating")],
+        ),
+    );
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-b", pods.port, &[("127.0.63.2", "n2", "ready")]),
+    );
+    assert!(
+        eventually(WITHIN, async || {
+            let rows = lb.weights();
+            rows.len() == 1 && rows[0].backend.starts_with("127.0.63.2:")
+        })
+        .await,
+        "{:?}",
+        lb.weights()
+    );
+    let before = pods.count("127.0.63.1");
+    for _ in 0..50 {
+        assert!(echo(vip).await);
+    }
+    assert_eq!(
+        pods.count("127.0.63.1"),
+        before,
+        "no new connection to the terminating pod"
+    );
+    assert_eq!(pods.count("127.0.63.2"), 50);
+    held.write_all(b"after!").await.unwrap();
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"after!", "the established connection was not cut");
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_goes_away_and_comes_back_compacted() {
+    let mut api = ApiServer::start().await;
+    let dir = TempDir::new("kube-outage");
+    let pods = Pods::start(&["127.0.64.1"]).await;
+    let (kept, deleted, added) = (free_addr(), free_addr(), free_addr());
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    for (name, vip) in [("kept", kept), ("deleted", deleted)] {
+        api.put(Kind::Service, service(name, vip, true));
+        api.put(
+            Kind::EndpointSlice,
+            slice(
+                name,
+                &format!("{name}-a"),
+                pods.port,
+                &[("127.0.64.1", "n1", "ready")],
+            ),
+        );
+    }
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    assert!(echo(kept).await && echo(deleted).await);
+
+    // The API server goes away mid-watch: traffic keeps flowing on the last state.
+    api.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..20 {
+        assert!(echo(kept).await, "served while the API server is away");
+    }
+    // Meanwhile one Service is deleted and one added, and the history is compacted, so
+    // the watchers' next watch from their old version gets 410 Gone and must relist.
+    api.delete(Kind::Service, "shop", "deleted");
+    api.delete(Kind::EndpointSlice, "shop", "deleted-a");
+    api.put(Kind::Service, service("added", added, true));
+    api.put(
+        Kind::EndpointSlice,
+        slice(
+            "added",
+            "added-a",
+            pods.port,
+            &[("127.0.64.1", "n1", "ready")],
+        ),
+    );
+    api.compact();
+    api.restart().await;
+    assert!(
+        eventually(WITHIN, async || {
+            let services: Vec<String> = lb.weights().into_iter().map(|r| r.service).collect();
+            services == ["shop/added:http", "shop/kept:http"]
+        })
+        .await,
+        "{:?}",
+        lb.weights()
+    );
+    assert!(api.gone() >= 1, "the watchers' old versions got 410 Gone");
+    assert!(echo(added).await, "the Service added meanwhile is served");
+    assert!(echo(kept).await, "the one that stayed still is");
+    assert!(!echo(deleted).await, "the one deleted meanwhile is gone");
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_and_nothing_programmed_before_the_first_sync() {
+    let mut api = ApiServer::start().await;
+    let dir = TempDir::new("kube-first-sync");
+    let pods = Pods::start(&["127.0.65.1"]).await;
+    let vip = free_addr();
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(Kind::Service, service("web", vip, true));
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-a", pods.port, &[("127.0.65.1", "n1", "ready")]),
+    );
+    api.stop();
+    let lb = start_lb(&api, &dir).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        http_get(lb.admin_addr, "/readyz").await.0,
+        503,
+        "no sync yet"
+    );
+    assert!(lb.weights().is_empty());
+    assert_eq!(
+        http_get(lb.admin_addr, "/healthz").await.0,
+        200,
+        "alive meanwhile"
+    );
+    api.restart().await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    assert!(echo(vip).await);
+    lb.stop().await;
+}
