@@ -157,6 +157,18 @@ async fn an_opted_in_service_reaches_the_pods_of_both_slices() {
     );
     let nodes: Vec<&str> = rows.iter().map(|r| r.node.as_str()).collect();
     assert_eq!(nodes, ["n1", "n2"], "backends carry their pods' nodes");
+    let m = lb.metrics_text();
+    assert_eq!(
+        metric(&m, "wao_lb_kube_objects{kind=\"Service\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "wao_lb_kube_objects{kind=\"EndpointSlice\"}"),
+        Some(2.0)
+    );
+    assert!(metric(&m, "wao_lb_kube_syncs_total").unwrap_or(0.0) >= 1.0);
+    assert!(metric(&m, "wao_lb_kube_last_sync_timestamp_seconds").unwrap_or(0.0) > 1.7e9);
     lb.stop().await;
 }
 

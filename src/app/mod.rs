@@ -23,6 +23,7 @@ use crate::balance::plan::Plan;
 use crate::dataplane::proxy::{socket, Proxy};
 use crate::dataplane::{Dataplane, DataplaneError, PickCounts};
 use crate::discovery::file::{watch as file_watch, FileConfig};
+use crate::discovery::kube::metrics::KubeMetrics;
 use crate::discovery::kube::watch as kube_watch;
 use crate::health::checker::Checker;
 use crate::health::metrics::HealthMetrics;
@@ -159,7 +160,8 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
                 .await
                 .map_err(StartError::Kubernetes)?;
             let (tx, rx) = watch::channel(None);
-            tokio::spawn(kube_watch::run(client, k, tx, background.clone()));
+            let metrics = KubeMetrics::new(&registry);
+            tokio::spawn(kube_watch::run(client, k, metrics, tx, background.clone()));
             Some(rx)
         }
         None => None,

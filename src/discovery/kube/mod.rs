@@ -3,6 +3,7 @@
 //! kube-proxy's semantics.
 
 pub mod endpoints;
+pub mod metrics;
 pub mod settings;
 pub mod translate;
 pub mod watch;

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::KubeMetrics;
 use super::settings::{KubeSettings, PROXY_NAME_LABEL};
 use super::translate::{translate, ThisNode, Translation};
 
@@ -50,6 +51,7 @@ pub async fn client(settings: &KubeSettings) -> Result<Client, String> {
 pub async fn run(
     client: Client,
     settings: KubeSettings,
+    metrics: KubeMetrics,
     out: watch::Sender<Option<Arc<Translation>>>,
     stop: CancellationToken,
 ) {
@@ -94,6 +96,14 @@ pub async fn run(
             let services = services.state();
             let slices = slices.state();
             let node = this_node(&nodes.state(), &settings.node_name);
+            metrics
+                .objects
+                .with_label_values(&["Service"])
+                .set(services.len() as i64);
+            metrics
+                .objects
+                .with_label_values(&["EndpointSlice"])
+                .set(slices.len() as i64);
             let services: Vec<&KubeService> = services.iter().map(|s| &**s).collect();
             let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
             translate(&services, &slices, &node)
@@ -106,6 +116,14 @@ pub async fn run(
             tracing::warn!(service = %u.service, reason = %u.reason, "Kubernetes Service not fully served");
         }
         reported = translation.unserved.clone();
+        metrics.unserved.set(reported.len() as i64);
+        metrics.syncs.inc();
+        metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            metrics.last_sync.set(now.as_secs_f64());
+        }
         out.send_if_modified(|current| {
             let same = current.as_deref() == Some(&translation);
             if !same {
