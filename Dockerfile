@@ -1,16 +1,26 @@
-# Builds the wao-lb image: a static-enough release binary on Debian slim, with the nft and
-# ip tools that `redirect: tproxy` drives.
-FROM rust:1-bookworm AS build
+# Builds the wao-lb image: the release binary on a small Debian runtime that carries the nft
+# and ip tools `redirect: tproxy` drives. Base images are build arguments, so a mirror or a
+# locally imported base works: `podman build --build-arg RUNTIME_IMAGE=localhost/debian:bookworm-slim .`
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p wao-lb
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
+# Versions come from the base image's Debian release; pinning exact package versions
+# breaks the build whenever the archive moves on.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends nftables iproute2 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/wao-lb /usr/local/bin/wao-lb
 COPY config/ /etc/wao-lb/
+# Non-root for the container example (bound listeners need no capability). The Kubernetes
+# DaemonSet (deploy/daemonset.yaml) runs it as root with only NET_ADMIN and NET_RAW, which
+# nftables and IP_TRANSPARENT need.
 USER 65532:65532
 # The container example's services (config/container.yaml). Its admin API stays on the
 # container's loopback (`docker exec <c> wao-lb weights`); it has no authentication.

@@ -155,3 +155,39 @@ fn suspicious_settings_pass_with_a_warning() {
     );
     assert!(!text.contains("backends[0].node"), "{text}");
 }
+
+/// The DaemonSet's config (deploy/configmap.yaml) passes `check` on a node, where the
+/// downward API sets $NODE_NAME; without it, the error names the key and the variable.
+#[test]
+fn the_daemonset_config_is_valid_on_a_node() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/configmap.yaml")).expect("configmap");
+    let map: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+    let config = map["data"]["config.yaml"]
+        .as_str()
+        .expect("data.config.yaml");
+    let dir = TempDir::new("daemonset");
+    let path = dir.file("config.yaml", config);
+    let run = |node: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(["check", "--config"])
+            .arg(&path)
+            .env_remove("NODE_NAME");
+        if let Some(n) = node {
+            c.env("NODE_NAME", n);
+        }
+        let out = c.output().expect("run check");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let (code, text) = run(Some("worker-1"));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("warning: admin.listen"), "{text}");
+    let (code, text) = run(None);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("discovery.kubernetes.nodeName: missing, and $NODE_NAME is not set"),
+        "{text}"
+    );
+}
