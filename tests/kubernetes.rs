@@ -356,3 +356,40 @@ async fn not_ready_and_nothing_programmed_before_the_first_sync() {
     assert!(echo(vip).await);
     lb.stop().await;
 }
+
+/// `loadBalancerSourceRanges` restrict the load-balancer IP only: a client outside them is
+/// refused there (a bound listener has completed the handshake, so it resets) and counted,
+/// while the ClusterIP serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ranges_restrict_the_balancer_ip_only() {
+    let api = ApiServer::start().await;
+    let dir = TempDir::new("kube-ranges");
+    let pods = Pods::start(&["127.0.66.1"]).await;
+    let vip = free_addr();
+    let lb_ip = free_addr();
+    let balancer = |ranges: &[&str]| {
+        let mut s = service("web", vip, true);
+        s["spec"]["type"] = json!("LoadBalancer");
+        s["spec"]["ports"][0]["port"] = json!(lb_ip.port());
+        s["spec"]["loadBalancerSourceRanges"] = json!(ranges);
+        s["status"] = json!({"loadBalancer": {"ingress": [{"ip": lb_ip.ip().to_string()}]}});
+        s
+    };
+    let cluster = SocketAddr::new(vip.ip(), lb_ip.port());
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(Kind::Service, balancer(&["10.0.0.0/8"]));
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-a", pods.port, &[("127.0.66.1", "n1", "ready")]),
+    );
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    assert!(echo(cluster).await, "the ClusterIP has no source ranges");
+    assert!(!echo(lb_ip).await, "127.0.0.1 is outside 10.0.0.0/8");
+    let refused = "wao_lb_refused_total{reason=\"source_range\",service=\"shop/web:http\"}";
+    assert_eq!(metric(&lb.metrics_text(), refused), Some(1.0));
+    // The client's range is added: the balancer IP serves it.
+    api.put(Kind::Service, balancer(&["10.0.0.0/8", "127.0.0.1/32"]));
+    assert!(eventually(WITHIN, async || echo(lb_ip).await).await);
+    lb.stop().await;
+}

@@ -31,6 +31,8 @@ pub enum Refusal {
     NoBackend,
     AllBackendsFailed,
     UnknownDestination,
+    /// The client is outside the frontend's source ranges.
+    SourceRange,
 }
 
 impl Refusal {
@@ -39,6 +41,7 @@ impl Refusal {
             Refusal::NoBackend => "no_backend",
             Refusal::AllBackendsFailed => "all_backends_failed",
             Refusal::UnknownDestination => "unknown_destination",
+            Refusal::SourceRange => "source_range",
         }
     }
 }

@@ -46,6 +46,7 @@ pub struct ServiceCounters {
     pub retries: IntCounter,
     pub refused_no_backend: IntCounter,
     pub refused_all_failed: IntCounter,
+    pub refused_source: IntCounter,
     pub udp_sessions: IntCounter,
     pub udp_sessions_active: IntGauge,
     pub udp_datagrams_dropped: IntCounter,
@@ -55,9 +56,9 @@ pub struct ServiceCounters {
 
 impl ServiceCounters {
     /// Handles for `service`; only the series of its protocol are exported (a TCP service
-    /// has no datagram series, a UDP one no connection series): the others count into
-    /// handles no registry holds.
-    fn new(m: &ProxyMetrics, service: &str, protocol: Protocol) -> ServiceCounters {
+    /// has no datagram series, a UDP one no connection series), and source-range refusals
+    /// only where it has `ranged` sources: the others count into handles no registry holds.
+    fn new(m: &ProxyMetrics, service: &str, protocol: Protocol, ranged: bool) -> ServiceCounters {
         let (tcp, udp) = (protocol == Protocol::Tcp, protocol == Protocol::Udp);
         let counter = |export: bool, vec: &prometheus::IntCounterVec, labels: &[&str]| {
             if export {
@@ -87,6 +88,7 @@ impl ServiceCounters {
                 &m.refused,
                 &[service, Refusal::AllBackendsFailed.label()],
             ),
+            refused_source: counter(ranged, &m.refused, &[service, Refusal::SourceRange.label()]),
             udp_sessions: counter(udp, &m.udp_sessions, &[service]),
             udp_sessions_active: gauge(udp, &m.udp_sessions_active, &[service]),
             udp_datagrams_dropped: counter(udp, &m.udp_datagrams_dropped, &[service]),
@@ -154,7 +156,12 @@ impl ServiceEntry {
             backends,
             table: Table::from_shares(shares),
             affinity,
-            counters: ServiceCounters::new(m, key, planned.service.frontend.protocol),
+            counters: ServiceCounters::new(
+                m,
+                key,
+                planned.service.frontend.protocol,
+                !planned.service.source_ranges.is_empty(),
+            ),
         }
     }
 
@@ -216,6 +223,13 @@ impl ServiceEntry {
             .get(&addr)
             .copied()
             .filter(|&i| self.table.share(i) > 0.0)
+    }
+
+    /// Whether the frontend serves `client` (its source ranges, if any, hold it). In
+    /// transparent mode the nftables rules already dropped the others.
+    pub fn allows(&self, client: IpAddr) -> bool {
+        let ranges = &self.service.source_ranges;
+        ranges.is_empty() || ranges.iter().any(|r| r.contains(client))
     }
 
     /// After a failed connect the client's stickiness to that backend ends.

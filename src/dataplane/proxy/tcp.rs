@@ -102,6 +102,12 @@ pub async fn handle(
         reset(client);
         return;
     };
+    if !entry.allows(peer.ip()) {
+        // A bound listener has completed the handshake already: it can only reset.
+        entry.counters.refused_source.inc();
+        reset(client);
+        return;
+    }
     let _ = client.set_nodelay(true);
     entry.counters.connections.inc();
     if entry.backends.is_empty() {

@@ -131,6 +131,10 @@ async fn forward(datagram: &[u8], client: SocketAddr, dst: SocketAddr, shared: &
         shared.ctx.refuse_unknown();
         return;
     };
+    if !entry.allows(client.ip()) {
+        entry.counters.refused_source.inc();
+        return;
+    }
     let existing = lock(&shared.sessions).get(&(client, dst)).cloned();
     let session = match existing {
         Some(s) => s,

@@ -19,23 +19,44 @@
 use std::fmt::Write;
 
 use super::{run, RedirectError};
-use crate::model::{Frontend, Service};
+use crate::model::cidr::Cidr;
+use crate::model::{Frontend, Service, WhenEmpty};
 use crate::settings::TproxySettings;
 
 pub const TABLE: &str = "wao-lb";
 
-/// A frontend and whether its service can be served (has a usable backend).
+/// What the rules do with a frontend's packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand them to wao-lb (it has backends).
+    Serve,
+    /// No backend at all: a TCP reset, ICMP port unreachable for UDP.
+    Reject,
+    /// A traffic policy `Local` left this node no backend: no answer at all.
+    Drop,
+}
+
+/// A frontend, its verdict and the clients it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub frontend: Frontend,
-    pub servable: bool,
+    pub verdict: Verdict,
+    /// Only these sources are served, the others dropped (`loadBalancerSourceRanges`);
+    /// empty: every source.
+    pub sources: Vec<Cidr>,
 }
 
 impl Entry {
     pub fn of(service: &Service) -> Entry {
+        let verdict = match (service.backends.is_empty(), service.when_empty) {
+            (false, _) => Verdict::Serve,
+            (true, WhenEmpty::Reject) => Verdict::Reject,
+            (true, WhenEmpty::Drop) => Verdict::Drop,
+        };
         Entry {
             frontend: service.frontend,
-            servable: !service.backends.is_empty(),
+            verdict,
+            sources: service.source_ranges.clone(),
         }
     }
 }
@@ -57,10 +78,10 @@ fn set(out: &mut String, name: &str, ip_type: &str, members: &[String]) {
 
 /// The whole ruleset, as one `nft -f` transaction that replaces wao-lb's table.
 pub fn render(entries: &[Entry], t: &TproxySettings) -> String {
-    let pick = |v6: bool, servable: bool| -> Vec<String> {
+    let pick = |v6: bool, verdict: Verdict| -> Vec<String> {
         let mut v: Vec<String> = entries
             .iter()
-            .filter(|e| e.frontend.address.is_ipv6() == v6 && e.servable == servable)
+            .filter(|e| e.frontend.address.is_ipv6() == v6 && e.verdict == verdict)
             .map(|e| element(&e.frontend))
             .collect();
         v.sort();
@@ -74,16 +95,44 @@ pub fn render(entries: &[Entry], t: &TproxySettings) -> String {
         out,
         "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{"
     );
-    set(&mut out, "frontends4", "ipv4_addr", &pick(false, true));
-    set(&mut out, "frontends6", "ipv6_addr", &pick(true, true));
-    set(&mut out, "refuse4", "ipv4_addr", &pick(false, false));
-    set(&mut out, "refuse6", "ipv6_addr", &pick(true, false));
+    set(
+        &mut out,
+        "frontends4",
+        "ipv4_addr",
+        &pick(false, Verdict::Serve),
+    );
+    set(
+        &mut out,
+        "frontends6",
+        "ipv6_addr",
+        &pick(true, Verdict::Serve),
+    );
+    set(
+        &mut out,
+        "refuse4",
+        "ipv4_addr",
+        &pick(false, Verdict::Reject),
+    );
+    set(
+        &mut out,
+        "refuse6",
+        "ipv6_addr",
+        &pick(true, Verdict::Reject),
+    );
+    set(&mut out, "drop4", "ipv4_addr", &pick(false, Verdict::Drop));
+    set(&mut out, "drop6", "ipv6_addr", &pick(true, Verdict::Drop));
     let own = format!("meta mark & {up:#x} == {up:#x} return");
     let refuse = |out: &mut String| {
         for (family, set) in [("ip", "refuse4"), ("ip6", "refuse6")] {
             let m = format!("{family} daddr . meta l4proto . th dport @{set}");
             let _ = writeln!(out, "\t\t{m} meta l4proto tcp reject with tcp reset");
             let _ = writeln!(out, "\t\t{m} meta l4proto udp reject");
+        }
+        for (family, set) in [("ip", "drop4"), ("ip6", "drop6")] {
+            let _ = writeln!(
+                out,
+                "\t\t{family} daddr . meta l4proto . th dport @{set} drop"
+            );
         }
     };
     let _ = writeln!(
@@ -92,6 +141,9 @@ pub fn render(entries: &[Entry], t: &TproxySettings) -> String {
     );
     let _ = writeln!(out, "\t\t{own}");
     refuse(&mut out);
+    for e in entries.iter().filter(|e| e.verdict == Verdict::Serve) {
+        source_filter(&mut out, e);
+    }
     // TCP only: for UDP the `socket` match also finds a flow's reply socket in the moment
     // it is bound to the VIP but not yet connected to its client, and would deliver other
     // clients' datagrams to it. The UDP tproxy rule's own lookup takes only connected
@@ -147,6 +199,36 @@ pub fn render(entries: &[Entry], t: &TproxySettings) -> String {
     out
 }
 
+/// Drops packets to `e` from sources outside its ranges (before they are TPROXYed).
+fn source_filter(out: &mut String, e: &Entry) {
+    if e.sources.is_empty() {
+        return;
+    }
+    let v6 = e.frontend.address.is_ipv6();
+    let family = if v6 { "ip6" } else { "ip" };
+    let ranges: Vec<String> = e
+        .sources
+        .iter()
+        .filter(|c| c.network.is_ipv6() == v6)
+        .map(|c| c.to_string())
+        .collect();
+    let to = format!(
+        "{family} daddr {} meta l4proto {} th dport {}",
+        e.frontend.address.ip(),
+        e.frontend.protocol,
+        e.frontend.address.port()
+    );
+    // No range of the frontend's family: no source of it is allowed.
+    let _ = match ranges.is_empty() {
+        true => writeln!(out, "\t\t{to} drop"),
+        false => writeln!(
+            out,
+            "\t\t{to} {family} saddr != {{ {} }} drop",
+            ranges.join(", ")
+        ),
+    };
+}
+
 /// Applies a rendered ruleset atomically.
 pub async fn apply(ruleset: &str) -> Result<(), RedirectError> {
     run("nft", &["-f", "-"], Some(ruleset)).await
@@ -173,8 +255,44 @@ mod tests {
                 protocol,
                 address: addr.parse().unwrap(),
             },
-            servable,
+            verdict: if servable {
+                Verdict::Serve
+            } else {
+                Verdict::Reject
+            },
+            sources: Vec::new(),
         }
+    }
+
+    #[test]
+    fn drops_and_source_ranges() {
+        let mut ranged = entry("203.0.113.10:443", Protocol::Tcp, true);
+        ranged.sources = vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let mut v6_only = entry("203.0.113.11:443", Protocol::Tcp, true);
+        v6_only.sources = vec!["2001:db8::/32".parse().unwrap()];
+        let mut dropped = entry("10.96.0.12:80", Protocol::Tcp, false);
+        dropped.verdict = Verdict::Drop;
+        let text = render(&[ranged, v6_only, dropped], &TproxySettings::default());
+        assert!(text.contains("set drop4 {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\telements = { 10.96.0.12 . tcp . 80 }"), "{text}");
+        assert_eq!(
+            text.matches("ip daddr . meta l4proto . th dport @drop4 drop")
+                .count(),
+            2,
+            "prerouting and output: {text}"
+        );
+        assert!(text.contains("ip daddr 203.0.113.10 meta l4proto tcp th dport 443 ip saddr != { 198.51.100.0/24 } drop"), "{text}");
+        assert!(
+            text.contains("ip daddr 203.0.113.11 meta l4proto tcp th dport 443 drop"),
+            "{text}"
+        );
+        let filter = text.find("saddr !=").unwrap();
+        assert!(
+            filter < text.find("tproxy ip to").unwrap(),
+            "filtered before TPROXY"
+        );
     }
 
     #[test]
