@@ -356,10 +356,15 @@ impl Net {
 
     fn start_lb(&mut self) {
         let config = self.config();
+        self.start_lb_on(&config);
+    }
+
+    /// Starts wao-lb in the node namespace on the config file at `config`.
+    fn start_lb_on(&mut self, config: &std::path::Path) {
         let ns = self.ns("nd");
         let child = Command::new("ip")
             .args(["netns", "exec", ns.as_str(), BIN, "run", "--config"])
-            .arg(&config)
+            .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -646,4 +651,115 @@ fn nft_command_prints_a_ruleset_the_kernel_accepts() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(!net.tables().contains("wao-lb"), "printing applies nothing");
+}
+
+/// A TCP listener on 127.0.0.1 inside network namespace `ns`, bound from a thread that
+/// enters it, so a server in this process is reachable from processes in that namespace.
+fn listener_in(ns: &str) -> std::net::TcpListener {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("open the namespace");
+        // SAFETY: setns(2) only moves this short-lived thread into the namespace; the
+        // descriptor is open for the duration of the call.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind in the namespace");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    })
+    .join()
+    .expect("listener thread")
+}
+
+/// Kubernetes mode through the transparent path: an opted-in NodePort Service with
+/// `externalTrafficPolicy: Local`, its pods on this node (b1) and another (b2). The
+/// ClusterIP reaches both; the NodePort on the node's address only the local one; when the
+/// local pod goes, the NodePort drops (no answer, as kube-proxy) while the ClusterIP serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_clusterip_nodeport_local_and_drop_through_tproxy() {
+    use common::apiserver::{ApiServer, Kind};
+    use serde_json::json;
+    let mut net = Net::new();
+    net.backends();
+    let listener =
+        tokio::net::TcpListener::from_std(listener_in(&net.ns("nd"))).expect("tokio listener");
+    let api = ApiServer::start_on(listener);
+    let node_ip = net.v4(1, 1);
+    api.put(
+        Kind::Node,
+        json!({"metadata": {"name": "nd"},
+        "status": {"addresses": [{"type": "InternalIP", "address": node_ip}]}}),
+    );
+    api.put(Kind::Service, json!({
+        "metadata": {"namespace": "shop", "name": "web",
+                     "labels": {"service.kubernetes.io/service-proxy-name": "wao-loadbalancer"}},
+        "spec": {"type": "NodePort", "clusterIP": net.vip4(), "clusterIPs": [net.vip4()],
+                 "externalTrafficPolicy": "Local",
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"}]}}));
+    let slice = |endpoints: Vec<(String, &str)>| {
+        let endpoints: Vec<_> = endpoints
+            .into_iter()
+            .map(|(ip, node)| json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}))
+            .collect();
+        json!({"metadata": {"namespace": "shop", "name": "web-a",
+                            "labels": {"kubernetes.io/service-name": "web",
+                                       "service.kubernetes.io/service-proxy-name": "wao-loadbalancer"}},
+               "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": endpoints})
+    };
+    api.put(
+        Kind::EndpointSlice,
+        slice(vec![(net.v4(2, 2), "nd"), (net.v4(3, 2), "other")]),
+    );
+    let kubeconfig = api.kubeconfig(&net.dir);
+    let config = net.dir.join("kube.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin: {{listen: 127.0.0.1:10349}}\nredirect: tproxy\ndiscovery:\n  kubernetes: {{nodeName: nd, minSyncPeriod: 100ms, kubeconfig: \"{}\"}}\n",
+            kubeconfig.display()
+        ),
+    )
+    .expect("write config");
+    net.start_lb_on(&config);
+
+    let vip = net.vip4();
+    let through_vip = net.client("cl", &["tcp", &vip, "80", "60", "1000"]);
+    assert_eq!(count(&through_vip, "errors"), 0, "{through_vip}");
+    assert!(
+        count(&through_vip, "b1") > 5 && count(&through_vip, "b2") > 5,
+        "ClusterIP: both pods: {through_vip}"
+    );
+    let through_node_port = net.client("cl", &["tcp", &node_ip, "30080", "30", "1000"]);
+    assert_eq!(
+        count(&through_node_port, "errors"),
+        0,
+        "{through_node_port}"
+    );
+    assert_eq!(
+        count(&through_node_port, "b1"),
+        30,
+        "NodePort, policy Local: only this node's pod: {through_node_port}"
+    );
+
+    // The local pod goes: the NodePort drops, the ClusterIP serves the other pod.
+    api.put(Kind::EndpointSlice, slice(vec![(net.v4(3, 2), "other")]));
+    let dropped = tokio::task::block_in_place(|| {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = net.client("cl", &["refused", &node_ip, "30080"]);
+            if r["result"] == "timeout" || Instant::now() > end {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    assert_eq!(
+        dropped["result"], "timeout",
+        "dropped, not rejected: {dropped}"
+    );
+    let after = net.client("cl", &["tcp", &vip, "80", "20", "100"]);
+    assert_eq!(count(&after, "b2"), 20, "{after}");
+    drop(api);
 }

@@ -80,6 +80,14 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub async fn start() -> ApiServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind api server");
+        ApiServer::start_on(listener)
+    }
+
+    /// Serves on `listener`, e.g. one bound inside another network namespace.
+    pub fn start_on(listener: tokio::net::TcpListener) -> ApiServer {
         let (changes, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store {
@@ -89,9 +97,6 @@ impl ApiServer {
             changes,
             gone: Default::default(),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind api server");
         let addr = listener.local_addr().expect("addr");
         let mut server = ApiServer {
             addr,
