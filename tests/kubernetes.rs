@@ -393,3 +393,47 @@ async fn source_ranges_restrict_the_balancer_ip_only() {
     assert!(eventually(WITHIN, async || echo(lb_ip).await).await);
     lb.stop().await;
 }
+
+/// A LoadBalancer Service with `externalTrafficPolicy: Local` opted out of kube-proxy still
+/// answers its cloud load balancer's health check: 200 and kube-proxy's JSON while this
+/// node has a ready local endpoint, 503 once it has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_node_port_answers_for_local_endpoints() {
+    let api = ApiServer::start().await;
+    let dir = TempDir::new("kube-hcnp");
+    let pods = Pods::start(&["127.0.67.1", "127.0.67.2"]).await;
+    let vip = free_addr();
+    let health_port = free_port();
+    let mut svc = service("web", vip, true);
+    svc["spec"]["type"] = json!("LoadBalancer");
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    svc["spec"]["healthCheckNodePort"] = json!(health_port);
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(Kind::Service, svc);
+    api.put(
+        Kind::EndpointSlice,
+        slice(
+            "web",
+            "web-a",
+            pods.port,
+            &[("127.0.67.1", "n1", "ready"), ("127.0.67.2", "n2", "ready")],
+        ),
+    );
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let at: SocketAddr = ([127, 0, 0, 1], health_port).into();
+    let (status, body) = http_get(at, "/").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        v,
+        json!({"service": {"namespace": "shop", "name": "web"}, "localEndpoints": 1, "serviceProxyHealthy": true})
+    );
+    // The local pod goes: the cloud load balancer must stop sending here.
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-a", pods.port, &[("127.0.67.2", "n2", "ready")]),
+    );
+    assert!(eventually(WITHIN, async || http_get(at, "/").await.0 == 503).await);
+    lb.stop().await;
+}

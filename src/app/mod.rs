@@ -32,6 +32,7 @@ use crate::power::updater::{self, Demand};
 use crate::power::weights::NodeWeights;
 use crate::settings::{ConfigError, ConfigErrors};
 use crate::telemetry::admin::{self, AdminState};
+use crate::telemetry::health_node_ports;
 use crate::telemetry::registry::render;
 use crate::telemetry::weights_view::{rows, WeightRow};
 
@@ -162,6 +163,7 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
             let (tx, rx) = watch::channel(None);
             let metrics = KubeMetrics::new(&registry);
             tokio::spawn(kube_watch::run(client, k, metrics, tx, background.clone()));
+            tokio::spawn(health_node_ports::run(rx.clone(), background.clone()));
             Some(rx)
         }
         None => None,

@@ -56,7 +56,13 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// `MAX_CONNECTIONS` connections, each bounded in time, so that clients of the API can
 /// never take the descriptors the data plane needs.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
-    let service = TowerToHyperService::new(router(state));
+    serve_bounded(listener, router(state), stop).await;
+}
+
+/// Serves `router` on `listener` as the admin API is served: at most `MAX_CONNECTIONS`
+/// connections, header and lifetime timeouts, until `stop`.
+pub async fn serve_bounded(listener: TcpListener, router: Router, stop: CancellationToken) {
+    let service = TowerToHyperService::new(router);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {

@@ -1,8 +1,9 @@
 //! Telemetry: the metrics registry's rendering, the read-only admin HTTP API, the weights
-//! view and logging setup. It reads the Plan and the data plane's counters and writes to
+//! view, kube-proxy's health-check node ports, and logging setup. It reads the Plan and the data plane's counters and writes to
 //! nothing; only `app` (and the CLI) import it.
 
 pub mod admin;
+pub mod health_node_ports;
 pub mod logging;
 pub mod registry;
 pub mod weights_view;

@@ -43,10 +43,22 @@ pub struct Unserved {
     pub reason: String,
 }
 
+/// A `healthCheckNodePort` a cloud load balancer probes (a LoadBalancer Service with
+/// `externalTrafficPolicy: Local`): healthy while this node has a ready local endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckPort {
+    pub port: u16,
+    pub namespace: String,
+    pub name: String,
+    /// This node's ready endpoints of the Service.
+    pub local_endpoints: usize,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Translation {
     pub table: ServiceTable,
     pub unserved: Vec<Unserved>,
+    pub health_check_ports: Vec<HealthCheckPort>,
 }
 
 /// The table for `services` and their `slices` on `node`.
@@ -163,6 +175,18 @@ fn translate_service(
     };
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let health_port = spec
+        .health_check_node_port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0 && kind == "LoadBalancer" && external_local);
+    if let Some(port) = health_port {
+        out.health_check_ports.push(HealthCheckPort {
+            port,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            local_endpoints: local_ready(slices, &node.name),
+        });
+    }
     let node_ports = matches!(kind, "NodePort" | "LoadBalancer");
     for port in spec.ports.iter().flatten() {
         let port_name = port.name.as_deref().unwrap_or("");
@@ -260,6 +284,20 @@ fn translate_service(
             }
         }
     }
+}
+
+/// This node's ready endpoints (distinct addresses) in `slices`.
+fn local_ready(slices: &[&EndpointSlice], node: &str) -> usize {
+    let mut addresses: Vec<&str> = slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.node_name.as_deref() == Some(node))
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .filter_map(|e| e.addresses.first().map(String::as_str))
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses.len()
 }
 
 /// The port as kube-proxy names it: its name, or its number when unnamed.
@@ -617,5 +655,38 @@ mod tests {
             .map(|b| &*b.node)
             .collect();
         assert_eq!(nodes, ["n1", "n2"]);
+    }
+
+    #[test]
+    fn health_check_node_ports_count_local_ready_endpoints() {
+        let lb = |policy: &str| {
+            service(
+                json!({"type": "LoadBalancer", "clusterIP": "172.30.0.1", "externalTrafficPolicy": policy,
+                "healthCheckNodePort": 32000, "ports": ports()}),
+            )
+        };
+        let s = slice(
+            "IPv4",
+            json!([
+                {"addresses": ["10.0.0.1"], "nodeName": "n1"},
+                {"addresses": ["10.0.0.3"], "nodeName": "n1", "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.0.0.2"], "nodeName": "n2"},
+            ]),
+        );
+        let t = translate(&[&lb("Local")], &[&s], &node());
+        assert_eq!(
+            t.health_check_ports,
+            [HealthCheckPort {
+                port: 32000,
+                namespace: "ns".into(),
+                name: "web".into(),
+                local_endpoints: 1
+            }]
+        );
+        assert!(translate(&[&lb("Cluster")], &[&s], &node())
+            .health_check_ports
+            .is_empty());
+        let t = translate(&[&lb("Local")], &[], &node());
+        assert_eq!(t.health_check_ports[0].local_endpoints, 0);
     }
 }
