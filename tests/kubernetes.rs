@@ -437,3 +437,64 @@ async fn the_health_check_node_port_answers_for_local_endpoints() {
     assert!(eventually(WITHIN, async || http_get(at, "/").await.0 == 503).await);
     lb.stop().await;
 }
+
+/// Every one of 50 EndpointSlice changes (the Service's one pod swapped for another) is
+/// followed by new connections. The time from each change to the first connection that
+/// reaches the new pod is printed (`--nocapture`), not asserted: it depends on the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_endpoint_changes_are_each_followed() {
+    let api = ApiServer::start().await;
+    let dir = TempDir::new("kube-follow");
+    let pods = Pods::start(&["127.0.68.1", "127.0.68.2"]).await;
+    let vip = free_addr();
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(Kind::Service, service("web", vip, true));
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-a", pods.port, &[("127.0.68.1", "n1", "ready")]),
+    );
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let mut took = Vec::new();
+    for i in 0..50 {
+        let to = if i % 2 == 0 {
+            "127.0.68.2"
+        } else {
+            "127.0.68.1"
+        };
+        // Let the previous change's minimum sync period pass, so each change is measured
+        // on its own.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let before = pods.count(to);
+        let changed = std::time::Instant::now();
+        api.put(
+            Kind::EndpointSlice,
+            slice("web", "web-a", pods.port, &[(to, "n1", "ready")]),
+        );
+        // Polled every 2 ms (a connection each), finer than `eventually`.
+        let followed = loop {
+            if echo(vip).await && pods.count(to) > before {
+                break true;
+            }
+            if changed.elapsed() > WITHIN {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        assert!(
+            followed,
+            "change {i} to {to} was not followed: {:?}",
+            lb.weights()
+        );
+        took.push(changed.elapsed());
+    }
+    took.sort();
+    println!(
+        "EndpointSlice change to traffic: median {:?}, p99 {:?}, max {:?} over {} changes (minSyncPeriod 100ms)",
+        took[took.len() / 2],
+        took[(took.len() * 99).div_ceil(100) - 1],
+        took[took.len() - 1],
+        took.len()
+    );
+    lb.stop().await;
+}
