@@ -763,3 +763,52 @@ async fn kubernetes_clusterip_nodeport_local_and_drop_through_tproxy() {
     assert_eq!(count(&after, "b2"), 20, "{after}");
     drop(api);
 }
+
+/// Next to kube-proxy in nftables mode: its ruleset (`tests/fixtures/kube-proxy.nft`, the
+/// layout of its upstream tests, with the ServiceCIDR drop in `cluster-ips-check`) is loaded
+/// before wao-lb starts, and wao-lb's VIP lies inside that Service CIDR. Clients, the
+/// node's own TCP and the node's own UDP reach wao-lb's VIP; kube-proxy's own Service keeps
+/// working; and kube-proxy's table is unchanged by wao-lb's start, traffic and stop.
+#[test]
+fn next_to_kube_proxy_its_table_is_untouched_and_every_path_passes() {
+    let mut net = Net::new();
+    net.backends();
+    let fixture = include_str!("fixtures/kube-proxy.nft")
+        .replace("@SERVICE_CIDR@", &format!("10.96.{}.0/24", net.net))
+        .replace("@NODE_IP@", &net.v4(1, 1))
+        .replace("@KP_VIP@", &format!("10.96.{}.41", net.net))
+        .replace("@KP_POD@", &net.v4(3, 2))
+        .replace("@POD_CIDR@", &format!("10.{}.0.0/16", net.net));
+    let path = net.dir.join("kube-proxy.nft");
+    std::fs::write(&path, fixture).expect("write the kube-proxy ruleset");
+    net.exec_ok("nd", &["nft", "-f", path.to_str().expect("utf-8 path")]);
+    let kube_proxy = |net: &Net| {
+        let out = net.exec("nd", &["nft", "list", "table", "ip", "kube-proxy"]);
+        assert!(out.status.success(), "kube-proxy's table is there");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let before = kube_proxy(&net);
+    assert!(before.contains("drop comment \"Drop traffic to unallocated ClusterIPs\""));
+
+    net.start_lb();
+    let vip = net.vip4();
+    assert_split(&net.client("cl", &["tcp", &vip, "80", "100", "2000"]), 100);
+    assert_split(&net.client("cl", &["udp", &vip, "53", "100", "200"]), 100);
+    assert_split(&net.client("nd", &["tcp", &vip, "80", "100", "2000"]), 100);
+    assert_split(&net.client("nd", &["udp", &vip, "53", "100", "200"]), 100);
+    // kube-proxy's own Service (DNAT to b2) still works for clients.
+    let kp = net.client(
+        "cl",
+        &["tcp", &format!("10.96.{}.41", net.net), "80", "10", "100"],
+    );
+    assert_eq!(count(&kp, "b2"), 10, "{kp}");
+    assert_eq!(
+        kube_proxy(&net),
+        before,
+        "wao-lb's start and traffic left kube-proxy's table as it was"
+    );
+
+    let status = net.signal_lb("TERM").expect("wao-lb exits on SIGTERM");
+    assert!(status.success());
+    assert_eq!(kube_proxy(&net), before, "and so did its stop");
+}

@@ -11,6 +11,8 @@
 //! - output (nat, −110, before kube-proxy's −100): the node's own TCP connections to a
 //!   frontend are redirected to the local listener, which reads the VIP back with
 //!   SO_ORIGINAL_DST. The destination is rewritten before kube-proxy's filter sees it.
+//! - output (filter, raw): the node's own UDP to a frontend is not tracked, so another
+//!   table's rules for new connections (kube-proxy's Service CIDR drop) let it pass.
 //! - output (route, mangle): the node's own UDP to a frontend is marked, so policy routing
 //!   loops it through lo into prerouting and the TPROXY rule.
 //! - output (filter, −130): the node's own connections to a frontend without backends are
@@ -184,6 +186,21 @@ pub fn render(entries: &[Entry], t: &TproxySettings) -> String {
         );
     }
     out.push_str("\t}\n");
+    // Before conntrack: the node's own UDP to a frontend stays untracked, so rules that
+    // act on new connections (kube-proxy's `ct state new jump cluster-ips-check`, which
+    // drops every address of its Service CIDR it does not serve itself) never see it.
+    let _ = writeln!(
+        out,
+        "\tchain output_raw {{\n\t\ttype filter hook output priority raw; policy accept;"
+    );
+    let _ = writeln!(out, "\t\t{own}");
+    for (family, set) in [("ip", "frontends4"), ("ip6", "frontends6")] {
+        let _ = writeln!(
+            out,
+            "\t\t{family} daddr . meta l4proto . th dport @{set} meta l4proto udp notrack"
+        );
+    }
+    out.push_str("\t}\n");
     let _ = writeln!(
         out,
         "\tchain output_route {{\n\t\ttype route hook output priority mangle; policy accept;"
@@ -327,6 +344,9 @@ mod tests {
         assert!(text.contains("\t\tmeta l4proto tcp socket transparent 1 meta mark set"));
         assert_eq!(text.matches("socket transparent").count(), 1, "{text}");
         assert!(text.contains("meta l4proto tcp redirect to :15002"));
+        assert!(text.contains("type filter hook output priority raw;"));
+        assert!(text
+            .contains("ip daddr . meta l4proto . th dport @frontends4 meta l4proto udp notrack"));
         assert!(
             !text.contains("kube-proxy"),
             "never touches kube-proxy's table"
