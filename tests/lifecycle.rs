@@ -486,3 +486,74 @@ async fn out_of_files_backs_off_and_recovers() {
     lb.signal("TERM");
     assert!(lb.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+/// `proxy.connectionLogSample: 1` logs every closed connection on its own target, as JSON
+/// with the service, client, backend, node, share, bytes each way and duration; at the
+/// default (0) none is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_connections_are_logged_when_they_close() {
+    let echo = echo_server().await;
+    let dir = TempDir::new("connlog");
+    let run = |sample: &str| {
+        let frontend = free_addr();
+        let yaml = format!(
+            "admin: {{listen: 127.0.0.1:0}}\nproxy: {{connectionLogSample: {sample}}}\nservices:\n{}",
+            service_yaml("web", "tcp", frontend, &[(echo.addr, "n1")])
+        );
+        let config = dir.file(&format!("lb-{sample}.yaml"), &yaml);
+        let log = std::fs::File::create(dir.0.join(format!("log-{sample}"))).expect("log file");
+        let child = std::process::Command::new(BIN)
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn wao-lb");
+        (Process { child }, frontend)
+    };
+    for sample in ["1", "0"] {
+        let (mut lb, frontend) = run(sample);
+        assert!(
+            eventually(Duration::from_secs(10), async || TcpStream::connect(
+                frontend
+            )
+            .await
+            .is_ok())
+            .await
+        );
+        for i in 0..3 {
+            let payload = format!("hello {i}");
+            assert_eq!(
+                echo_once(frontend, payload.as_bytes()).await.unwrap(),
+                payload.as_bytes()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lb.signal("TERM");
+        assert!(lb.wait_exit(Duration::from_secs(10)).is_some());
+        let text = std::fs::read_to_string(dir.0.join(format!("log-{sample}"))).expect("log");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["target"] == "wao_lb::connections")
+            .collect();
+        if sample == "0" {
+            assert!(lines.is_empty(), "{text}");
+            continue;
+        }
+        // Three echoes, plus the readiness probe's connection above.
+        assert!(lines.len() >= 3, "{text}");
+        let f = &lines[lines.len() - 1]["fields"];
+        assert_eq!(f["service"], "web");
+        assert_eq!(f["backend"], echo.addr.to_string());
+        assert_eq!(f["node"], "n1");
+        assert_eq!(f["share"], 1.0);
+        assert_eq!(f["bytes_upstream"], 7);
+        assert_eq!(f["bytes_downstream"], 7);
+        assert!(
+            f["duration_ms"].is_u64()
+                && f["client"].as_str().is_some_and(|c| c.starts_with("127."))
+        );
+        assert_eq!(f["ending"], "Closed");
+    }
+}

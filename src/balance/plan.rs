@@ -225,6 +225,7 @@ mod tests {
                 .map(|(i, (n, _))| Backend {
                     address: ([127, 0, 0, 1], 9000 + i as u16).into(),
                     node: (*n).into(),
+                    pod: None,
                 })
                 .collect(),
             affinity: None,

@@ -50,6 +50,9 @@ impl fmt::Display for Frontend {
 pub struct Backend {
     pub address: SocketAddr,
     pub node: NodeName,
+    /// The pod behind it (`namespace/name`), for Kubernetes endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Arc<str>>,
 }
 
 /// ClientIP session affinity, as kube-proxy does it: the same client IP goes to the same

@@ -93,7 +93,7 @@ impl Default for Settings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// How many backends one connection may try before it is refused; None: every backend
@@ -106,6 +106,9 @@ pub struct ProxySettings {
     /// Bytes a connection relays by copying before it switches to splice(2); idle and small
     /// connections so never hold pipes.
     pub splice_after_bytes: u64,
+    /// The fraction of connections logged when they close (target `wao_lb::connections`);
+    /// 0, the default, logs none.
+    pub connection_log_sample: f64,
 }
 
 impl Default for ProxySettings {
@@ -116,6 +119,7 @@ impl Default for ProxySettings {
             idle_timeout: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
             splice_after_bytes: 64 * 1024,
+            connection_log_sample: 0.0,
         }
     }
 }
@@ -223,6 +227,7 @@ pub struct RawProxy {
     idle_timeout: Option<String>,
     drain_timeout: Option<String>,
     splice_after_bytes: Option<u64>,
+    connection_log_sample: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,6 +351,11 @@ fn proxy(v: &mut Validator, raw: &RawProxy) -> ProxySettings {
             d.drain_timeout,
         ),
         splice_after_bytes: raw.splice_after_bytes.unwrap_or(d.splice_after_bytes),
+        connection_log_sample: raw
+            .connection_log_sample
+            .map_or(d.connection_log_sample, |f| {
+                v.number_in("proxy.connectionLogSample", f, 0.0, 1.0, "")
+            }),
     }
 }
 

@@ -116,6 +116,9 @@ pub async fn handle(
         return;
     }
     let settings = **ctx.tcp.load();
+    let logged = settings.connection_log_sample > 0.0
+        && rand::random::<f64>() < settings.connection_log_sample;
+    let opened = logged.then(std::time::Instant::now);
     // The drain deadline, as a token of this connection's own: the relay polls it on every
     // step, and a child's locks are its own, not shared with every other connection.
     let token = ctx.cut.child_token();
@@ -134,7 +137,7 @@ pub async fn handle(
             return;
         }
     };
-    let Some(upstream) = connected else {
+    let Some((upstream, chosen)) = connected else {
         entry.counters.refused_all_failed.inc();
         reset(client);
         return;
@@ -161,6 +164,35 @@ pub async fn handle(
         ctx.metrics.splice_connections.inc();
     }
     tracing::trace!(service = %entry.service.name, %peer, ?relayed, "connection done");
+    if let Some(opened) = opened {
+        log_connection(&entry, chosen, peer, &relayed, opened.elapsed());
+    }
+}
+
+/// One line of the connection event log (target `wao_lb::connections`), for a sampled
+/// connection that closed.
+fn log_connection(
+    entry: &ServiceEntry,
+    chosen: usize,
+    client: SocketAddr,
+    relayed: &super::relay::Relayed,
+    duration: Duration,
+) {
+    let backend = entry.service.backends.get(chosen);
+    tracing::info!(
+        target: "wao_lb::connections",
+        service = %entry.service.key,
+        %client,
+        backend = %entry.backends[chosen].address,
+        pod = backend.and_then(|b| b.pod.as_deref()).unwrap_or("-"),
+        node = backend.map_or("-", |b| &*b.node),
+        share = entry.table.share(chosen),
+        bytes_upstream = relayed.upstream_bytes,
+        bytes_downstream = relayed.downstream_bytes,
+        duration_ms = duration.as_millis() as u64,
+        ending = ?relayed.ending,
+        "connection closed"
+    );
 }
 
 /// Tries up to `attempts` different backends (every one, at most `MAX_ATTEMPTS`, when the
@@ -173,7 +205,7 @@ async fn connect_any(
     mark: Option<u32>,
     attempts: Option<u32>,
     timeout: Duration,
-) -> Option<TcpStream> {
+) -> Option<(TcpStream, usize)> {
     let attempts = attempts
         .map_or(MAX_ATTEMPTS, |n| n as usize)
         .clamp(1, MAX_ATTEMPTS)
@@ -190,7 +222,7 @@ async fn connect_any(
         match connect(backend.address, timeout, mark).await {
             Ok(stream) => {
                 backend.ejection.succeeded();
-                return Some(stream);
+                return Some((stream, i));
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 tracing::debug!(service = %entry.service.name, error = %e,

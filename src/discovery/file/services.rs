@@ -184,6 +184,7 @@ fn backends(v: &mut Validator, at: &str, raw: &[RawBackend]) -> Vec<Backend> {
         out.push(Backend {
             address,
             node: Arc::from(b.node.as_str()),
+            pod: None,
         });
     }
     out

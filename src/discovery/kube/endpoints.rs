@@ -13,6 +13,8 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// The node the pod runs on, if the slice says.
     pub node: Option<String>,
+    /// The pod (`namespace/name`), if the slice names it.
+    pub pod: Option<String>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -62,6 +64,17 @@ pub fn collect(
             let endpoint = Endpoint {
                 address: SocketAddr::new(ip, port),
                 node: e.node_name.clone(),
+                pod: e
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| {
+                        Some(format!(
+                            "{}/{}",
+                            r.namespace.as_deref().unwrap_or(""),
+                            r.name.as_deref()?
+                        ))
+                    }),
                 ready: c.and_then(|c| c.ready).unwrap_or(true),
                 serving: c.and_then(|c| c.serving).unwrap_or(true),
                 terminating: c.and_then(|c| c.terminating).unwrap_or(false),
@@ -240,6 +253,7 @@ mod tests {
         Endpoint {
             address: addr.parse().unwrap(),
             node: Some(node.into()),
+            pod: None,
             ready: state == "ready",
             serving: state != "down",
             terminating: state == "terminating",

@@ -313,6 +313,7 @@ fn backends(list: &[Endpoint]) -> Vec<Backend> {
         .map(|e| Backend {
             address: e.address,
             node: Arc::from(e.node.as_deref().unwrap_or("unknown")),
+            pod: e.pod.as_deref().map(Arc::from),
         })
         .collect()
 }
