@@ -498,3 +498,43 @@ async fn fifty_endpoint_changes_are_each_followed() {
     );
     lb.stop().await;
 }
+
+/// An SCTP port is not dropped silently: a Warning Event on the Service says so (as well as
+/// the log and `wao_lb_kube_unserved_ports`), and the Service's other ports are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_protocol_is_reported_on_the_service() {
+    let api = ApiServer::start().await;
+    let dir = TempDir::new("kube-sctp");
+    let pods = Pods::start(&["127.0.69.1"]).await;
+    let vip = free_addr();
+    let mut svc = service("web", vip, true);
+    svc["spec"]["ports"]
+        .as_array_mut()
+        .expect("ports")
+        .push(json!({"name": "sig", "port": 9, "protocol": "SCTP"}));
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(Kind::Service, svc);
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-a", pods.port, &[("127.0.69.1", "n1", "ready")]),
+    );
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    assert!(echo(vip).await, "the TCP port is served");
+    assert!(eventually(WITHIN, async || !api.events().is_empty()).await);
+    let event = &api.events()[0];
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(event["reason"], "UnsupportedProtocol", "{event}");
+    assert_eq!(event["regarding"]["kind"], "Service", "{event}");
+    assert_eq!(event["regarding"]["name"], "web", "{event}");
+    assert_eq!(event["regarding"]["namespace"], "shop", "{event}");
+    assert!(
+        event["note"].as_str().is_some_and(|n| n.contains("SCTP")),
+        "{event}"
+    );
+    assert_eq!(
+        metric(&lb.metrics_text(), "wao_lb_kube_unserved_ports"),
+        Some(1.0)
+    );
+    lb.stop().await;
+}

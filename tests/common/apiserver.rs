@@ -70,6 +70,8 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     /// Watches answered with 410 Gone.
     gone: std::sync::atomic::AtomicU64,
+    /// Events posted (events.k8s.io/v1), as sent.
+    events: Mutex<Vec<Value>>,
 }
 
 pub struct ApiServer {
@@ -96,6 +98,7 @@ impl ApiServer {
             }),
             changes,
             gone: Default::default(),
+            events: Default::default(),
         });
         let addr = listener.local_addr().expect("addr");
         let mut server = ApiServer {
@@ -117,6 +120,10 @@ impl ApiServer {
                 get(|s, q| handle(s, q, Kind::EndpointSlice)),
             )
             .route("/api/v1/nodes", get(|s, q| handle(s, q, Kind::Node)))
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/:namespace/events",
+                axum::routing::post(record_event),
+            )
             .with_state(state);
         let until = stop.clone();
         tokio::spawn(async move {
@@ -203,6 +210,11 @@ impl ApiServer {
         store.log.clear();
     }
 
+    /// The Events posted so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.events.lock().expect("events").clone()
+    }
+
     /// How many watches were answered with 410 Gone.
     pub fn gone(&self) -> u64 {
         self.shared.gone.load(std::sync::atomic::Ordering::Relaxed)
@@ -226,6 +238,14 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+async fn record_event(
+    State((shared, _)): State<(Arc<Shared>, CancellationToken)>,
+    Json(event): Json<Value>,
+) -> Response {
+    shared.events.lock().expect("events").push(event.clone());
+    (axum::http::StatusCode::CREATED, Json(event)).into_response()
 }
 
 fn key_of(kind: Kind, object: &Value) -> (Kind, String, String) {

@@ -40,7 +40,17 @@ pub struct ThisNode {
 pub struct Unserved {
     /// `namespace/name` or `namespace/name:port`.
     pub service: String,
+    /// Why, in a word (`PascalCase`, the reason of the Kubernetes Event).
+    pub code: &'static str,
     pub reason: String,
+}
+
+impl Unserved {
+    /// The Service's namespace and name.
+    pub fn object(&self) -> (&str, &str) {
+        let (namespace, rest) = self.service.split_once('/').unwrap_or(("", &self.service));
+        (namespace, rest.split(':').next().unwrap_or(rest))
+    }
 }
 
 /// A `healthCheckNodePort` a cloud load balancer probes (a LoadBalancer Service with
@@ -167,6 +177,7 @@ fn translate_service(
         Some(Err(e)) => {
             out.unserved.push(Unserved {
                 service: id.clone(),
+                code: "InvalidAnnotation",
                 reason: format!("annotation {CPU_PER_REQUEST}: {e}; the default applies"),
             });
             None
@@ -197,6 +208,7 @@ fn translate_service(
             other => {
                 out.unserved.push(Unserved {
                     service: key.to_string(),
+                    code: "UnsupportedProtocol",
                     reason: format!("protocol {other} is not supported by the proxy data plane"),
                 });
                 continue;
@@ -275,6 +287,7 @@ fn translate_service(
                     if out.table.services.contains_key(&frontend) {
                         out.unserved.push(Unserved {
                             service: key.to_string(),
+                            code: "FrontendConflict",
                             reason: format!("{frontend} is already served for another Service"),
                         });
                         continue;
@@ -605,6 +618,7 @@ mod tests {
             t.unserved,
             [Unserved {
                 service: "ns/web:sig".into(),
+                code: "UnsupportedProtocol",
                 reason: "protocol SCTP is not supported by the proxy data plane".into()
             }]
         );

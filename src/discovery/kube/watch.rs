@@ -9,9 +9,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Node, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Config, Resource};
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::KubeMetrics;
 use super::settings::{KubeSettings, PROXY_NAME_LABEL};
-use super::translate::{translate, ThisNode, Translation};
+use super::translate::{translate, ThisNode, Translation, Unserved};
 
 /// Services that must never be proxied: headless ones (kube-proxy's own selector).
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -55,6 +57,13 @@ pub async fn run(
     out: watch::Sender<Option<Arc<Translation>>>,
     stop: CancellationToken,
 ) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "wao-lb".into(),
+            instance: Some(settings.node_name.clone()),
+        },
+    );
     let ours = format!(
         "{PROXY_NAME_LABEL}={},!{HEADLESS_LABEL}",
         settings.service_proxy_name
@@ -114,6 +123,7 @@ pub async fn run(
             .filter(|u| !reported.contains(u))
         {
             tracing::warn!(service = %u.service, reason = %u.reason, "Kubernetes Service not fully served");
+            tokio::spawn(publish_event(recorder.clone(), u.clone()));
         }
         reported = translation.unserved.clone();
         metrics.unserved.set(reported.len() as i64);
@@ -140,6 +150,29 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(started + settings.min_sync_period) => {}
         }
+    }
+}
+
+/// A Warning Event on the Service, for `kubectl describe` (best effort: a failure is
+/// logged at debug, since the log line and the metric already say it).
+async fn publish_event(recorder: Recorder, u: Unserved) {
+    let (namespace, name) = u.object();
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(namespace.to_string()),
+        name: Some(name.to_string()),
+        ..ObjectReference::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: u.code.into(),
+        note: Some(format!("{}: {}", u.service, u.reason)),
+        action: "Proxy".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::debug!(service = %u.service, error = %e, "cannot publish the Event");
     }
 }
 
