@@ -538,3 +538,90 @@ async fn an_unsupported_protocol_is_reported_on_the_service() {
     );
     lb.stop().await;
 }
+
+/// WAO's NodeConfig gives a node its model (a V2 inference predictor behind basic auth,
+/// whose credentials come from the Secret the NodeConfig names): the weights table says
+/// which node is predicted by it and which, without a NodeConfig, is weighted neutrally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_config_gives_its_node_a_model() {
+    use axum::routing::post;
+    let predictor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let predictor_addr = predictor.local_addr().unwrap();
+    let asked = Arc::new(AtomicU64::new(0));
+    let counter = asked.clone();
+    let app = axum::Router::new().route(
+        "/v2/models/power/versions/v1/infer",
+        post(move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+            let counter = counter.clone();
+            async move {
+                // "wao:hunter2" in base64.
+                let ok = headers.get("authorization").and_then(|v| v.to_str().ok())
+                    == Some("Basic d2FvOmh1bnRlcjI=");
+                counter.fetch_add(1, Ordering::Relaxed);
+                let cpu = body["inputs"][0]["data"][0][0].as_f64().unwrap_or(0.0);
+                if ok {
+                    (axum::http::StatusCode::OK, axum::Json(json!({"outputs": [{"name": "predict", "data": [100.0 + 3.0 * cpu]}]})))
+                } else {
+                    (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({})))
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(predictor, app).await });
+
+    let api = ApiServer::start().await;
+    let dir = TempDir::new("kube-nodeconfig");
+    let pods = Pods::start(&["127.0.70.1", "127.0.70.2"]).await;
+    let vip = free_addr();
+    api.install_node_config_crd();
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(
+        Kind::Secret,
+        json!({"metadata": {"namespace": "wao-system", "name": "predictor-auth"},
+        "data": {"username": "d2Fv", "password": "aHVudGVyMg=="}}),
+    );
+    api.put(Kind::NodeConfig, json!({"metadata": {"namespace": "wao-system", "name": "n1",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": "n1",
+            "metricsCollector": {"inletTemp": {"type": "Fake", "endpoint": ""}, "deltaP": {"type": "Fake", "endpoint": ""}},
+            "predictor": {"powerConsumption": {"type": "V2InferenceProtocol",
+                "endpoint": format!("http://{predictor_addr}/v2/models/power/versions/v1/infer"),
+                "basicAuthSecret": {"name": "predictor-auth"}}}}}));
+    api.put(Kind::Service, service("web", vip, true));
+    api.put(
+        Kind::EndpointSlice,
+        slice(
+            "web",
+            "web-a",
+            pods.port,
+            &[("127.0.70.1", "n1", "ready"), ("127.0.70.2", "n2", "ready")],
+        ),
+    );
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let row = |node: &str| {
+        lb.weights()
+            .into_iter()
+            .find(|r| r.node == node)
+            .expect("row")
+    };
+    assert!(
+        eventually(WITHIN, async || row("n1").reason.contains("v2-inference")).await,
+        "{:?}",
+        lb.weights()
+    );
+    assert_eq!(row("n1").inlet_celsius, Some(15.5), "WAO's Fake inlet");
+    assert_eq!(row("n1").delta_p_pascal, Some(7.5), "WAO's Fake ΔP");
+    assert!(
+        row("n1").watts.is_some_and(|w| (w - 100.0).abs() < 1e-6),
+        "{:?}",
+        row("n1")
+    );
+    assert!(
+        row("n2").reason.contains("mean weight"),
+        "no NodeConfig: neutral: {:?}",
+        row("n2")
+    );
+    assert!(asked.load(Ordering::Relaxed) > 0);
+    lb.stop().await;
+}

@@ -173,6 +173,13 @@ impl<D: Dataplane> Control<D> {
             .as_mut()
             .and_then(|rx| rx.borrow_and_update().clone());
         if let Some(t) = discovered {
+            // NodeConfigs give nodes their power inputs; a `nodes:` entry in the file wins.
+            for (node, spec) in &t.nodes {
+                desired
+                    .nodes
+                    .entry(node.clone())
+                    .or_insert_with(|| spec.clone());
+            }
             for (frontend, service) in &t.table.services {
                 if desired.services.services.contains_key(frontend) {
                     tracing::warn!(%frontend, service = %service.key,

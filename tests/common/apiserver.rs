@@ -28,12 +28,16 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Node,
+    /// WAO's CRD: served only after `install_node_config_crd`.
+    NodeConfig,
+    Secret,
 }
 
 impl Kind {
     fn api_version(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::NodeConfig => "node.waok8s.github.io/v1beta1",
             _ => "v1",
         }
     }
@@ -43,6 +47,8 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::NodeConfig => "NodeConfig",
+            Kind::Secret => "Secret",
         }
     }
 }
@@ -72,6 +78,7 @@ struct Shared {
     gone: std::sync::atomic::AtomicU64,
     /// Events posted (events.k8s.io/v1), as sent.
     events: Mutex<Vec<Value>>,
+    node_config_crd: std::sync::atomic::AtomicBool,
 }
 
 pub struct ApiServer {
@@ -99,6 +106,7 @@ impl ApiServer {
             changes,
             gone: Default::default(),
             events: Default::default(),
+            node_config_crd: Default::default(),
         });
         let addr = listener.local_addr().expect("addr");
         let mut server = ApiServer {
@@ -120,6 +128,31 @@ impl ApiServer {
                 get(|s, q| handle(s, q, Kind::EndpointSlice)),
             )
             .route("/api/v1/nodes", get(|s, q| handle(s, q, Kind::Node)))
+            .route(
+                "/apis/node.waok8s.github.io/v1beta1/nodeconfigs",
+                get(|s: State<(Arc<Shared>, CancellationToken)>, q| async move {
+                    if s.0
+                         .0
+                        .node_config_crd
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        handle(s, q, Kind::NodeConfig).await
+                    } else {
+                        (
+                            axum::http::StatusCode::NOT_FOUND,
+                            Json(json!({"kind": "Status",
+                            "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": "the server could not find the requested resource",
+                            "reason": "NotFound", "code": 404})),
+                        )
+                            .into_response()
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/namespaces/:namespace/secrets/:name",
+                get(get_secret),
+            )
             .route(
                 "/apis/events.k8s.io/v1/namespaces/:namespace/events",
                 axum::routing::post(record_event),
@@ -210,6 +243,13 @@ impl ApiServer {
         store.log.clear();
     }
 
+    /// From now on the NodeConfig CRD is served (before, its path answers 404).
+    pub fn install_node_config_crd(&self) {
+        self.shared
+            .node_config_crd
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The Events posted so far.
     pub fn events(&self) -> Vec<Value> {
         self.shared.events.lock().expect("events").clone()
@@ -237,6 +277,24 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+async fn get_secret(
+    State((shared, _)): State<(Arc<Shared>, CancellationToken)>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+) -> Response {
+    let store = shared.store.lock().expect("store");
+    match store.objects.get(&(Kind::Secret, namespace, name)) {
+        Some(secret) => Json(secret.clone()).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "NotFound", "code": 404}),
+            ),
+        )
+            .into_response(),
     }
 }
 

@@ -69,6 +69,8 @@ pub struct Translation {
     pub table: ServiceTable,
     pub unserved: Vec<Unserved>,
     pub health_check_ports: Vec<HealthCheckPort>,
+    /// Power inputs and models of nodes, from WAO's NodeConfigs.
+    pub nodes: BTreeMap<crate::model::NodeName, crate::model::node::NodeSpec>,
 }
 
 /// The table for `services` and their `slices` on `node`.

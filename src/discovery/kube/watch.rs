@@ -5,13 +5,16 @@
 //! last state and the watchers retry; a relist after `410 Gone` swaps in the relisted set,
 //! so Services created or deleted meanwhile are picked up.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::{Node, Service as KubeService};
+use k8s_openapi::api::core::v1::{Node, Secret, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -23,8 +26,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::KubeMetrics;
+use super::nodeconfig::{self, NodeConfig, NodeConfigs};
 use super::settings::{KubeSettings, PROXY_NAME_LABEL};
 use super::translate::{translate, ThisNode, Translation, Unserved};
+use crate::model::node::BasicAuth;
 
 /// Services that must never be proxied: headless ones (kube-proxy's own selector).
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -82,11 +87,18 @@ pub async fn run(
         &stop,
     );
     let nodes: Store<Node> = reflect(
-        Api::all(client),
+        Api::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name)),
         &changed,
         &stop,
     );
+    let node_configs = Arc::new(std::sync::Mutex::new(NodeConfigs::default()));
+    tokio::spawn(poll_node_configs(
+        client.clone(),
+        node_configs.clone(),
+        changed.clone(),
+        stop.clone(),
+    ));
     let synced = async {
         let _ = services.wait_until_ready().await;
         let _ = slices.wait_until_ready().await;
@@ -115,7 +127,9 @@ pub async fn run(
                 .set(slices.len() as i64);
             let services: Vec<&KubeService> = services.iter().map(|s| &**s).collect();
             let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
-            translate(&services, &slices, &node)
+            let mut t = translate(&services, &slices, &node);
+            t.nodes = lock(&node_configs).nodes.clone();
+            t
         };
         for u in translation
             .unserved
@@ -151,6 +165,126 @@ pub async fn run(
             _ = tokio::time::sleep_until(started + settings.min_sync_period) => {}
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often NodeConfigs are listed (they change rarely; WAO itself re-reads them on use).
+const NODE_CONFIG_PERIOD: Duration = Duration::from_secs(30);
+
+/// Lists WAO's NodeConfigs (and the Secrets their terms name) every period into `into`,
+/// waking `changed` when the node specs change. Without the CRD, that is said once and
+/// nodes get their power inputs from the config file only.
+async fn poll_node_configs(
+    client: Client,
+    into: Arc<std::sync::Mutex<NodeConfigs>>,
+    changed: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        nodeconfig::GROUP,
+        nodeconfig::VERSION,
+        nodeconfig::KIND,
+    ));
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let mut said = None;
+    loop {
+        let state = match api.list(&ListParams::default()).await {
+            Ok(list) => {
+                let configs: Vec<NodeConfig> = list
+                    .items
+                    .into_iter()
+                    .filter_map(|o| serde_json::to_value(o).ok())
+                    .filter_map(|v| serde_json::from_value(v).ok())
+                    .collect();
+                let secrets = read_secrets(&client, &configs).await;
+                let out = nodeconfig::translate(&configs, &|ns, name| {
+                    secrets.get(&(ns.to_string(), name.to_string())).cloned()
+                });
+                for n in out.notes.iter().filter(|n| !lock(&into).notes.contains(n)) {
+                    tracing::warn!(note = %n, "NodeConfig");
+                }
+                let new = *lock(&into) != out;
+                if new {
+                    *lock(&into) = out;
+                    changed.notify_one();
+                }
+                "listed"
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                if said != Some("absent") {
+                    tracing::info!("WAO's NodeConfig CRD is not installed; node power inputs come from the config file");
+                }
+                "absent"
+            }
+            Err(e) => {
+                if said != Some("failing") {
+                    tracing::warn!(error = %e, "cannot list NodeConfigs; keeping the last ones");
+                }
+                "failing"
+            }
+        };
+        said = Some(state);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(NODE_CONFIG_PERIOD) => {}
+        }
+    }
+}
+
+/// The `username`/`password` of every Secret a NodeConfig term names (in its namespace).
+async fn read_secrets(
+    client: &Client,
+    configs: &[NodeConfig],
+) -> BTreeMap<(String, String), BasicAuth> {
+    let mut out = BTreeMap::new();
+    for c in configs {
+        let namespace = c.metadata.namespace.clone().unwrap_or_default();
+        let terms = [
+            Some(&c.spec.metrics_collector.inlet_temp),
+            Some(&c.spec.metrics_collector.delta_p),
+            c.spec.predictor.power_consumption.as_ref(),
+            c.spec
+                .predictor
+                .power_consumption_endpoint_provider
+                .as_ref(),
+        ];
+        for name in terms
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.basic_auth_secret.as_ref())
+        {
+            let key = (namespace.clone(), name.name.clone());
+            if out.contains_key(&key) {
+                continue;
+            }
+            let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+            let secret = match api.get_opt(&name.name).await {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    tracing::warn!(%namespace, secret = %name.name, "NodeConfig names a Secret that does not exist");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(%namespace, secret = %name.name, error = %e, "cannot read a NodeConfig's Secret");
+                    continue;
+                }
+            };
+            let field = |k: &str| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(k))
+                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            };
+            if let (Some(username), Some(password)) = (field("username"), field("password")) {
+                out.insert(key, BasicAuth { username, password });
+            }
+        }
+    }
+    out
 }
 
 /// A Warning Event on the Service, for `kubectl describe` (best effort: a failure is
