@@ -540,8 +540,9 @@ async fn an_unsupported_protocol_is_reported_on_the_service() {
 }
 
 /// WAO's NodeConfig gives a node its model (a V2 inference predictor behind basic auth,
-/// whose credentials come from the Secret the NodeConfig names): the weights table says
-/// which node is predicted by it and which, without a NodeConfig, is weighted neutrally.
+/// whose credentials come from the Secret the NodeConfig names), and its CPU comes from
+/// metrics.k8s.io over the Node's capacity, as WAO reads it: the weights table says which
+/// node is predicted by it and which, without a NodeConfig, is weighted neutrally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_config_gives_its_node_a_model() {
     use axum::routing::post;
@@ -574,7 +575,13 @@ async fn a_node_config_gives_its_node_a_model() {
     let pods = Pods::start(&["127.0.70.1", "127.0.70.2"]).await;
     let vip = free_addr();
     api.install_node_config_crd();
-    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    let mut n1 = node("n1", "127.0.60.1");
+    n1["status"]["capacity"] = json!({"cpu": "16"});
+    api.put(Kind::Node, n1);
+    api.put(
+        Kind::NodeMetrics,
+        json!({"metadata": {"name": "n1"}, "usage": {"cpu": "4000000000n", "memory": "1Gi"}}),
+    );
     api.put(
         Kind::Secret,
         json!({"metadata": {"namespace": "wao-system", "name": "predictor-auth"},
@@ -612,8 +619,13 @@ async fn a_node_config_gives_its_node_a_model() {
     );
     assert_eq!(row("n1").inlet_celsius, Some(15.5), "WAO's Fake inlet");
     assert_eq!(row("n1").delta_p_pascal, Some(7.5), "WAO's Fake ΔP");
+    assert_eq!(
+        row("n1").cpu_percent,
+        Some(25.0),
+        "CPU from metrics.k8s.io over the Node's 16 cores"
+    );
     assert!(
-        row("n1").watts.is_some_and(|w| (w - 100.0).abs() < 1e-6),
+        row("n1").watts.is_some_and(|w| (w - 175.0).abs() < 1e-6),
         "{:?}",
         row("n1")
     );

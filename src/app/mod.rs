@@ -27,6 +27,7 @@ use crate::discovery::kube::metrics::KubeMetrics;
 use crate::discovery::kube::watch as kube_watch;
 use crate::health::checker::Checker;
 use crate::health::metrics::HealthMetrics;
+use crate::model::published::Board;
 use crate::power::metrics::PowerMetrics;
 use crate::power::updater::{self, Demand};
 use crate::power::weights::NodeWeights;
@@ -140,10 +141,12 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
     // Power: inputs and models → NodeWeights, on a watch channel.
     let (demand_tx, demand_rx) = watch::channel(Arc::new(Demand::new(&desired, &settings.power)));
     let (weights_tx, mut weights_rx) = watch::channel(Arc::new(NodeWeights::default()));
+    let board = Board::default();
     tokio::spawn(updater::run(
         demand_rx,
         weights_tx,
         Arc::new(PowerMetrics::new(&registry)),
+        board.clone(),
         background.clone(),
     ));
     // Start with real weights when the inputs answer quickly; uniform otherwise.
@@ -162,7 +165,14 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
                 .map_err(StartError::Kubernetes)?;
             let (tx, rx) = watch::channel(None);
             let metrics = KubeMetrics::new(&registry);
-            tokio::spawn(kube_watch::run(client, k, metrics, tx, background.clone()));
+            tokio::spawn(kube_watch::run(
+                client,
+                k,
+                metrics,
+                board.clone(),
+                tx,
+                background.clone(),
+            ));
             tokio::spawn(health_node_ports::run(rx.clone(), background.clone()));
             Some(rx)
         }

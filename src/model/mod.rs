@@ -5,6 +5,7 @@
 pub mod cidr;
 pub mod curve;
 pub mod node;
+pub mod published;
 pub mod units;
 pub mod url;
 

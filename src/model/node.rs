@@ -70,6 +70,11 @@ pub enum Source {
         url: HttpUrl,
         node: String,
     },
+    /// A value discovery publishes on the `published::Board` under `key` (a node's CPU
+    /// from the cluster's metrics API).
+    Published {
+        key: String,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq)]

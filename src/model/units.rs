@@ -56,6 +56,20 @@ pub fn parse_millicores(text: &str) -> Result<u32, String> {
     Ok(millis.round() as u32)
 }
 
+/// Parses a CPU quantity as the metrics API and Node capacity write it, into cores:
+/// `16`, `3500m`, `1234567n`, `12u`.
+pub fn parse_cores(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let (number, scale) = match t.char_indices().last()? {
+        (i, 'n') => (&t[..i], 1e-9),
+        (i, 'u') => (&t[..i], 1e-6),
+        (i, 'm') => (&t[..i], 1e-3),
+        _ => (t, 1.0),
+    };
+    let cores = number.parse::<f64>().ok()? * scale;
+    (cores.is_finite() && cores >= 0.0).then_some(cores)
+}
+
 /// Serialises a `Duration` as seconds (for JSON views).
 pub mod duration_secs {
     use std::time::Duration;
@@ -68,6 +82,17 @@ pub mod duration_secs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_quantities_in_cores() {
+        assert_eq!(parse_cores("16"), Some(16.0));
+        assert_eq!(parse_cores("3500m"), Some(3.5));
+        assert_eq!(parse_cores("250000000n"), Some(0.25));
+        assert_eq!(parse_cores("12u"), Some(12e-6));
+        assert_eq!(parse_cores("-1"), None);
+        assert_eq!(parse_cores("lots"), None);
+        assert_eq!(parse_cores(""), None);
+    }
 
     #[test]
     fn durations() {

@@ -12,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 use super::http;
 use super::sources::{self, CpuCounters, RedfishVendor};
 use crate::model::node::{BasicAuth, Input, Quantity, Source, Timing};
+use crate::model::published::Board;
+
+/// A published value older than this is not taken as a new reading (its publisher stopped).
+const PUBLISHED_FRESH: Duration = Duration::from_secs(30);
 use crate::model::url::HttpUrl;
 
 /// What an input reads as now.
@@ -91,6 +95,7 @@ pub fn spawn(
     input: &Input,
     quantity: Quantity,
     client: Client,
+    board: Board,
     stop: CancellationToken,
 ) -> Arc<InputCell> {
     let cell = Arc::new(InputCell::default());
@@ -115,6 +120,7 @@ pub fn spawn(
         previous_cpu: None,
         vendor: None,
         timeout: input.timing.timeout,
+        board,
     };
     let (c, timing) = (cell.clone(), input.timing);
     tokio::spawn(async move {
@@ -154,6 +160,7 @@ struct Collector {
     previous_cpu: Option<CpuCounters>,
     vendor: Option<RedfishVendor>,
     timeout: Duration,
+    board: Board,
 }
 
 impl Collector {
@@ -179,6 +186,11 @@ impl Collector {
                 sources::dpapi_pressure(&doc).map(Some)
             }
             Source::Redfish { url, auth, .. } => self.redfish(&url, auth.as_ref()).await.map(Some),
+            Source::Published { key } => match self.board.read(&key) {
+                Some((v, age)) if age <= PUBLISHED_FRESH => Ok(Some(v)),
+                Some((_, age)) => Err(format!("not published for {}s", age.as_secs())),
+                None => Err("not published (yet)".into()),
+            },
         }
         .map_err(|e| format!("{}: {e}", self.quantity.label()))
     }

@@ -19,6 +19,7 @@ use super::predict::Predictor;
 use super::remote::RemotePredictor;
 use super::weights::{apply, NodeReport, NodeWeights};
 use crate::model::node::{Input, NodeSpec, NodeWeighting, Quantity, Source};
+use crate::model::published::Board;
 use crate::model::{Desired, NodeName};
 use crate::settings::PowerSettings;
 
@@ -58,15 +59,16 @@ struct NodeState {
     last_good: HashMap<u32, (f64, f64, Instant)>,
 }
 
-/// HTTP clients for the inputs: the normal one, and one that accepts self-signed
-/// certificates for Redfish sources that ask for it.
+/// What the inputs read from: the normal HTTP client, one that accepts self-signed
+/// certificates for Redfish sources that ask for it, and the board discovery publishes on.
 struct Clients {
     normal: reqwest::Client,
     insecure: reqwest::Client,
+    board: Board,
 }
 
 impl Clients {
-    fn new() -> Clients {
+    fn new(board: Board) -> Clients {
         let normal = reqwest::Client::new();
         let insecure = reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
@@ -75,7 +77,11 @@ impl Clients {
                 tracing::warn!(error = %e, "no client for insecureSkipVerify; certificates will be checked");
                 normal.clone()
             });
-        Clients { normal, insecure }
+        Clients {
+            normal,
+            insecure,
+            board,
+        }
     }
 
     fn for_input(&self, input: &Input) -> reqwest::Client {
@@ -96,7 +102,8 @@ fn start_nodes(
         .map(|(name, n)| {
             let cell = |q: Quantity| {
                 let input = n.input(q);
-                inputs::spawn(input, q, clients.for_input(input), stop.clone())
+                let (client, board) = (clients.for_input(input), clients.board.clone());
+                inputs::spawn(input, q, client, board, stop.clone())
             };
             let predictor = match &n.weighting {
                 NodeWeighting::Curve(c) => Some(Predictor::Curve(c.clone())),
@@ -120,9 +127,10 @@ pub async fn run(
     mut demand: watch::Receiver<Arc<Demand>>,
     out: watch::Sender<Arc<NodeWeights>>,
     metrics: Arc<PowerMetrics>,
+    board: Board,
     stop: CancellationToken,
 ) {
-    let clients = Clients::new();
+    let clients = Clients::new(board);
     let mut current = demand.borrow_and_update().clone();
     let mut inputs_stop = stop.child_token();
     let mut nodes = start_nodes(&current.nodes, &clients, &inputs_stop);

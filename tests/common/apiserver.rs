@@ -31,6 +31,8 @@ pub enum Kind {
     /// WAO's CRD: served only after `install_node_config_crd`.
     NodeConfig,
     Secret,
+    /// metrics.k8s.io's node usage.
+    NodeMetrics,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::NodeConfig => "node.waok8s.github.io/v1beta1",
+            Kind::NodeMetrics => "metrics.k8s.io/v1beta1",
             _ => "v1",
         }
     }
@@ -49,6 +52,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::NodeConfig => "NodeConfig",
             Kind::Secret => "Secret",
+            Kind::NodeMetrics => "NodeMetrics",
         }
     }
 }
@@ -152,6 +156,10 @@ impl ApiServer {
             .route(
                 "/api/v1/namespaces/:namespace/secrets/:name",
                 get(get_secret),
+            )
+            .route(
+                "/apis/metrics.k8s.io/v1beta1/nodes",
+                get(|s, q| handle(s, q, Kind::NodeMetrics)),
             )
             .route(
                 "/apis/events.k8s.io/v1/namespaces/:namespace/events",

@@ -13,6 +13,7 @@ use crate::model::node::{
     BasicAuth, Input, NodeSpec, NodeWeighting, RemoteModelSpec, RemoteProtocol, Source, Timing,
     DEFAULT_NODE_CORES,
 };
+use crate::model::published::cpu_key;
 use crate::model::units::parse_duration;
 use crate::model::url::HttpUrl;
 use crate::model::NodeName;
@@ -177,10 +178,12 @@ pub fn translate(
             source: source.unwrap_or(Source::Static(0.0)),
             timing: timing(term),
         };
+        // CPU as WAO reads it: the metrics API's usage over the Node's capacity, which
+        // discovery publishes; `cores` is set from the Node when it is known.
         let node_spec = NodeSpec {
             cores: DEFAULT_NODE_CORES,
             cpu: Input {
-                source: Source::Static(0.0),
+                source: Source::Published { key: cpu_key(node) },
                 timing: Timing::default(),
             },
             inlet: input(inlet, &spec.metrics_collector.inlet_temp),

@@ -30,6 +30,8 @@ use super::nodeconfig::{self, NodeConfig, NodeConfigs};
 use super::settings::{KubeSettings, PROXY_NAME_LABEL};
 use super::translate::{translate, ThisNode, Translation, Unserved};
 use crate::model::node::BasicAuth;
+use crate::model::published::{cpu_key, Board};
+use crate::model::units::parse_cores;
 
 /// Services that must never be proxied: headless ones (kube-proxy's own selector).
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -59,6 +61,7 @@ pub async fn run(
     client: Client,
     settings: KubeSettings,
     metrics: KubeMetrics,
+    board: Board,
     out: watch::Sender<Option<Arc<Translation>>>,
     stop: CancellationToken,
 ) {
@@ -99,6 +102,14 @@ pub async fn run(
         changed.clone(),
         stop.clone(),
     ));
+    let capacity = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    tokio::spawn(poll_cluster_cpu(
+        client.clone(),
+        board,
+        capacity.clone(),
+        changed.clone(),
+        stop.clone(),
+    ));
     let synced = async {
         let _ = services.wait_until_ready().await;
         let _ = slices.wait_until_ready().await;
@@ -129,6 +140,11 @@ pub async fn run(
             let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
             let mut t = translate(&services, &slices, &node);
             t.nodes = lock(&node_configs).nodes.clone();
+            for (name, spec) in t.nodes.iter_mut() {
+                if let Some(cores) = lock(&capacity).get(&**name) {
+                    spec.cores = *cores;
+                }
+            }
             t
         };
         for u in translation
@@ -230,6 +246,76 @@ async fn poll_node_configs(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(NODE_CONFIG_PERIOD) => {}
+        }
+    }
+}
+
+/// How often node CPU is read from the metrics API (metrics-server refreshes every 15 s).
+const CPU_PERIOD: Duration = Duration::from_secs(5);
+
+/// Every period: each Node's CPU capacity (into `capacity`, waking `changed` when it
+/// changes) and, from `metrics.k8s.io`, each node's CPU usage as a percentage of it,
+/// published on `board`, as WAO reads CPU. Without the metrics API, said once; nodes then
+/// have no CPU reading and are weighted neutrally unless `nodes:` gives them a source.
+async fn poll_cluster_cpu(
+    client: Client,
+    board: Board,
+    capacity: Arc<std::sync::Mutex<BTreeMap<String, f64>>>,
+    changed: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let gvk = GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "NodeMetrics");
+    let usage: Api<DynamicObject> =
+        Api::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, "nodes"));
+    let mut said = None;
+    loop {
+        if let Ok(list) = nodes.list(&ListParams::default()).await {
+            let now: BTreeMap<String, f64> = list
+                .items
+                .iter()
+                .filter_map(|n| {
+                    let cpu = n.status.as_ref()?.capacity.as_ref()?.get("cpu")?;
+                    Some((
+                        n.metadata.name.clone()?,
+                        parse_cores(&cpu.0).filter(|c| *c > 0.0)?,
+                    ))
+                })
+                .collect();
+            if *lock(&capacity) != now {
+                *lock(&capacity) = now;
+                changed.notify_one();
+            }
+        }
+        let state = match usage.list(&ListParams::default()).await {
+            Ok(list) => {
+                let capacity = lock(&capacity).clone();
+                for m in &list.items {
+                    let name = m.metadata.name.clone().unwrap_or_default();
+                    let used = m.data["usage"]["cpu"].as_str().and_then(parse_cores);
+                    if let (Some(used), Some(cores)) = (used, capacity.get(&name)) {
+                        board.publish(cpu_key(&name), (used / cores * 100.0).clamp(0.0, 100.0));
+                    }
+                }
+                "listed"
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                if said != Some("absent") {
+                    tracing::info!("metrics.k8s.io is not served (no metrics-server); node CPU comes from the config file");
+                }
+                "absent"
+            }
+            Err(e) => {
+                if said != Some("failing") {
+                    tracing::warn!(error = %e, "cannot read node CPU from metrics.k8s.io");
+                }
+                "failing"
+            }
+        };
+        said = Some(state);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CPU_PERIOD) => {}
         }
     }
 }
