@@ -251,7 +251,9 @@ async fn poll_node_configs(
 }
 
 /// How often node CPU is read from the metrics API (metrics-server refreshes every 15 s).
-const CPU_PERIOD: Duration = Duration::from_secs(5);
+const CPU_PERIOD: Duration = Duration::from_secs(15);
+/// Node capacities change rarely: re-listed every this many CPU periods (every minute).
+const CAPACITY_EVERY: u32 = 4;
 
 /// Every period: each Node's CPU capacity (into `capacity`, waking `changed` when it
 /// changes) and, from `metrics.k8s.io`, each node's CPU usage as a percentage of it,
@@ -269,8 +271,15 @@ async fn poll_cluster_cpu(
     let usage: Api<DynamicObject> =
         Api::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, "nodes"));
     let mut said = None;
+    let mut round = 0u32;
     loop {
-        if let Ok(list) = nodes.list(&ListParams::default()).await {
+        round = round.wrapping_add(1);
+        let due = round % CAPACITY_EVERY == 1 || lock(&capacity).is_empty();
+        if let Some(list) = if due {
+            nodes.list(&ListParams::default()).await.ok()
+        } else {
+            None
+        } {
             let now: BTreeMap<String, f64> = list
                 .items
                 .iter()
