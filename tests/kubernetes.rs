@@ -386,7 +386,8 @@ async fn source_ranges_restrict_the_balancer_ip_only() {
     assert!(eventually(WITHIN, async || ready(&lb).await).await);
     assert!(echo(cluster).await, "the ClusterIP has no source ranges");
     assert!(!echo(lb_ip).await, "127.0.0.1 is outside 10.0.0.0/8");
-    let refused = "wao_lb_refused_total{reason=\"source_range\",service=\"shop/web:http\"}";
+    // Kubernetes mode has no per-Service series by default: totals under service="".
+    let refused = "wao_lb_refused_total{reason=\"source_range\",service=\"\"}";
     assert_eq!(metric(&lb.metrics_text(), refused), Some(1.0));
     // The client's range is added: the balancer IP serves it.
     api.put(Kind::Service, balancer(&["10.0.0.0/8", "127.0.0.1/32"]));
@@ -635,5 +636,63 @@ async fn a_node_config_gives_its_node_a_model() {
         row("n2")
     );
     assert!(asked.load(Ordering::Relaxed) > 0);
+    lb.stop().await;
+}
+
+/// In Kubernetes mode `/metrics` does not grow with the number of Services: no series
+/// names a Service or backend, every Service counts into `service=""`; the weights view
+/// still has every row. `metrics.perService: true` brings the series back, capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_series_do_not_grow_with_services() {
+    let api = ApiServer::start().await;
+    let dir = TempDir::new("kube-series");
+    let pods = Pods::start(&["127.0.71.1"]).await;
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    let series = |lb: &wao_lb::app::Running| {
+        lb.metrics_text()
+            .lines()
+            .filter(|l| l.starts_with("wao_lb_") && !l.starts_with("wao_lb_kube_"))
+            .count()
+    };
+    let mut vips = Vec::new();
+    let add = |api: &ApiServer, i: usize, vips: &mut Vec<SocketAddr>| {
+        let vip = free_addr();
+        let name = format!("svc{i}");
+        api.put(Kind::Service, service(&name, vip, true));
+        api.put(
+            Kind::EndpointSlice,
+            slice(
+                &name,
+                &format!("{name}-a"),
+                pods.port,
+                &[("127.0.71.1", "n1", "ready")],
+            ),
+        );
+        vips.push(vip);
+    };
+    add(&api, 0, &mut vips);
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    assert!(echo(vips[0]).await);
+    let with_one = series(&lb);
+    for i in 1..20 {
+        add(&api, i, &mut vips);
+    }
+    assert!(eventually(WITHIN, async || lb.weights().len() == 20).await);
+    for vip in &vips {
+        assert!(echo(*vip).await);
+    }
+    let m = lb.metrics_text();
+    assert_eq!(
+        series(&lb),
+        with_one,
+        "20 Services, as many series as one:\n{m}"
+    );
+    assert!(!m.contains("service=\"shop/"), "{m}");
+    assert_eq!(
+        metric(&m, "wao_lb_connections_total{service=\"\"}"),
+        Some(21.0),
+        "{m}"
+    );
     lb.stop().await;
 }

@@ -92,6 +92,7 @@ impl<D: Dataplane> Control<D> {
             &weights,
             &health,
             self.settings.power.cpu_per_connection,
+            self.settings.metrics,
         ));
         self.balance_metrics.publish(&plan);
         self.plan.store(plan.clone());

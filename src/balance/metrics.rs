@@ -22,10 +22,14 @@ impl BalanceMetrics {
         BalanceMetrics { backend_weight }
     }
 
-    /// Sets every backend's share; backends no longer planned disappear.
+    /// Sets every backend's share; backends no longer planned disappear. Only services with
+    /// series of their own have per-backend series.
     pub fn publish(&self, plan: &Plan) {
         self.backend_weight.reset();
         for planned in plan.services.values() {
+            if !plan.series.contains(&planned.service.key) {
+                continue;
+            }
             for b in &planned.backends {
                 self.backend_weight
                     .with_label_values(&[

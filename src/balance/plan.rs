@@ -3,12 +3,13 @@
 //! the power side's `NodeWeights`; pure, no I/O. Every data plane programs it, and
 //! `/weights` shows it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::health::{Health, HealthTable};
 use crate::model::{Backend, Frontend, Service, ServiceTable};
 use crate::power::weights::{NodeReport, NodeWeights};
+use crate::settings::MetricsSettings;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedBackend {
@@ -34,6 +35,9 @@ pub struct PlannedService {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub services: BTreeMap<Frontend, Arc<PlannedService>>,
+    /// The service keys that get metric series of their own; every other service counts
+    /// into the `service=""` series.
+    pub series: BTreeSet<Arc<str>>,
 }
 
 impl Plan {
@@ -44,7 +48,9 @@ impl Plan {
         weights: &NodeWeights,
         health: &HealthTable,
         default_cost: u32,
+        metrics: MetricsSettings,
     ) -> Plan {
+        let series = series_keys(services, metrics);
         let services = services
             .services
             .iter()
@@ -61,7 +67,16 @@ impl Plan {
                 (*frontend, Arc::new(planned))
             })
             .collect();
-        Plan { services }
+        Plan { services, series }
+    }
+
+    /// The metric label of a service: its key when it has series of its own, else "".
+    pub fn series_label<'a>(&self, key: &'a Arc<str>) -> &'a str {
+        if self.series.contains(key) {
+            key
+        } else {
+            ""
+        }
     }
 }
 
@@ -154,6 +169,16 @@ fn checked(
         }
     }
     backends
+}
+
+/// The keys with series of their own: none when per-service series are off, else the
+/// first `max_services` by key.
+fn series_keys(services: &ServiceTable, metrics: MetricsSettings) -> BTreeSet<Arc<str>> {
+    if !metrics.per_service {
+        return BTreeSet::new();
+    }
+    let keys: BTreeSet<Arc<str>> = services.services.values().map(|s| s.key.clone()).collect();
+    keys.into_iter().take(metrics.max_services).collect()
 }
 
 /// Weights → shares that sum to 1. Weights ≤ 0 or not finite exclude a backend; if none is
@@ -261,7 +286,7 @@ mod tests {
                 .map(|(b, h)| ((service.key.clone(), b.address), h.clone()))
                 .collect(),
         };
-        let plan = Plan::build(&table, &weights, &health, 100);
+        let plan = Plan::build(&table, &weights, &health, 100, MetricsSettings::default());
         (*plan.services[&service.frontend]).clone()
     }
 
@@ -325,5 +350,38 @@ mod tests {
         assert!(p.backends[0].reason.contains("all kept"));
         // Unchecked backends have no health.
         assert_eq!(plan_of(&[("a", Some(1.0))]).backends[0].health, None);
+    }
+
+    #[test]
+    fn series_are_per_service_up_to_the_cap_or_none() {
+        let mut table = ServiceTable::default();
+        for (i, key) in ["c", "a", "b"].iter().enumerate() {
+            let frontend = Frontend {
+                protocol: crate::model::Protocol::Tcp,
+                address: ([127, 0, 0, 1], 80 + i as u16).into(),
+            };
+            let mut s = (*plan_of(&[("n", Some(1.0))]).service).clone();
+            s.key = (*key).into();
+            s.frontend = frontend;
+            table.services.insert(frontend, Arc::new(s));
+        }
+        let build = |per_service, max_services| {
+            Plan::build(
+                &table,
+                &NodeWeights::default(),
+                &HealthTable::default(),
+                100,
+                MetricsSettings {
+                    per_service,
+                    max_services,
+                },
+            )
+        };
+        let capped = build(true, 2);
+        let keys: Vec<&str> = capped.series.iter().map(|k| &**k).collect();
+        assert_eq!(keys, ["a", "b"], "the first two by key");
+        assert_eq!(capped.series_label(&Arc::from("c")), "");
+        assert!(build(false, 100).series.is_empty());
+        assert_eq!(build(true, 100).series.len(), 3);
     }
 }

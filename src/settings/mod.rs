@@ -77,6 +77,29 @@ pub struct Settings {
     pub proxy: ProxySettings,
     pub udp: UdpSettings,
     pub power: PowerSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// Which metric series exist beyond the per-node and process-wide ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Series per service and per backend (connections, bytes, picks, weights…). Off, every
+    /// service counts into one series with `service=""`, so `/metrics` does not grow with
+    /// the number of services. On by default for a config file's services, off with
+    /// Kubernetes discovery (thousands of Services on every node).
+    pub per_service: bool,
+    /// With `per_service`, at most this many services (the first by name) get their own
+    /// series; the rest count into `service=""`.
+    pub max_services: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            per_service: true,
+            max_services: 100,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -89,6 +112,7 @@ impl Default for Settings {
             proxy: ProxySettings::default(),
             udp: UdpSettings::default(),
             power: PowerSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -201,6 +225,16 @@ pub struct RawSettings {
     pub proxy: RawProxy,
     pub udp: RawUdp,
     pub power: RawPower,
+    pub metrics: RawMetrics,
+    /// Whether services come from Kubernetes (per-service series default off then).
+    pub discovered: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMetrics {
+    per_service: Option<bool>,
+    max_services: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +311,17 @@ impl Settings {
             proxy: proxy(v, &raw.proxy),
             udp: udp(v, &raw.udp),
             power: power(v, &raw.power),
+            metrics: MetricsSettings {
+                per_service: raw.metrics.per_service.unwrap_or(!raw.discovered),
+                max_services: match raw.metrics.max_services {
+                    Some(n @ 1..=10_000) => n,
+                    Some(n) => {
+                        v.err("metrics.maxServices", format!("{n} is outside 1..10000"));
+                        MetricsSettings::default().max_services
+                    }
+                    None => MetricsSettings::default().max_services,
+                },
+            },
         }
     }
 }

@@ -119,29 +119,45 @@ pub struct ServiceEntry {
 }
 
 impl ServiceEntry {
+    /// The entry of `planned`. `label` is its metric label: its key when it has series of
+    /// its own (then its backends have theirs too), else "" (counted with the others).
     fn new(
         planned: &PlannedService,
         affinity: Option<Arc<AffinityTable>>,
         previous: Option<&ServiceEntry>,
+        label: &str,
         m: &ProxyMetrics,
     ) -> ServiceEntry {
-        let key = &planned.service.key;
+        let key = label;
+        let per_backend = !label.is_empty();
         let backends: Box<[BackendEntry]> = planned
             .backends
             .iter()
             .map(|b| {
                 let address = b.backend.address;
                 let label = address.to_string();
-                let ejection = previous
-                    .and_then(|p| p.by_address.get(&address).map(|&i| &p.backends[i]))
-                    .map(|old| old.ejection.clone())
-                    .unwrap_or_default();
+                let old =
+                    previous.and_then(|p| p.by_address.get(&address).map(|&i| &p.backends[i]));
+                let ejection = old.map(|old| old.ejection.clone()).unwrap_or_default();
+                let counter = |vec: &prometheus::IntCounterVec, labels: &[&str]| {
+                    if per_backend {
+                        vec.with_label_values(labels)
+                    } else {
+                        unexported_counter()
+                    }
+                };
+                // Without series of its own, a backend keeps its pick count across rebuilds
+                // by carrying the handle over (the weights view reads it).
+                let picks = match old {
+                    Some(old) if !per_backend => old.picks.clone(),
+                    _ => counter(&m.picks, &[key, &label, &b.backend.node]),
+                };
                 BackendEntry {
                     address,
-                    picks: m.picks.with_label_values(&[key, &label, &b.backend.node]),
-                    connect_failures: m.connect_failures.with_label_values(&[key, &label]),
+                    picks,
+                    connect_failures: counter(&m.connect_failures, &[key, &label]),
                     ejection,
-                    ejections: m.ejections.with_label_values(&[key, &label]),
+                    ejections: counter(&m.ejections, &[key, &label]),
                 }
             })
             .collect();
@@ -269,6 +285,7 @@ impl Routes {
                     planned,
                     affinity,
                     previous.get(frontend).map(|e| &**e),
+                    plan.series_label(&planned.service.key),
                     metrics,
                 );
                 (*frontend, Arc::new(entry))

@@ -16,8 +16,8 @@ use serde::Deserialize;
 use super::kube::settings::{self as kube_settings, KubeSettings, RawKube, NODE_NAME_ENV};
 use crate::model::Desired;
 use crate::settings::{
-    structural, yaml, ConfigError, ConfigErrors, DataplaneMode, RawAdmin, RawPower, RawProxy,
-    RawSettings, RawTproxy, RawUdp, RedirectMode, Settings, Validator,
+    structural, yaml, ConfigError, ConfigErrors, DataplaneMode, RawAdmin, RawMetrics, RawPower,
+    RawProxy, RawSettings, RawTproxy, RawUdp, RedirectMode, Settings, Validator,
 };
 
 /// A validated config file: the process settings and the desired services and nodes.
@@ -57,6 +57,8 @@ struct RawFile {
     power: RawPower,
     #[serde(default)]
     discovery: RawDiscovery,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +106,8 @@ impl FileConfig {
                 proxy: raw.proxy,
                 udp: raw.udp,
                 power: raw.power,
+                metrics: raw.metrics,
+                discovered: kubernetes.is_some(),
             },
             &mut v,
         );
