@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use scenario::{energy, soak, Scenario};
+use scenario::{energy, kube_scale, soak, Scenario};
 use targets::{Setup, Target};
 
 #[derive(Parser)]
@@ -58,6 +58,9 @@ struct Cli {
     /// Seed of the energy simulation.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Opted-in Services in the kube-scale scenario (5 endpoints each).
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
     /// How long the soak runs, in seconds.
     #[arg(long, default_value_t = 60.0)]
     soak_seconds: f64,
@@ -196,7 +199,18 @@ fn bench(cli: Cli) -> std::io::Result<()> {
     let mut written = Vec::new();
     let mut failed = None;
     for s in scenarios {
-        if s == Scenario::Soak {
+        if s == Scenario::KubeScale {
+            bar.set_message("kube-scale");
+            let _ = netns::enter_fresh();
+            let sizes = if cli.smoke {
+                kube_scale::Sizes::smoke()
+            } else {
+                kube_scale::Sizes::new(cli.services)
+            };
+            let report = rt.block_on(kube_scale::run(&setup, &sizes))?;
+            bar.suspend(|| print!("{}", report.table()));
+            std::fs::write(cli.out.join("kube-scale.json"), report.json())?;
+        } else if s == Scenario::Soak {
             bar.set_message("soak");
             let _ = netns::enter_fresh();
             let sizes = if cli.smoke {

@@ -50,7 +50,7 @@ impl Sizes {
 /// The measurements a scenario makes, one step of the progress bar per target.
 pub fn steps(scenario: Scenario, targets: &[Target]) -> u64 {
     match scenario {
-        Scenario::Energy | Scenario::Soak | Scenario::All => 0,
+        Scenario::Energy | Scenario::Soak | Scenario::KubeScale | Scenario::All => 0,
         _ => targets.len() as u64,
     }
 }
@@ -121,7 +121,9 @@ fn describe(scenario: Scenario, sizes: &Sizes, setup: &Setup) -> (String, Vec<Co
             ),
             udp::columns(),
         ),
-        Scenario::Energy | Scenario::Soak | Scenario::All => (String::new(), Vec::new()),
+        Scenario::Energy | Scenario::Soak | Scenario::KubeScale | Scenario::All => {
+            (String::new(), Vec::new())
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod energy;
 pub mod idle;
+pub mod kube_scale;
 pub mod rr;
 pub mod soak;
 pub mod throughput;
@@ -19,6 +20,8 @@ pub enum Scenario {
     Energy,
     /// Not part of `all`: a minute of churn, run on its own.
     Soak,
+    /// Not part of `all`: Kubernetes mode with many Services, against the tests' API server.
+    KubeScale,
     All,
 }
 
@@ -41,6 +44,7 @@ impl Scenario {
             Scenario::Udp => "udp",
             Scenario::Energy => "energy",
             Scenario::Soak => "soak",
+            Scenario::KubeScale => "kube-scale",
             Scenario::All => "all",
         }
     }
