@@ -153,3 +153,41 @@ fn a_short_soak_loses_no_byte_silently() {
     assert!(stdout.contains("== soak:"), "{stdout}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// A small kube-scale run: wao-lb syncs 200 Services from the test API server, follows every
+/// EndpointSlice change, and its metric series do not name Services.
+#[test]
+fn a_small_kube_scale_run_syncs_and_follows_changes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wao_lb = ["release", "debug"]
+        .iter()
+        .map(|p| root.join("target").join(p).join("wao-lb"))
+        .find(|p| p.is_file())
+        .expect("the workspace build holds the wao-lb binary");
+    let out = std::env::temp_dir().join(format!("wao-bench-kube-{}", std::process::id()));
+    let run = Command::new(env!("CARGO_BIN_EXE_wao-bench"))
+        .args(["kube-scale", "--smoke"])
+        .arg("--wao-lb")
+        .arg(&wao_lb)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("wao-bench runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = std::fs::read_to_string(out.join("kube-scale.json")).expect("kube-scale.json");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["services"], 200, "{json}");
+    assert_eq!(report["changes"], 5, "every change was followed: {json}");
+    assert!(
+        report["first_sync_seconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "{json}"
+    );
+    assert!(report["synced_rss_kib"].as_u64().unwrap_or(0) > 0, "{json}");
+    assert!(report["metrics_series"].as_u64().unwrap_or(0) > 0, "{json}");
+    let _ = std::fs::remove_dir_all(&out);
+}
