@@ -696,3 +696,70 @@ async fn metric_series_do_not_grow_with_services() {
     );
     lb.stop().await;
 }
+
+/// With a real MLServer predictor named by a NodeConfig, the node's watts and ΔW are the
+/// model's own predictions for (CPU from metrics.k8s.io, WAO's Fake inlet and ΔP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_config_with_an_mlserver_predictor() {
+    use common::mlserver::{mlserver, mlserver_ready};
+    let dir = TempDir::new("kube-mlserver");
+    // 4.8 of 16 cores is 30 %; one connection (100m) adds 0.625 %.
+    let queries = [[30.0, 15.5, 7.5], [30.625, 15.5, 7.5]];
+    let (_server, port, expected) = mlserver(&dir, &queries);
+    assert!(mlserver_ready(port).await, "MLServer came up");
+    let api = ApiServer::start().await;
+    let pods = Pods::start(&["127.0.72.1", "127.0.72.2"]).await;
+    let vip = free_addr();
+    api.install_node_config_crd();
+    let mut n1 = node("n1", "127.0.60.1");
+    n1["status"]["capacity"] = json!({"cpu": "16"});
+    api.put(Kind::Node, n1);
+    api.put(
+        Kind::NodeMetrics,
+        json!({"metadata": {"name": "n1"}, "usage": {"cpu": "4800m"}}),
+    );
+    api.put(Kind::NodeConfig, json!({"metadata": {"namespace": "wao-system", "name": "n1",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": "n1",
+            "metricsCollector": {"inletTemp": {"type": "Fake", "endpoint": ""}, "deltaP": {"type": "Fake", "endpoint": ""}},
+            "predictor": {"powerConsumption": {"type": "V2InferenceProtocol",
+                "endpoint": format!("http://127.0.0.1:{port}/v2/models/power/versions/v1/infer")}}}}));
+    api.put(Kind::Service, service("web", vip, true));
+    api.put(
+        Kind::EndpointSlice,
+        slice(
+            "web",
+            "web-a",
+            pods.port,
+            &[("127.0.72.1", "n1", "ready"), ("127.0.72.2", "n2", "ready")],
+        ),
+    );
+    let lb = start_lb(&api, &dir).await;
+    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let row = |node: &str| {
+        lb.weights()
+            .into_iter()
+            .find(|r| r.node == node)
+            .expect("row")
+    };
+    assert!(
+        eventually(Duration::from_secs(30), async || row("n1").watts.is_some()).await,
+        "{:?}",
+        lb.weights()
+    );
+    let n1 = row("n1");
+    let (watts, delta) = (n1.watts.expect("watts"), n1.delta_watts.expect("ΔW"));
+    assert!(
+        (watts - expected[0]).abs() < 1e-6,
+        "wao-lb {watts} vs MLServer {}",
+        expected[0]
+    );
+    assert!(
+        (delta - (expected[1] - expected[0])).abs() < 1e-6,
+        "ΔW {delta} vs {}",
+        expected[1] - expected[0]
+    );
+    assert!(n1.reason.contains("v2-inference"), "{}", n1.reason);
+    assert!(row("n2").reason.contains("mean weight"), "{:?}", row("n2"));
+    lb.stop().await;
+}

@@ -6,27 +6,19 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::mlserver::{mlserver, mlserver_ready, Server};
 use common::*;
 use serde_json::{json, Value};
+use std::process::{Command, Stdio};
 use wao_lb::telemetry::weights_view::WeightRow;
 
 /// A child process killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn serve(router: Router) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -156,65 +148,13 @@ async fn node_exporter_cpu_is_the_kernels() {
     lb.stop().await;
 }
 
-/// Trains a small regression, serves it with MLServer, and returns (server, port, the
-/// model's own predictions for `queries`).
-fn mlserver(dir: &TempDir, queries: &[[f64; 3]]) -> (Server, u16, Vec<f64>) {
-    let port = free_port();
-    let script = format!(
-        r#"
-import json, sys, numpy as np, joblib
-from sklearn.linear_model import LinearRegression
-rng = np.random.default_rng(7)
-X = rng.uniform([0, 15, 0], [100, 35, 20], size=(300, 3))
-y = 55 + 1.7 * X[:, 0] + 0.9 * np.maximum(X[:, 1] - 24, 0) + 0.05 * X[:, 2]
-m = LinearRegression().fit(X, y)
-import os
-os.makedirs("power", exist_ok=True)
-joblib.dump(m, "power/model.joblib")
-json.dump({{"name": "power", "implementation": "mlserver_sklearn.SKLearnModel",
-           "parameters": {{"uri": "./model.joblib", "version": "v1"}}}}, open("power/model-settings.json", "w"))
-json.dump({{"http_port": {port}, "grpc_port": {g}, "metrics_port": {mp}, "parallel_workers": 0, "host": "127.0.0.1"}},
-          open("settings.json", "w"))
-q = np.array({queries:?}, dtype=np.float32)
-print(json.dumps([float(v) for v in m.predict(q)]))
-"#,
-        g = free_port(),
-        mp = free_port(),
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .current_dir(&dir.0)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "training failed (is tests/requirements.txt installed?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected: Vec<f64> = serde_json::from_slice(&out.stdout).expect("predictions");
-    let child = Command::new("mlserver")
-        .args(["start", "."])
-        .current_dir(&dir.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mlserver is installed (tests/run.sh installs it in .venv)");
-    (Server(child), port, expected)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mlserver_predictions_are_used_exactly() {
     let dir = TempDir::new("mlserver");
     // The queries the updater will make: cpu 30 % with 2 cores → +5 % per 100m connection.
     let queries = [[30.0, 27.0, 5.0], [35.0, 27.0, 5.0]];
     let (_server, port, expected) = mlserver(&dir, &queries);
-    let ready = eventually(Duration::from_secs(60), async || {
-        reqwest::get(format!("http://127.0.0.1:{port}/v2/health/ready"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    assert!(ready, "MLServer came up");
+    assert!(mlserver_ready(port).await, "MLServer came up");
     let model = format!("    model: {{type: v2-inference, url: \"http://127.0.0.1:{port}\", model: power, version: v1}}\n");
     let inputs = "    cores: 2\n    cpu: {source: static, percent: 30}\n    inletTemp: {source: static, celsius: 27}\n    deltaP: {source: static, pascal: 5}\n";
     let yaml = config(&[

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod mlserver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
