@@ -701,7 +701,7 @@ async fn metric_series_do_not_grow_with_services() {
 /// model's own predictions for (CPU from metrics.k8s.io, WAO's Fake inlet and ΔP).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_config_with_an_mlserver_predictor() {
-    use common::mlserver::{mlserver, mlserver_ready};
+    use common::mlserver::{assert_model_answers, mlserver, mlserver_ready};
     let dir = TempDir::new("kube-mlserver");
     // 4.8 of 16 cores is 30 %; one connection (100m) adds 0.625 %.
     let queries = [[30.0, 15.5, 7.5], [30.625, 15.5, 7.5]];
@@ -747,19 +747,7 @@ async fn a_node_config_with_an_mlserver_predictor() {
         "{:?}",
         lb.weights()
     );
-    let n1 = row("n1");
-    let (watts, delta) = (n1.watts.expect("watts"), n1.delta_watts.expect("ΔW"));
-    assert!(
-        (watts - expected[0]).abs() < 1e-6,
-        "wao-lb {watts} vs MLServer {}",
-        expected[0]
-    );
-    assert!(
-        (delta - (expected[1] - expected[0])).abs() < 1e-6,
-        "ΔW {delta} vs {}",
-        expected[1] - expected[0]
-    );
-    assert!(n1.reason.contains("v2-inference"), "{}", n1.reason);
+    assert_model_answers(&row("n1"), &expected);
     assert!(row("n2").reason.contains("mean weight"), "{:?}", row("n2"));
     lb.stop().await;
 }

@@ -71,3 +71,21 @@ pub async fn mlserver_ready(port: u16) -> bool {
     })
     .await
 }
+
+/// The row's watts and ΔW are exactly the model's predictions for the two queries (now, and
+/// with one more connection), and it says which model gave them.
+pub fn assert_model_answers(row: &wao_lb::telemetry::weights_view::WeightRow, expected: &[f64]) {
+    let watts = row.watts.expect("watts");
+    let delta = row.delta_watts.expect("ΔW");
+    assert!(
+        (watts - expected[0]).abs() < 1e-6,
+        "wao-lb {watts} vs the model's {}",
+        expected[0]
+    );
+    assert!(
+        (delta - (expected[1] - expected[0])).abs() < 1e-6,
+        "ΔW {delta} vs {}",
+        expected[1] - expected[0]
+    );
+    assert!(row.reason.contains("v2-inference"), "{}", row.reason);
+}
