@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use prometheus::{IntCounter, IntGauge};
@@ -20,10 +21,31 @@ use crate::model::{Frontend, Protocol, Service};
 
 pub struct BackendEntry {
     pub address: SocketAddr,
-    pub picks: IntCounter,
+    pub picks: Picks,
     pub connect_failures: IntCounter,
     pub ejection: Arc<Ejection>,
     ejections: IntCounter,
+}
+
+/// A backend's picks: counted for the weights view always, and into its metric series
+/// when it has one. The count carries over route rebuilds.
+#[derive(Clone, Default)]
+pub struct Picks {
+    count: Arc<AtomicU64>,
+    series: Option<IntCounter>,
+}
+
+impl Picks {
+    pub fn inc(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = &self.series {
+            s.inc();
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
 }
 
 impl BackendEntry {
@@ -98,14 +120,24 @@ impl ServiceCounters {
     }
 }
 
+/// One counter no registry holds, for every count nobody reads (another protocol's series,
+/// a backend without series of its own): shared, so none costs an allocation.
 fn unexported_counter() -> IntCounter {
-    IntCounter::new("unexported", "unexported")
-        .unwrap_or_else(|e| unreachable!("counter is well-formed: {e}"))
+    static SINK: OnceLock<IntCounter> = OnceLock::new();
+    SINK.get_or_init(|| {
+        IntCounter::new("unexported", "unexported")
+            .unwrap_or_else(|e| unreachable!("counter is well-formed: {e}"))
+    })
+    .clone()
 }
 
 fn unexported_gauge() -> IntGauge {
-    IntGauge::new("unexported", "unexported")
-        .unwrap_or_else(|e| unreachable!("gauge is well-formed: {e}"))
+    static SINK: OnceLock<IntGauge> = OnceLock::new();
+    SINK.get_or_init(|| {
+        IntGauge::new("unexported", "unexported")
+            .unwrap_or_else(|e| unreachable!("gauge is well-formed: {e}"))
+    })
+    .clone()
 }
 
 pub struct ServiceEntry {
@@ -146,11 +178,11 @@ impl ServiceEntry {
                         unexported_counter()
                     }
                 };
-                // Without series of its own, a backend keeps its pick count across rebuilds
-                // by carrying the handle over (the weights view reads it).
-                let picks = match old {
-                    Some(old) if !per_backend => old.picks.clone(),
-                    _ => counter(&m.picks, &[key, &label, &b.backend.node]),
+                // The pick count carries over rebuilds (the weights view reads it).
+                let picks = Picks {
+                    count: old.map(|o| o.picks.count.clone()).unwrap_or_default(),
+                    series: per_backend
+                        .then(|| m.picks.with_label_values(&[key, &label, &b.backend.node])),
                 };
                 BackendEntry {
                     address,
