@@ -92,16 +92,20 @@ pub fn translate(
         }
     }
     let mut out = Translation::default();
+    let mut nodes = NodeNames::new();
     for svc in services {
         let namespace = svc.metadata.namespace.as_deref().unwrap_or("");
         let name = svc.metadata.name.as_deref().unwrap_or("");
         let slices = by_service
             .get(&(namespace, name))
             .map_or(&[][..], Vec::as_slice);
-        translate_service(svc, namespace, name, slices, node, &mut out);
+        translate_service(svc, namespace, name, slices, node, &mut nodes, &mut out);
     }
     out
 }
+
+/// One shared name per node: a cluster has far fewer nodes than endpoints.
+type NodeNames = std::collections::HashMap<String, crate::model::NodeName>;
 
 /// A Service's frontends, with the policy each follows.
 struct Frontends {
@@ -119,6 +123,7 @@ fn translate_service(
     name: &str,
     slices: &[&EndpointSlice],
     node: &ThisNode,
+    nodes: &mut NodeNames,
     out: &mut Translation,
 ) {
     let Some(spec) = &svc.spec else { return };
@@ -278,7 +283,7 @@ fn translate_service(
                         key: key.clone(),
                         name: key.clone(),
                         frontend,
-                        backends: backends(list),
+                        backends: backends(list, nodes),
                         affinity,
                         cpu_per_connection,
                         udp_responses: None,
@@ -323,12 +328,22 @@ fn display_port(port: &ServicePort) -> String {
     }
 }
 
-fn backends(list: &[Endpoint]) -> Vec<Backend> {
+fn backends(list: &[Endpoint], nodes: &mut NodeNames) -> Vec<Backend> {
     list.iter()
-        .map(|e| Backend {
-            address: e.address,
-            node: Arc::from(e.node.as_deref().unwrap_or("unknown")),
-            pod: e.pod.as_deref().map(Arc::from),
+        .map(|e| {
+            let name = e.node.as_deref().unwrap_or("unknown");
+            let node = match nodes.get(name) {
+                Some(n) => n.clone(),
+                None => nodes
+                    .entry(name.to_string())
+                    .or_insert_with(|| Arc::from(name))
+                    .clone(),
+            };
+            Backend {
+                address: e.address,
+                node,
+                pod: e.pod.as_deref().map(Arc::from),
+            }
         })
         .collect()
 }
