@@ -19,7 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Config, Resource};
+use kube::{Api, Client, Config, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -418,7 +418,9 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    // Managed fields are often most of an object's size, and nothing here reads them.
+    let objects = watcher(api, config).modify(|o| o.managed_fields_mut().clear());
+    let stream = reflector::reflector(writer, objects).default_backoff();
     let (changed, stop) = (changed.clone(), stop.clone());
     let kind = K::kind(&K::DynamicType::default()).to_string();
     tokio::spawn(async move {
