@@ -50,14 +50,7 @@ async fn many_idle_connections_fit_and_hold_no_pipes() {
     );
     let lb = Process::run(&dir.file("lb.yaml", &yaml));
     let pid = lb.child.id();
-    assert!(
-        eventually(Duration::from_secs(10), async || TcpStream::connect(
-            frontend
-        )
-        .await
-        .is_ok())
-        .await
-    );
+    assert!(accepts_within(frontend, Duration::from_secs(10)).await);
     let rss_before = rss_kib(pid);
     let pipes_before = open_pipes(pid);
     let mut open = Vec::with_capacity(N);

@@ -40,19 +40,7 @@ impl Pods {
             let listener = tokio::net::TcpListener::bind((ip, port))
                 .await
                 .expect("bind pod");
-            let count = Arc::new(AtomicU64::new(0));
-            counts.insert(ip, count.clone());
-            tokio::spawn(async move {
-                while let Ok((mut s, _)) = listener.accept().await {
-                    count.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        let (mut r, mut w) = s.split();
-                        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                            let _ = w.shutdown().await;
-                        }
-                    });
-                }
-            });
+            counts.insert(ip, echo_on(listener));
         }
         Pods { port, counts }
     }
@@ -108,6 +96,68 @@ async fn start_lb(api: &ApiServer, dir: &TempDir) -> wao_lb::app::Running {
     .await
 }
 
+/// The weights row of the backend on `node`.
+fn row_of(lb: &wao_lb::app::Running, node: &str) -> wao_lb::telemetry::weights_view::WeightRow {
+    lb.weights()
+        .into_iter()
+        .find(|r| r.node == node)
+        .unwrap_or_else(|| panic!("no row for {node}: {:?}", lb.weights()))
+}
+
+/// WAO's setting for node n1 (16 cores, `usage` CPU in metrics.k8s.io, the NodeConfig CRD
+/// with one NodeConfig: Fake inlet and ΔP, `predictor`) and Service shop/web with one pod
+/// on n1 and one on n2, which has no NodeConfig. Returns the Service's VIP.
+fn node_config_cluster(api: &ApiServer, pods: &Pods, usage: &str, predictor: Value) -> SocketAddr {
+    let vip = free_addr();
+    api.install_node_config_crd();
+    let mut n1 = node("n1", "127.0.60.1");
+    n1["status"]["capacity"] = json!({"cpu": "16"});
+    api.put(Kind::Node, n1);
+    api.put(
+        Kind::NodeMetrics,
+        json!({"metadata": {"name": "n1"}, "usage": {"cpu": usage}}),
+    );
+    api.put(Kind::NodeConfig, json!({"metadata": {"namespace": "wao-system", "name": "n1",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": "n1",
+            "metricsCollector": {"inletTemp": {"type": "Fake", "endpoint": ""}, "deltaP": {"type": "Fake", "endpoint": ""}},
+            "predictor": {"powerConsumption": predictor}}}));
+    api.put(Kind::Service, service("web", vip, true));
+    let ips: Vec<String> = pods.counts.keys().map(|ip| ip.to_string()).collect();
+    api.put(
+        Kind::EndpointSlice,
+        slice(
+            "web",
+            "web-a",
+            pods.port,
+            &[(&ips[0], "n1", "ready"), (&ips[1], "n2", "ready")],
+        ),
+    );
+    vip
+}
+
+/// wao-lb on `api`, once `/readyz` is green.
+async fn start_ready(api: &ApiServer, dir: &TempDir) -> wao_lb::app::Running {
+    let lb = start_lb(api, dir).await;
+    assert!(
+        eventually(WITHIN, async || ready(&lb).await).await,
+        "/readyz after the first sync"
+    );
+    lb
+}
+
+/// Node n1 and Service shop/web (port name http) with one ready pod, `ip` on n1; its VIP.
+fn one_pod_service(api: &ApiServer, pods: &Pods, ip: &str) -> SocketAddr {
+    let vip = free_addr();
+    api.put(Kind::Node, node("n1", "127.0.60.1"));
+    api.put(Kind::Service, service("web", vip, true));
+    api.put(
+        Kind::EndpointSlice,
+        slice("web", "web-a", pods.port, &[(ip, "n1", "ready")]),
+    );
+    vip
+}
+
 async fn ready(lb: &wao_lb::app::Running) -> bool {
     http_get(lb.admin_addr, "/readyz").await.0 == 200
 }
@@ -127,13 +177,7 @@ async fn an_opted_in_service_reaches_the_pods_of_both_slices() {
     let api = ApiServer::start().await;
     let dir = TempDir::new("kube-slices");
     let pods = Pods::start(&["127.0.61.1", "127.0.61.2"]).await;
-    let vip = free_addr();
-    api.put(Kind::Node, node("n1", "127.0.60.1"));
-    api.put(Kind::Service, service("web", vip, true));
-    api.put(
-        Kind::EndpointSlice,
-        slice("web", "web-a", pods.port, &[("127.0.61.1", "n1", "ready")]),
-    );
+    let vip = one_pod_service(&api, &pods, "127.0.61.1");
     api.put(
         Kind::EndpointSlice,
         slice("web", "web-b", pods.port, &[("127.0.61.2", "n2", "ready")]),
@@ -190,8 +234,7 @@ async fn services_without_the_label_are_ignored_and_one_that_loses_it_is_removed
             &[("127.0.62.1", "n1", "ready")],
         ),
     );
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let lb = start_ready(&api, &dir).await;
     assert!(echo(ours).await);
     assert!(!echo(theirs).await, "kube-proxy's Service is not ours");
     assert!(lb.weights().iter().all(|r| r.service == "shop/ours:http"));
@@ -211,15 +254,8 @@ async fn new_connections_follow_a_new_slice_and_established_ones_stay() {
     let api = ApiServer::start().await;
     let dir = TempDir::new("kube-terminating");
     let pods = Pods::start(&["127.0.63.1", "127.0.63.2"]).await;
-    let vip = free_addr();
-    api.put(Kind::Node, node("n1", "127.0.60.1"));
-    api.put(Kind::Service, service("web", vip, true));
-    api.put(
-        Kind::EndpointSlice,
-        slice("web", "web-a", pods.port, &[("127.0.63.1", "n1", "ready")]),
-    );
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let vip = one_pod_service(&api, &pods, "127.0.63.1");
+    let lb = start_ready(&api, &dir).await;
     // An established connection to the old pod.
     let mut held = tokio::net::TcpStream::connect(vip).await.expect("connect");
     held.write_all(b"before").await.unwrap();
@@ -283,8 +319,7 @@ async fn the_api_server_goes_away_and_comes_back_compacted() {
             ),
         );
     }
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let lb = start_ready(&api, &dir).await;
     assert!(echo(kept).await && echo(deleted).await);
 
     // The API server goes away mid-watch: traffic keeps flowing on the last state.
@@ -330,13 +365,7 @@ async fn not_ready_and_nothing_programmed_before_the_first_sync() {
     let mut api = ApiServer::start().await;
     let dir = TempDir::new("kube-first-sync");
     let pods = Pods::start(&["127.0.65.1"]).await;
-    let vip = free_addr();
-    api.put(Kind::Node, node("n1", "127.0.60.1"));
-    api.put(Kind::Service, service("web", vip, true));
-    api.put(
-        Kind::EndpointSlice,
-        slice("web", "web-a", pods.port, &[("127.0.65.1", "n1", "ready")]),
-    );
+    let vip = one_pod_service(&api, &pods, "127.0.65.1");
     api.stop();
     let lb = start_lb(&api, &dir).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -382,8 +411,7 @@ async fn source_ranges_restrict_the_balancer_ip_only() {
         Kind::EndpointSlice,
         slice("web", "web-a", pods.port, &[("127.0.66.1", "n1", "ready")]),
     );
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let lb = start_ready(&api, &dir).await;
     assert!(echo(cluster).await, "the ClusterIP has no source ranges");
     assert!(!echo(lb_ip).await, "127.0.0.1 is outside 10.0.0.0/8");
     // Kubernetes mode has no per-Service series by default: totals under service="".
@@ -420,8 +448,7 @@ async fn the_health_check_node_port_answers_for_local_endpoints() {
             &[("127.0.67.1", "n1", "ready"), ("127.0.67.2", "n2", "ready")],
         ),
     );
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let lb = start_ready(&api, &dir).await;
     let at: SocketAddr = ([127, 0, 0, 1], health_port).into();
     let (status, body) = http_get(at, "/").await;
     assert_eq!(status, 200, "{body}");
@@ -447,15 +474,8 @@ async fn fifty_endpoint_changes_are_each_followed() {
     let api = ApiServer::start().await;
     let dir = TempDir::new("kube-follow");
     let pods = Pods::start(&["127.0.68.1", "127.0.68.2"]).await;
-    let vip = free_addr();
-    api.put(Kind::Node, node("n1", "127.0.60.1"));
-    api.put(Kind::Service, service("web", vip, true));
-    api.put(
-        Kind::EndpointSlice,
-        slice("web", "web-a", pods.port, &[("127.0.68.1", "n1", "ready")]),
-    );
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let vip = one_pod_service(&api, &pods, "127.0.68.1");
+    let lb = start_ready(&api, &dir).await;
     let mut took = Vec::new();
     for i in 0..50 {
         let to = if i % 2 == 0 {
@@ -519,8 +539,7 @@ async fn an_unsupported_protocol_is_reported_on_the_service() {
         Kind::EndpointSlice,
         slice("web", "web-a", pods.port, &[("127.0.69.1", "n1", "ready")]),
     );
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let lb = start_ready(&api, &dir).await;
     assert!(echo(vip).await, "the TCP port is served");
     assert!(eventually(WITHIN, async || !api.events().is_empty()).await);
     let event = &api.events()[0];
@@ -574,45 +593,21 @@ async fn a_node_config_gives_its_node_a_model() {
     let api = ApiServer::start().await;
     let dir = TempDir::new("kube-nodeconfig");
     let pods = Pods::start(&["127.0.70.1", "127.0.70.2"]).await;
-    let vip = free_addr();
-    api.install_node_config_crd();
-    let mut n1 = node("n1", "127.0.60.1");
-    n1["status"]["capacity"] = json!({"cpu": "16"});
-    api.put(Kind::Node, n1);
-    api.put(
-        Kind::NodeMetrics,
-        json!({"metadata": {"name": "n1"}, "usage": {"cpu": "4000000000n", "memory": "1Gi"}}),
-    );
     api.put(
         Kind::Secret,
         json!({"metadata": {"namespace": "wao-system", "name": "predictor-auth"},
         "data": {"username": "d2Fv", "password": "aHVudGVyMg=="}}),
     );
-    api.put(Kind::NodeConfig, json!({"metadata": {"namespace": "wao-system", "name": "n1",
-            "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {"nodeName": "n1",
-            "metricsCollector": {"inletTemp": {"type": "Fake", "endpoint": ""}, "deltaP": {"type": "Fake", "endpoint": ""}},
-            "predictor": {"powerConsumption": {"type": "V2InferenceProtocol",
-                "endpoint": format!("http://{predictor_addr}/v2/models/power/versions/v1/infer"),
-                "basicAuthSecret": {"name": "predictor-auth"}}}}}));
-    api.put(Kind::Service, service("web", vip, true));
-    api.put(
-        Kind::EndpointSlice,
-        slice(
-            "web",
-            "web-a",
-            pods.port,
-            &[("127.0.70.1", "n1", "ready"), ("127.0.70.2", "n2", "ready")],
-        ),
+    node_config_cluster(
+        &api,
+        &pods,
+        "4000000000n",
+        json!({"type": "V2InferenceProtocol",
+            "endpoint": format!("http://{predictor_addr}/v2/models/power/versions/v1/infer"),
+            "basicAuthSecret": {"name": "predictor-auth"}}),
     );
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
-    let row = |node: &str| {
-        lb.weights()
-            .into_iter()
-            .find(|r| r.node == node)
-            .expect("row")
-    };
+    let lb = start_ready(&api, &dir).await;
+    let row = |node: &str| row_of(&lb, node);
     assert!(
         eventually(WITHIN, async || row("n1").reason.contains("v2-inference")).await,
         "{:?}",
@@ -641,7 +636,8 @@ async fn a_node_config_gives_its_node_a_model() {
 
 /// In Kubernetes mode `/metrics` does not grow with the number of Services: no series
 /// names a Service or backend, every Service counts into `service=""`; the weights view
-/// still has every row. `metrics.perService: true` brings the series back, capped.
+/// still has every row. (The per-Service series and their cap are tested in
+/// `balance::plan`'s unit tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metric_series_do_not_grow_with_services() {
     let api = ApiServer::start().await;
@@ -671,8 +667,7 @@ async fn metric_series_do_not_grow_with_services() {
         vips.push(vip);
     };
     add(&api, 0, &mut vips);
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
+    let lb = start_ready(&api, &dir).await;
     assert!(echo(vips[0]).await);
     let with_one = series(&lb);
     for i in 1..20 {
@@ -709,39 +704,15 @@ async fn a_node_config_with_an_mlserver_predictor() {
     assert!(mlserver_ready(port).await, "MLServer came up");
     let api = ApiServer::start().await;
     let pods = Pods::start(&["127.0.72.1", "127.0.72.2"]).await;
-    let vip = free_addr();
-    api.install_node_config_crd();
-    let mut n1 = node("n1", "127.0.60.1");
-    n1["status"]["capacity"] = json!({"cpu": "16"});
-    api.put(Kind::Node, n1);
-    api.put(
-        Kind::NodeMetrics,
-        json!({"metadata": {"name": "n1"}, "usage": {"cpu": "4800m"}}),
+    node_config_cluster(
+        &api,
+        &pods,
+        "4800m",
+        json!({"type": "V2InferenceProtocol",
+            "endpoint": format!("http://127.0.0.1:{port}/v2/models/power/versions/v1/infer")}),
     );
-    api.put(Kind::NodeConfig, json!({"metadata": {"namespace": "wao-system", "name": "n1",
-            "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {"nodeName": "n1",
-            "metricsCollector": {"inletTemp": {"type": "Fake", "endpoint": ""}, "deltaP": {"type": "Fake", "endpoint": ""}},
-            "predictor": {"powerConsumption": {"type": "V2InferenceProtocol",
-                "endpoint": format!("http://127.0.0.1:{port}/v2/models/power/versions/v1/infer")}}}}));
-    api.put(Kind::Service, service("web", vip, true));
-    api.put(
-        Kind::EndpointSlice,
-        slice(
-            "web",
-            "web-a",
-            pods.port,
-            &[("127.0.72.1", "n1", "ready"), ("127.0.72.2", "n2", "ready")],
-        ),
-    );
-    let lb = start_lb(&api, &dir).await;
-    assert!(eventually(WITHIN, async || ready(&lb).await).await);
-    let row = |node: &str| {
-        lb.weights()
-            .into_iter()
-            .find(|r| r.node == node)
-            .expect("row")
-    };
+    let lb = start_ready(&api, &dir).await;
+    let row = |node: &str| row_of(&lb, node);
     assert!(
         eventually(Duration::from_secs(30), async || row("n1").watts.is_some()).await,
         "{:?}",

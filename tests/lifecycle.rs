@@ -502,25 +502,11 @@ async fn sampled_connections_are_logged_when_they_close() {
         );
         let config = dir.file(&format!("lb-{sample}.yaml"), &yaml);
         let log = std::fs::File::create(dir.0.join(format!("log-{sample}"))).expect("log file");
-        let child = std::process::Command::new(BIN)
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn wao-lb");
-        (Process { child }, frontend)
+        (Process::run_logging(&config, log), frontend)
     };
     for sample in ["1", "0"] {
         let (mut lb, frontend) = run(sample);
-        assert!(
-            eventually(Duration::from_secs(10), async || TcpStream::connect(
-                frontend
-            )
-            .await
-            .is_ok())
-            .await
-        );
+        assert!(accepts_within(frontend, Duration::from_secs(10)).await);
         for i in 0..3 {
             let payload = format!("hello {i}");
             assert_eq!(

@@ -42,6 +42,30 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// `GET path` from a wao-lb admin API (HTTP/1.0): the status and the body, or None when it
+/// does not answer within 30 s.
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut text = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        s.read_to_string(&mut text),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
 /// A histogram of nanoseconds, 1 ns to 10 s, 3 significant digits.
 pub fn histogram() -> std::io::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 10_000_000_000, 3).map_err(std::io::Error::other)

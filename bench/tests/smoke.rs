@@ -2,36 +2,46 @@
 //! each scenario measures wao-lb, bound and transparent, writes its JSON and SVG, and accounts for
 //! every requested target either as rows or as a skipped line with a reason.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[test]
-fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
+/// Runs `wao-bench ARGS --smoke` on the workspace's wao-lb into a fresh output directory
+/// named after `tag`; asserts it succeeded and returns its stdout and that directory.
+fn run_smoke(args: &[&str], tag: &str) -> (String, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let wao_lb = ["release", "debug"]
         .iter()
         .map(|p| root.join("target").join(p).join("wao-lb"))
         .find(|p| p.is_file())
         .expect("the workspace build holds the wao-lb binary");
-    let out = std::env::temp_dir().join(format!("wao-bench-smoke-{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!("wao-bench-{tag}-{}", std::process::id()));
     let run = Command::new(env!("CARGO_BIN_EXE_wao-bench"))
-        .args([
-            "all",
-            "--smoke",
-            "--targets",
-            "direct,wao-lb,wao-lb-tproxy,haproxy,nginx,dnat",
-        ])
+        .args(args)
+        .arg("--smoke")
         .arg("--wao-lb")
         .arg(&wao_lb)
         .arg("--out")
         .arg(&out)
         .output()
         .expect("wao-bench runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = String::from_utf8_lossy(&run.stdout).to_string();
     assert!(
         run.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&run.stderr)
+    );
+    (stdout, out)
+}
+
+#[test]
+fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
+    let (stdout, out) = run_smoke(
+        &[
+            "all",
+            "--targets",
+            "direct,wao-lb,wao-lb-tproxy,haproxy,nginx,dnat",
+        ],
+        "smoke",
     );
     let expected = [
         ("throughput", "gbit_per_second", 2),
@@ -109,27 +119,7 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
 /// silently short, and wao-lb's footprint sampled.
 #[test]
 fn a_short_soak_loses_no_byte_silently() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wao_lb = ["release", "debug"]
-        .iter()
-        .map(|p| root.join("target").join(p).join("wao-lb"))
-        .find(|p| p.is_file())
-        .expect("the workspace build holds the wao-lb binary");
-    let out = std::env::temp_dir().join(format!("wao-bench-soak-{}", std::process::id()));
-    let run = Command::new(env!("CARGO_BIN_EXE_wao-bench"))
-        .args(["soak", "--smoke"])
-        .arg("--wao-lb")
-        .arg(&wao_lb)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("wao-bench runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let (stdout, out) = run_smoke(&["soak"], "soak");
     let json = std::fs::read_to_string(out.join("soak.json")).expect("soak.json");
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     let n = |k: &str| report["outcomes"][k].as_u64().unwrap_or(u64::MAX);
@@ -155,30 +145,11 @@ fn a_short_soak_loses_no_byte_silently() {
 }
 
 /// A small kube-scale run: wao-lb syncs 200 Services from the test API server, follows every
-/// EndpointSlice change, and its metric series do not name Services.
+/// EndpointSlice change, and reports its memory and metric series.
 #[test]
 fn a_small_kube_scale_run_syncs_and_follows_changes() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wao_lb = ["release", "debug"]
-        .iter()
-        .map(|p| root.join("target").join(p).join("wao-lb"))
-        .find(|p| p.is_file())
-        .expect("the workspace build holds the wao-lb binary");
-    let out = std::env::temp_dir().join(format!("wao-bench-kube-{}", std::process::id()));
-    let run = Command::new(env!("CARGO_BIN_EXE_wao-bench"))
-        .args(["kube-scale", "--smoke"])
-        .arg("--wao-lb")
-        .arg(&wao_lb)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("wao-bench runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let (stdout, out) = run_smoke(&["kube-scale"], "kube");
+    assert!(stdout.contains("== kube-scale:"), "{stdout}");
     let json = std::fs::read_to_string(out.join("kube-scale.json")).expect("kube-scale.json");
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["services"], 200, "{json}");

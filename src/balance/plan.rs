@@ -142,6 +142,10 @@ fn checked(
         b.health = health.get(service, b.backend.address).cloned();
     }
     let down = |b: &PlannedBackend| b.health.as_ref().is_some_and(Health::is_down);
+    if !backends.iter().any(down) {
+        // Nothing to take out: the shares stand as planned.
+        return backends;
+    }
     if backends.iter().all(down) {
         for b in backends.iter_mut().filter(|b| down(b)) {
             b.reason = format!(

@@ -60,6 +60,14 @@ pub fn deep_listener() -> TcpListener {
 pub async fn echo_server() -> Echo {
     let listener = deep_listener();
     let addr = listener.local_addr().expect("echo addr");
+    Echo {
+        addr,
+        accepted: echo_on(listener),
+    }
+}
+
+/// Echoes on `listener` until the test ends; the counter counts accepted connections.
+pub fn echo_on(listener: TcpListener) -> Arc<AtomicU64> {
     let accepted = Arc::new(AtomicU64::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
@@ -73,7 +81,7 @@ pub async fn echo_server() -> Echo {
             });
         }
     });
-    Echo { addr, accepted }
+    accepted
 }
 
 /// A UDP echo server.
@@ -173,11 +181,16 @@ pub struct Process {
 
 impl Process {
     pub fn run(config: &Path) -> Process {
+        Process::run_logging(config, Stdio::null())
+    }
+
+    /// `run` with JSON logs to `log`.
+    pub fn run_logging(config: &Path, log: impl Into<Stdio>) -> Process {
         let child = Command::new(BIN)
-            .args(["run", "--config"])
+            .args(["run", "--log-format", "json", "--config"])
             .arg(config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn wao-lb");
         Process { child }
@@ -222,6 +235,11 @@ pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Whether `addr` accepts a connection within `limit` (a started process is serving).
+pub async fn accepts_within(addr: SocketAddr, limit: Duration) -> bool {
+    eventually(limit, async || TcpStream::connect(addr).await.is_ok()).await
 }
 
 /// A temporary directory removed on drop.

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::measure::rss_kib;
+use crate::measure::{admin_get, rss_kib};
 use crate::targets::{free_addr, spawn, stop_gracefully, Proto, Setup};
 
 #[allow(dead_code)]
@@ -155,7 +155,7 @@ async fn start_lb(
     )
     .map_err(|s| std::io::Error::other(s.0))?;
     loop {
-        if get(admin, "/readyz")
+        if admin_get(admin, "/readyz")
             .await
             .is_some_and(|(status, _)| status == 200)
         {
@@ -173,25 +173,6 @@ async fn start_lb(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A plain HTTP/1.0 GET: status and body.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut text))
-        .await
-        .ok()?
-        .ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
 }
 
 /// An echo "pod" at `ip:port` counting its connections.
@@ -251,7 +232,7 @@ pub async fn run(setup: &Setup, sizes: &Sizes) -> std::io::Result<Report> {
     let (mut lb, first_sync) = start_lb(setup, &api, admin, "synced").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let synced_rss = rss_kib(lb.id()).unwrap_or(0);
-    let metrics = get(admin, "/metrics")
+    let metrics = admin_get(admin, "/metrics")
         .await
         .map(|(_, b)| b)
         .unwrap_or_default();

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backends::{Closing, EchoProcess};
-use crate::measure::{open_fds, rss_kib};
+use crate::measure::{admin_get, open_fds, rss_kib};
 use crate::targets::{free_addr, spawn, stop_gracefully, wait_serving, Proto, Setup};
 
 /// How long and how hard the soak runs.
@@ -379,7 +379,10 @@ pub async fn run(setup: &Setup, sizes: &Sizes) -> std::io::Result<Report> {
         rss_kib: rss_kib(pid).unwrap_or(0),
         fds: open_fds(pid),
     });
-    let metrics = metrics_text(admin).await.unwrap_or_default();
+    let metrics = admin_get(admin, "/metrics")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default();
     stop_gracefully(&mut child);
     // A reload series that was never counted is absent from the text: zero, if the text came.
     let reloads = |result: &str| {
@@ -403,17 +406,6 @@ pub async fn run(setup: &Setup, sizes: &Sizes) -> std::io::Result<Report> {
         reloads_refused: reloads("failure"),
         samples,
     })
-}
-
-async fn metrics_text(admin: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(admin).await?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
-        .await
-        .map_err(std::io::Error::other)??;
-    Ok(text)
 }
 
 fn metric(text: &str, series: &str) -> Option<f64> {

@@ -82,20 +82,7 @@ impl ServiceCounters {
     /// only where it has `ranged` sources: the others count into handles no registry holds.
     fn new(m: &ProxyMetrics, service: &str, protocol: Protocol, ranged: bool) -> ServiceCounters {
         let (tcp, udp) = (protocol == Protocol::Tcp, protocol == Protocol::Udp);
-        let counter = |export: bool, vec: &prometheus::IntCounterVec, labels: &[&str]| {
-            if export {
-                vec.with_label_values(labels)
-            } else {
-                unexported_counter()
-            }
-        };
-        let gauge = |export: bool, vec: &prometheus::IntGaugeVec, labels: &[&str]| {
-            if export {
-                vec.with_label_values(labels)
-            } else {
-                unexported_gauge()
-            }
-        };
+        let (counter, gauge) = (counter_or_sink, gauge_or_sink);
         ServiceCounters {
             connections: counter(tcp, &m.connections, &[service]),
             active: gauge(tcp, &m.connections_active, &[service]),
@@ -117,6 +104,23 @@ impl ServiceCounters {
             udp_datagrams_upstream: counter(udp, &m.udp_datagrams, &[service, "upstream"]),
             udp_datagrams_downstream: counter(udp, &m.udp_datagrams, &[service, "downstream"]),
         }
+    }
+}
+
+/// The series of `labels` in `vec` when it is `export`ed, else the shared sink.
+fn counter_or_sink(export: bool, vec: &prometheus::IntCounterVec, labels: &[&str]) -> IntCounter {
+    if export {
+        vec.with_label_values(labels)
+    } else {
+        unexported_counter()
+    }
+}
+
+fn gauge_or_sink(export: bool, vec: &prometheus::IntGaugeVec, labels: &[&str]) -> IntGauge {
+    if export {
+        vec.with_label_values(labels)
+    } else {
+        unexported_gauge()
     }
 }
 
@@ -171,13 +175,7 @@ impl ServiceEntry {
                 let old =
                     previous.and_then(|p| p.by_address.get(&address).map(|&i| &p.backends[i]));
                 let ejection = old.map(|old| old.ejection.clone()).unwrap_or_default();
-                let counter = |vec: &prometheus::IntCounterVec, labels: &[&str]| {
-                    if per_backend {
-                        vec.with_label_values(labels)
-                    } else {
-                        unexported_counter()
-                    }
-                };
+                let counter = |vec, labels: &[&str]| counter_or_sink(per_backend, vec, labels);
                 // The pick count carries over rebuilds (the weights view reads it).
                 let picks = Picks {
                     count: old.map(|o| o.picks.count.clone()).unwrap_or_default(),

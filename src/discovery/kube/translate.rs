@@ -197,14 +197,8 @@ fn translate_service(
         .health_check_node_port
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p > 0 && kind == "LoadBalancer" && external_local);
-    if let Some(port) = health_port {
-        out.health_check_ports.push(HealthCheckPort {
-            port,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            local_endpoints: local_ready(slices, &node.name),
-        });
-    }
+    // This node's ready endpoints, for the health-check node port.
+    let mut local_ready = 0;
     let node_ports = matches!(kind, "NodePort" | "LoadBalancer");
     for port in spec.ports.iter().flatten() {
         let port_name = port.name.as_deref().unwrap_or("");
@@ -232,6 +226,12 @@ fn translate_service(
         let proto_name = port.protocol.as_deref().unwrap_or("TCP");
         for v6 in [false, true] {
             let endpoints = collect(slices, port_name, proto_name, v6);
+            local_ready = local_ready.max(
+                endpoints
+                    .iter()
+                    .filter(|e| e.ready && e.node.as_deref() == Some(node.name.as_str()))
+                    .count(),
+            );
             let sorted = categorize(&endpoints, &node.name, node.zone.as_deref());
             let of_family = |list: &[IpAddr]| -> Vec<IpAddr> {
                 list.iter()
@@ -304,20 +304,14 @@ fn translate_service(
             }
         }
     }
-}
-
-/// This node's ready endpoints (distinct addresses) in `slices`.
-fn local_ready(slices: &[&EndpointSlice], node: &str) -> usize {
-    let mut addresses: Vec<&str> = slices
-        .iter()
-        .flat_map(|s| &s.endpoints)
-        .filter(|e| e.node_name.as_deref() == Some(node))
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-        .filter_map(|e| e.addresses.first().map(String::as_str))
-        .collect();
-    addresses.sort_unstable();
-    addresses.dedup();
-    addresses.len()
+    if let Some(port) = health_port {
+        out.health_check_ports.push(HealthCheckPort {
+            port,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            local_endpoints: local_ready,
+        });
+    }
 }
 
 /// The port as kube-proxy names it: its name, or its number when unnamed.

@@ -140,8 +140,9 @@ pub async fn run(
             let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
             let mut t = translate(&services, &slices, &node);
             t.nodes = lock(&node_configs).nodes.clone();
+            let capacity = lock(&capacity);
             for (name, spec) in t.nodes.iter_mut() {
-                if let Some(cores) = lock(&capacity).get(&**name) {
+                if let Some(cores) = capacity.get(&**name) {
                     spec.cores = *cores;
                 }
             }
@@ -207,47 +208,70 @@ async fn poll_node_configs(
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let mut said = None;
     loop {
-        let state = match api.list(&ListParams::default()).await {
-            Ok(list) => {
-                let configs: Vec<NodeConfig> = list
-                    .items
-                    .into_iter()
-                    .filter_map(|o| serde_json::to_value(o).ok())
-                    .filter_map(|v| serde_json::from_value(v).ok())
-                    .collect();
-                let secrets = read_secrets(&client, &configs).await;
-                let out = nodeconfig::translate(&configs, &|ns, name| {
-                    secrets.get(&(ns.to_string(), name.to_string())).cloned()
-                });
-                for n in out.notes.iter().filter(|n| !lock(&into).notes.contains(n)) {
-                    tracing::warn!(note = %n, "NodeConfig");
-                }
-                let new = *lock(&into) != out;
-                if new {
-                    *lock(&into) = out;
-                    changed.notify_one();
-                }
-                "listed"
+        let absent =
+            "WAO's NodeConfig CRD is not installed; node power inputs come from the config file";
+        if let Some(items) = list_saying(&api, &mut said, absent, "NodeConfigs").await {
+            let configs: Vec<NodeConfig> = items
+                .into_iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .filter_map(|v| serde_json::from_value(v).ok())
+                .collect();
+            let secrets = read_secrets(&client, &configs).await;
+            let out = nodeconfig::translate(&configs, &|ns, name| {
+                secrets.get(&(ns.to_string(), name.to_string())).cloned()
+            });
+            let mut current = lock(&into);
+            for n in out.notes.iter().filter(|n| !current.notes.contains(n)) {
+                tracing::warn!(note = %n, "NodeConfig");
             }
-            Err(kube::Error::Api(status)) if status.is_not_found() => {
-                if said != Some("absent") {
-                    tracing::info!("WAO's NodeConfig CRD is not installed; node power inputs come from the config file");
-                }
-                "absent"
+            if *current != out {
+                *current = out;
+                changed.notify_one();
             }
-            Err(e) => {
-                if said != Some("failing") {
-                    tracing::warn!(error = %e, "cannot list NodeConfigs; keeping the last ones");
-                }
-                "failing"
-            }
-        };
-        said = Some(state);
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(NODE_CONFIG_PERIOD) => {}
         }
     }
+}
+
+/// What a periodic list found last time, so that each state is logged once, when it begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Listed,
+    Absent,
+    Failing,
+}
+
+/// The objects `api` lists, or None: when the API is not served (`absent` is logged) or the
+/// list fails (a warning about `what`), each said once per stretch.
+async fn list_saying<K>(
+    api: &Api<K>,
+    said: &mut Option<Listing>,
+    absent: &str,
+    what: &str,
+) -> Option<Vec<K>>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let (state, items) = match api.list(&ListParams::default()).await {
+        Ok(list) => (Listing::Listed, Some(list.items)),
+        Err(kube::Error::Api(status)) if status.is_not_found() => {
+            if *said != Some(Listing::Absent) {
+                tracing::info!("{absent}");
+            }
+            (Listing::Absent, None)
+        }
+        Err(e) => {
+            if *said != Some(Listing::Failing) {
+                tracing::warn!(error = %e, "cannot list {what}; keeping the last ones");
+            }
+            (Listing::Failing, None)
+        }
+    };
+    *said = Some(state);
+    items
 }
 
 /// How often node CPU is read from the metrics API (metrics-server refreshes every 15 s).
@@ -274,54 +298,36 @@ async fn poll_cluster_cpu(
     let mut round = 0u32;
     loop {
         round = round.wrapping_add(1);
-        let due = round % CAPACITY_EVERY == 1 || lock(&capacity).is_empty();
-        if let Some(list) = if due {
-            nodes.list(&ListParams::default()).await.ok()
-        } else {
-            None
-        } {
-            let now: BTreeMap<String, f64> = list
-                .items
-                .iter()
-                .filter_map(|n| {
-                    let cpu = n.status.as_ref()?.capacity.as_ref()?.get("cpu")?;
-                    Some((
-                        n.metadata.name.clone()?,
-                        parse_cores(&cpu.0).filter(|c| *c > 0.0)?,
-                    ))
-                })
-                .collect();
-            if *lock(&capacity) != now {
-                *lock(&capacity) = now;
-                changed.notify_one();
+        if round % CAPACITY_EVERY == 1 || lock(&capacity).is_empty() {
+            if let Ok(list) = nodes.list(&ListParams::default()).await {
+                let now: BTreeMap<String, f64> = list
+                    .items
+                    .iter()
+                    .filter_map(|n| {
+                        let cpu = n.status.as_ref()?.capacity.as_ref()?.get("cpu")?;
+                        let cores = parse_cores(&cpu.0).filter(|c| *c > 0.0)?;
+                        Some((n.metadata.name.clone()?, cores))
+                    })
+                    .collect();
+                let mut current = lock(&capacity);
+                if *current != now {
+                    *current = now;
+                    changed.notify_one();
+                }
             }
         }
-        let state = match usage.list(&ListParams::default()).await {
-            Ok(list) => {
-                let capacity = lock(&capacity).clone();
-                for m in &list.items {
-                    let name = m.metadata.name.clone().unwrap_or_default();
-                    let used = m.data["usage"]["cpu"].as_str().and_then(parse_cores);
-                    if let (Some(used), Some(cores)) = (used, capacity.get(&name)) {
-                        board.publish(cpu_key(&name), (used / cores * 100.0).clamp(0.0, 100.0));
-                    }
+        let absent =
+            "metrics.k8s.io is not served (no metrics-server); node CPU comes from the config file";
+        if let Some(items) = list_saying(&usage, &mut said, absent, "node metrics").await {
+            let capacity = lock(&capacity).clone();
+            for m in &items {
+                let name = m.metadata.name.clone().unwrap_or_default();
+                let used = m.data["usage"]["cpu"].as_str().and_then(parse_cores);
+                if let (Some(used), Some(cores)) = (used, capacity.get(&name)) {
+                    board.publish(cpu_key(&name), (used / cores * 100.0).clamp(0.0, 100.0));
                 }
-                "listed"
             }
-            Err(kube::Error::Api(status)) if status.is_not_found() => {
-                if said != Some("absent") {
-                    tracing::info!("metrics.k8s.io is not served (no metrics-server); node CPU comes from the config file");
-                }
-                "absent"
-            }
-            Err(e) => {
-                if said != Some("failing") {
-                    tracing::warn!(error = %e, "cannot read node CPU from metrics.k8s.io");
-                }
-                "failing"
-            }
-        };
-        said = Some(state);
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(CPU_PERIOD) => {}

@@ -97,51 +97,38 @@ pub fn render(entries: &[Entry], t: &TproxySettings) -> String {
         out,
         "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{"
     );
-    set(
-        &mut out,
-        "frontends4",
-        "ipv4_addr",
-        &pick(false, Verdict::Serve),
-    );
-    set(
-        &mut out,
-        "frontends6",
-        "ipv6_addr",
-        &pick(true, Verdict::Serve),
-    );
-    set(
-        &mut out,
-        "refuse4",
-        "ipv4_addr",
-        &pick(false, Verdict::Reject),
-    );
-    set(
-        &mut out,
-        "refuse6",
-        "ipv6_addr",
-        &pick(true, Verdict::Reject),
-    );
-    set(&mut out, "drop4", "ipv4_addr", &pick(false, Verdict::Drop));
-    set(&mut out, "drop6", "ipv6_addr", &pick(true, Verdict::Drop));
-    let own = format!("meta mark & {up:#x} == {up:#x} return");
-    let refuse = |out: &mut String| {
-        for (family, set) in [("ip", "refuse4"), ("ip6", "refuse6")] {
-            let m = format!("{family} daddr . meta l4proto . th dport @{set}");
-            let _ = writeln!(out, "\t\t{m} meta l4proto tcp reject with tcp reset");
-            let _ = writeln!(out, "\t\t{m} meta l4proto udp reject");
-        }
-        for (family, set) in [("ip", "drop4"), ("ip6", "drop6")] {
-            let _ = writeln!(
-                out,
-                "\t\t{family} daddr . meta l4proto . th dport @{set} drop"
+    for (name, verdict) in [
+        ("frontends", Verdict::Serve),
+        ("refuse", Verdict::Reject),
+        ("drop", Verdict::Drop),
+    ] {
+        for (_, v6, n, addr_type) in FAMILIES {
+            set(
+                &mut out,
+                &format!("{name}{n}"),
+                addr_type,
+                &pick(v6, verdict),
             );
         }
+    }
+    // A chain's header, then the rule that lets wao-lb's own upstream packets pass.
+    let own = format!("meta mark & {up:#x} == {up:#x} return");
+    let open = |out: &mut String, name: &str, hook: &str| {
+        let _ = writeln!(
+            out,
+            "\tchain {name} {{\n\t\ttype {hook}; policy accept;\n\t\t{own}"
+        );
     };
-    let _ = writeln!(
-        out,
-        "\tchain prerouting {{\n\t\ttype filter hook prerouting priority mangle; policy accept;"
+    let refuse = |out: &mut String| {
+        per_family(out, "refuse", "meta l4proto tcp reject with tcp reset");
+        per_family(out, "refuse", "meta l4proto udp reject");
+        per_family(out, "drop", "drop");
+    };
+    open(
+        &mut out,
+        "prerouting",
+        "filter hook prerouting priority mangle",
     );
-    let _ = writeln!(out, "\t\t{own}");
     refuse(&mut out);
     for e in entries.iter().filter(|e| e.verdict == Verdict::Serve) {
         source_filter(&mut out, e);
@@ -154,66 +141,65 @@ pub fn render(entries: &[Entry], t: &TproxySettings) -> String {
         out,
         "\t\tmeta l4proto tcp socket transparent 1 meta mark set meta mark | {mark:#x} accept"
     );
-    for (family, set, to) in [
-        ("ip", "frontends4", format!("127.0.0.1:{}", t.port)),
-        ("ip6", "frontends6", format!("[::1]:{}", t.port)),
-    ] {
+    for (family, v6, n, _) in FAMILIES {
+        let to = if v6 { "[::1]" } else { "127.0.0.1" };
         for proto in ["tcp", "udp"] {
             let _ = writeln!(
                 out,
-                "\t\t{family} daddr . meta l4proto . th dport @{set} meta l4proto {proto} tproxy {family} to {to} meta mark set meta mark | {mark:#x} accept"
+                "\t\t{family} daddr . meta l4proto . th dport @frontends{n} meta l4proto {proto} tproxy {family} to {to}:{} meta mark set meta mark | {mark:#x} accept",
+                t.port
             );
         }
     }
     out.push_str("\t}\n");
-    let _ = writeln!(
-        out,
-        "\tchain output_refuse {{\n\t\ttype filter hook output priority -130; policy accept;"
+    open(
+        &mut out,
+        "output_refuse",
+        "filter hook output priority -130",
     );
-    let _ = writeln!(out, "\t\t{own}");
     refuse(&mut out);
     out.push_str("\t}\n");
-    let _ = writeln!(
-        out,
-        "\tchain output_nat {{\n\t\ttype nat hook output priority -110; policy accept;"
+    open(&mut out, "output_nat", "nat hook output priority -110");
+    per_family(
+        &mut out,
+        "frontends",
+        &format!("meta l4proto tcp redirect to :{}", t.local_port),
     );
-    let _ = writeln!(out, "\t\t{own}");
-    for (family, set) in [("ip", "frontends4"), ("ip6", "frontends6")] {
-        let _ = writeln!(
-            out,
-            "\t\t{family} daddr . meta l4proto . th dport @{set} meta l4proto tcp redirect to :{}",
-            t.local_port
-        );
-    }
     out.push_str("\t}\n");
     // Before conntrack: the node's own UDP to a frontend stays untracked, so rules that
     // act on new connections (kube-proxy's `ct state new jump cluster-ips-check`, which
     // drops every address of its Service CIDR it does not serve itself) never see it.
-    let _ = writeln!(
-        out,
-        "\tchain output_raw {{\n\t\ttype filter hook output priority raw; policy accept;"
-    );
-    let _ = writeln!(out, "\t\t{own}");
-    for (family, set) in [("ip", "frontends4"), ("ip6", "frontends6")] {
-        let _ = writeln!(
-            out,
-            "\t\t{family} daddr . meta l4proto . th dport @{set} meta l4proto udp notrack"
-        );
-    }
+    open(&mut out, "output_raw", "filter hook output priority raw");
+    per_family(&mut out, "frontends", "meta l4proto udp notrack");
     out.push_str("\t}\n");
-    let _ = writeln!(
-        out,
-        "\tchain output_route {{\n\t\ttype route hook output priority mangle; policy accept;"
+    open(
+        &mut out,
+        "output_route",
+        "route hook output priority mangle",
     );
-    let _ = writeln!(out, "\t\t{own}");
-    for (family, set) in [("ip", "frontends4"), ("ip6", "frontends6")] {
-        let _ = writeln!(
-            out,
-            "\t\t{family} daddr . meta l4proto . th dport @{set} meta l4proto udp meta mark set meta mark | {mark:#x}"
-        );
-    }
+    per_family(
+        &mut out,
+        "frontends",
+        &format!("meta l4proto udp meta mark set meta mark | {mark:#x}"),
+    );
     out.push_str("\t}\n}\n");
     out
+}
+
+/// The two address families: nft family, whether IPv6, set-name suffix, set address type.
+const FAMILIES: [(&str, bool, &str, &str); 2] = [
+    ("ip", false, "4", "ipv4_addr"),
+    ("ip6", true, "6", "ipv6_addr"),
+];
+
+/// `rule` for packets to the members of set `name` (its IPv4 and its IPv6 set).
+fn per_family(out: &mut String, name: &str, rule: &str) {
+    for (family, _, n, _) in FAMILIES {
+        let _ = writeln!(
+            out,
+            "\t\t{family} daddr . meta l4proto . th dport @{name}{n} {rule}"
+        );
+    }
 }
 
 /// Drops packets to `e` from sources outside its ranges (before they are TPROXYed).
