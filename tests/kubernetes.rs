@@ -692,15 +692,25 @@ async fn metric_series_do_not_grow_with_services() {
     lb.stop().await;
 }
 
-/// With a real MLServer predictor named by a NodeConfig, the node's watts and ΔW are the
-/// model's own predictions for (CPU from metrics.k8s.io, WAO's Fake inlet and ΔP).
+/// With a real MLServer predictor named by NodeConfigs, each node's watts and ΔW are the
+/// model's own predictions for its inputs as WAO reads them:
+/// - n1 names the model's URL (`powerConsumption`); its inlet and ΔP are WAO's Fakes.
+/// - n2 names its BMC (`powerConsumptionEndpointProvider`, Redfish behind basic auth),
+///   whose `MachineLearningModel` resource names the same MLServer model; the custom
+///   metrics API serves n2's inlet temperature and ΔP (not n1's), which replace its Fakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_config_with_an_mlserver_predictor() {
+async fn node_configs_with_an_mlserver_predictor() {
     use common::mlserver::{assert_model_answers, mlserver, mlserver_ready};
     let dir = TempDir::new("kube-mlserver");
-    // 4.8 of 16 cores is 30 %; one connection (100m) adds 0.625 %.
-    let queries = [[30.0, 15.5, 7.5], [30.625, 15.5, 7.5]];
+    // 4.8 of 16 cores is 30 %, 3.2 is 20 %; one connection (100m) adds 0.625 %.
+    let queries = [
+        [30.0, 15.5, 7.5],
+        [30.625, 15.5, 7.5],
+        [20.0, 22.0, 3.5],
+        [20.625, 22.0, 3.5],
+    ];
     let (_server, port, expected) = mlserver(&dir, &queries);
+    let bmc = fake_bmc(&format!("http://127.0.0.1:{port}")).await;
     assert!(mlserver_ready(port).await, "MLServer came up");
     let api = ApiServer::start().await;
     let pods = Pods::start(&["127.0.72.1", "127.0.72.2"]).await;
@@ -711,14 +721,110 @@ async fn a_node_config_with_an_mlserver_predictor() {
         json!({"type": "V2InferenceProtocol",
             "endpoint": format!("http://127.0.0.1:{port}/v2/models/power/versions/v1/infer")}),
     );
+    let mut n2 = node("n2", "127.0.60.2");
+    n2["status"]["capacity"] = json!({"cpu": "16"});
+    api.put(Kind::Node, n2);
+    api.put(
+        Kind::NodeMetrics,
+        json!({"metadata": {"name": "n2"}, "usage": {"cpu": "3200m"}}),
+    );
+    api.put(
+        Kind::Secret,
+        json!({"metadata": {"namespace": "wao-system", "name": "bmc-n2"},
+        "data": {"username": "cm9vdA==", "password": "Y2Fsdmlu"}}),
+    );
+    api.put(Kind::NodeConfig, json!({"metadata": {"namespace": "wao-system", "name": "n2",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": "n2",
+            "metricsCollector": {"inletTemp": {"type": "Fake", "endpoint": ""}, "deltaP": {"type": "Fake", "endpoint": ""}},
+            "predictor": {"powerConsumptionEndpointProvider": {"type": "Redfish",
+                "endpoint": format!("http://{}", bmc.addr), "basicAuthSecret": {"name": "bmc-n2"}}}}}));
+    api.serve_custom_metric("n2", "inlet_temp", "22");
+    api.serve_custom_metric("n2", "delta_p", "3500m");
     let lb = start_ready(&api, &dir).await;
     let row = |node: &str| row_of(&lb, node);
     assert!(
-        eventually(Duration::from_secs(30), async || row("n1").watts.is_some()).await,
+        eventually(Duration::from_secs(30), async || {
+            row("n1").watts.is_some() && row("n2").watts.is_some()
+        })
+        .await,
         "{:?}",
         lb.weights()
     );
-    assert_model_answers(&row("n1"), &expected);
-    assert!(row("n2").reason.contains("mean weight"), "{:?}", row("n2"));
+    assert_model_answers(&row("n1"), &expected[..2]);
+    assert_model_answers(&row("n2"), &expected[2..]);
+    assert_eq!(
+        (row("n1").inlet_celsius, row("n1").delta_p_pascal),
+        (Some(15.5), Some(7.5)),
+        "no custom metrics for n1: WAO's Fakes"
+    );
+    assert_eq!(
+        (row("n2").inlet_celsius, row("n2").delta_p_pascal),
+        (Some(22.0), Some(3.5)),
+        "n2's custom metrics"
+    );
+    assert!(
+        row("n2").reason.contains("named by Redfish"),
+        "{}",
+        row("n2").reason
+    );
+    assert!(bmc.asked.load(Ordering::Relaxed) >= 2, "the BMC was asked");
+    assert_eq!(
+        bmc.refused.load(Ordering::Relaxed),
+        0,
+        "every request to the BMC carried the Secret's credentials"
+    );
     lb.stop().await;
+}
+
+/// A BMC's Redfish API as WAO's model provider reads it: one system, whose
+/// `MachineLearningModel` names model `power` version `v1` at `model_url`. It counts
+/// requests, and refuses (and counts) those without basic auth root:calvin.
+struct FakeBmc {
+    addr: SocketAddr,
+    asked: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+}
+
+async fn fake_bmc(model_url: &str) -> FakeBmc {
+    use axum::http::{HeaderMap, StatusCode};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (asked, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let answer = {
+        let (asked, refused) = (asked.clone(), refused.clone());
+        move |headers: &HeaderMap, doc: Value| {
+            asked.fetch_add(1, Ordering::Relaxed);
+            // "root:calvin" in base64.
+            if headers.get("authorization").and_then(|v| v.to_str().ok())
+                == Some("Basic cm9vdDpjYWx2aW4=")
+            {
+                (StatusCode::OK, axum::Json(doc))
+            } else {
+                refused.fetch_add(1, Ordering::Relaxed);
+                (StatusCode::UNAUTHORIZED, axum::Json(json!({})))
+            }
+        }
+    };
+    let systems = json!({"@odata.id": "/redfish/v1/Systems",
+        "Members": [{"@odata.id": "/redfish/v1/Systems/System.Embedded.1"}]});
+    let models = json!({"@odata.id": "/redfish/v1/Systems/System.Embedded.1/MachineLearningModel",
+        "PowerConsumptionModel": {"Name": "power", "Url": model_url,
+            "Type": "V2InferenceProtocol", "Version": "v1"}});
+    let a = answer.clone();
+    let app = axum::Router::new()
+        .route(
+            "/redfish/v1/Systems",
+            axum::routing::get(move |h: HeaderMap| async move { a(&h, systems) }),
+        )
+        .route(
+            "/redfish/v1/Systems/System.Embedded.1/MachineLearningModel",
+            axum::routing::get(move |h: HeaderMap| async move { answer(&h, models) }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    FakeBmc {
+        addr,
+        asked,
+        refused,
+    }
 }

@@ -109,15 +109,31 @@ pub enum RemoteProtocol {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteModelSpec {
     pub protocol: RemoteProtocol,
-    pub url: HttpUrl,
-    pub model: String,
-    pub version: Option<String>,
+    pub location: ModelLocation,
     pub timeout: Duration,
     /// The last good prediction is used this long after the model stops answering.
     pub stale_after: Duration,
     /// Answers are reused this long for the same (rounded) inputs; WAO uses 30 minutes.
     pub cache_for: Duration,
     pub auth: Option<BasicAuth>,
+}
+
+/// Where a remote model is served.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelLocation {
+    /// At a known server (`url` is scheme://host:port[/prefix]), by name and version.
+    At {
+        url: HttpUrl,
+        model: String,
+        version: Option<String>,
+    },
+    /// WAO's `powerConsumptionEndpointProvider`: the BMC's Redfish `MachineLearningModel`
+    /// resource names the server, model and version of a V2 inference model.
+    Redfish {
+        url: HttpUrl,
+        auth: Option<BasicAuth>,
+        insecure: bool,
+    },
 }
 
 /// Which quantity an input measures: its key in the config, its unit, its plausible range

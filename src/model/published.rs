@@ -1,10 +1,13 @@
-//! `Board`: values discovery publishes for the power side to read as inputs (a node's CPU
-//! from the cluster's metrics API), each with the moment it was published. Discovery
+//! `Board`: values discovery publishes for the power side to read as inputs (a node's CPU,
+//! inlet temperature and ΔP from the cluster's metrics APIs), each with the moment it was
+//! published. Discovery
 //! writes, power reads: data still flows one way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::node::Quantity;
 
 #[derive(Debug, Clone, Default)]
 pub struct Board {
@@ -31,9 +34,9 @@ impl Board {
     }
 }
 
-/// The key of a node's CPU utilisation (percent of its capacity).
-pub fn cpu_key(node: &str) -> String {
-    format!("cpu/{node}")
+/// The key of a node's reading of `quantity` (CPU: percent of its capacity).
+pub fn key(quantity: Quantity, node: &str) -> String {
+    format!("{}/{node}", quantity.label())
 }
 
 #[cfg(test)]
@@ -44,7 +47,7 @@ mod tests {
     fn published_values_are_read_with_their_age() {
         let b = Board::default();
         assert_eq!(b.read("cpu/a"), None);
-        b.publish(cpu_key("a"), 25.0);
+        b.publish(key(Quantity::Cpu, "a"), 25.0);
         let (v, age) = b.read("cpu/a").unwrap();
         assert_eq!(v, 25.0);
         assert!(age < Duration::from_secs(60));

@@ -56,18 +56,34 @@ pub fn parse_millicores(text: &str) -> Result<u32, String> {
     Ok(millis.round() as u32)
 }
 
-/// Parses a CPU quantity as the metrics API and Node capacity write it, into cores:
-/// `16`, `3500m`, `1234567n`, `12u`.
-pub fn parse_cores(text: &str) -> Option<f64> {
+/// Parses a Kubernetes quantity as the metrics APIs write it: `22`, `-3500m`, `1234567n`,
+/// `12u`, `2k`, `1Mi`. Signed; None for anything else or a non-finite value.
+pub fn parse_quantity(text: &str) -> Option<f64> {
     let t = text.trim();
-    let (number, scale) = match t.char_indices().last()? {
-        (i, 'n') => (&t[..i], 1e-9),
-        (i, 'u') => (&t[..i], 1e-6),
-        (i, 'm') => (&t[..i], 1e-3),
-        _ => (t, 1.0),
-    };
-    let cores = number.parse::<f64>().ok()? * scale;
-    (cores.is_finite() && cores >= 0.0).then_some(cores)
+    const SUFFIXES: [(&str, f64); 10] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let (number, scale) = SUFFIXES
+        .iter()
+        .find_map(|(s, scale)| t.strip_suffix(s).map(|n| (n, *scale)))
+        .unwrap_or((t, 1.0));
+    let value = number.parse::<f64>().ok()? * scale;
+    value.is_finite().then_some(value)
+}
+
+/// Parses a CPU quantity as the metrics API and Node capacity write it, into cores:
+/// `16`, `3500m`, `1234567n`, `12u`. Never negative.
+pub fn parse_cores(text: &str) -> Option<f64> {
+    parse_quantity(text).filter(|c| *c >= 0.0)
 }
 
 /// Serialises a `Duration` as seconds (for JSON views).
@@ -92,6 +108,17 @@ mod tests {
         assert_eq!(parse_cores("-1"), None);
         assert_eq!(parse_cores("lots"), None);
         assert_eq!(parse_cores(""), None);
+    }
+
+    #[test]
+    fn signed_quantities() {
+        assert_eq!(parse_quantity("22"), Some(22.0));
+        assert_eq!(parse_quantity("-3500m"), Some(-3.5));
+        assert_eq!(parse_quantity("2k"), Some(2000.0));
+        assert_eq!(parse_quantity("1Ki"), Some(1024.0));
+        for bad in ["", "m", "1e999", "NaN", "inf", "twelve", "1 m"] {
+            assert_eq!(parse_quantity(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

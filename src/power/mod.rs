@@ -6,6 +6,7 @@ pub mod inputs;
 pub mod metrics;
 pub mod policy;
 pub mod predict;
+pub mod provider;
 pub mod remote;
 pub mod sources;
 pub mod updater;

@@ -24,7 +24,7 @@ impl Predictor {
     pub fn name(&self) -> String {
         match self {
             Predictor::Curve(c) => format!("curve {}", c.id),
-            Predictor::Remote(m) => m.protocol_name().into(),
+            Predictor::Remote(m) => m.name(),
         }
     }
 }

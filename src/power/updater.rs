@@ -18,7 +18,9 @@ use super::policy::Controller;
 use super::predict::Predictor;
 use super::remote::RemotePredictor;
 use super::weights::{apply, NodeReport, NodeWeights};
-use crate::model::node::{Input, NodeSpec, NodeWeighting, Quantity, Source};
+use crate::model::node::{
+    Input, ModelLocation, NodeSpec, NodeWeighting, Quantity, RemoteModelSpec, Source,
+};
 use crate::model::published::Board;
 use crate::model::{Desired, NodeName};
 use crate::settings::PowerSettings;
@@ -84,6 +86,14 @@ impl Clients {
         }
     }
 
+    /// For asking a model's provider: a BMC may have asked to skip certificate checks.
+    fn for_model(&self, model: &RemoteModelSpec) -> reqwest::Client {
+        match model.location {
+            ModelLocation::Redfish { insecure: true, .. } => self.insecure.clone(),
+            _ => self.normal.clone(),
+        }
+    }
+
     fn for_input(&self, input: &Input) -> reqwest::Client {
         match input.source {
             Source::Redfish { insecure: true, .. } => self.insecure.clone(),
@@ -108,7 +118,7 @@ fn start_nodes(
             let predictor = match &n.weighting {
                 NodeWeighting::Curve(c) => Some(Predictor::Curve(c.clone())),
                 NodeWeighting::Remote(m) => Some(Predictor::Remote(Arc::new(
-                    RemotePredictor::new(m.clone(), clients.normal.clone()),
+                    RemotePredictor::new(m.clone(), clients.normal.clone(), clients.for_model(m)),
                 ))),
                 NodeWeighting::Fixed(_) => None,
             };

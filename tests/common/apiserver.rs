@@ -4,7 +4,8 @@
 //! label selectors (`k=v`, `k`, `!k`) and `metadata.name` field selectors, an object that
 //! leaves a watch's selector arriving as DELETED, and `410 Gone` (an ERROR event with the
 //! `Expired` status) for a version older than the last compaction. It can be stopped and
-//! started again on the same port. The real client (kube-rs) drives it through a kubeconfig.
+//! started again on the same port. It also serves Secrets, Events, WAO's NodeConfig CRD,
+//! metrics.k8s.io's NodeMetrics and WAO's custom metrics. The real client (kube-rs) drives it through a kubeconfig.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -83,6 +84,9 @@ struct Shared {
     /// Events posted (events.k8s.io/v1), as sent.
     events: Mutex<Vec<Value>>,
     node_config_crd: std::sync::atomic::AtomicBool,
+    /// WAO's metrics adapter on custom.metrics.k8s.io: (node, metric) → value; None while
+    /// the API is not served.
+    custom_metrics: Mutex<Option<BTreeMap<(String, String), String>>>,
 }
 
 pub struct ApiServer {
@@ -111,6 +115,7 @@ impl ApiServer {
             gone: Default::default(),
             events: Default::default(),
             node_config_crd: Default::default(),
+            custom_metrics: Default::default(),
         });
         let addr = listener.local_addr().expect("addr");
         let mut server = ApiServer {
@@ -142,14 +147,7 @@ impl ApiServer {
                     {
                         handle(s, q, Kind::NodeConfig).await
                     } else {
-                        (
-                            axum::http::StatusCode::NOT_FOUND,
-                            Json(json!({"kind": "Status",
-                            "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                            "message": "the server could not find the requested resource",
-                            "reason": "NotFound", "code": 404})),
-                        )
-                            .into_response()
+                        not_found()
                     }
                 }),
             )
@@ -160,6 +158,10 @@ impl ApiServer {
             .route(
                 "/apis/metrics.k8s.io/v1beta1/nodes",
                 get(|s, q| handle(s, q, Kind::NodeMetrics)),
+            )
+            .route(
+                "/apis/custom.metrics.k8s.io/v1beta2/nodes/:name/:metric",
+                get(custom_metric),
             )
             .route(
                 "/apis/events.k8s.io/v1/namespaces/:namespace/events",
@@ -258,6 +260,16 @@ impl ApiServer {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// From now on the custom metrics API serves `metric` of `node` as `value` (a quantity).
+    pub fn serve_custom_metric(&self, node: &str, metric: &str, value: &str) {
+        self.shared
+            .custom_metrics
+            .lock()
+            .expect("custom metrics")
+            .get_or_insert_default()
+            .insert((node.into(), metric.into()), value.into());
+    }
+
     /// The Events posted so far.
     pub fn events(&self) -> Vec<Value> {
         self.shared.events.lock().expect("events").clone()
@@ -295,15 +307,45 @@ async fn get_secret(
     let store = shared.store.lock().expect("store");
     match store.objects.get(&(Kind::Secret, namespace, name)) {
         Some(secret) => Json(secret.clone()).into_response(),
-        None => (
-            axum::http::StatusCode::NOT_FOUND,
-            Json(
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "reason": "NotFound", "code": 404}),
-            ),
-        )
-            .into_response(),
+        None => not_found(),
     }
+}
+
+/// `GET .../nodes/{name|*}/{metric}` as a MetricValueList, or 404 while not served.
+async fn custom_metric(
+    State((shared, _)): State<(Arc<Shared>, CancellationToken)>,
+    axum::extract::Path((name, metric)): axum::extract::Path<(String, String)>,
+) -> Response {
+    let served = shared.custom_metrics.lock().expect("custom metrics");
+    let Some(values) = served.as_ref() else {
+        return not_found();
+    };
+    let items: Vec<Value> = values
+        .iter()
+        .filter(|((n, m), _)| (name == "*" || *n == name) && *m == metric)
+        .map(|((n, m), v)| {
+            json!({"describedObject": {"kind": "Node", "name": n, "apiVersion": "/v1"},
+                "metric": {"name": m, "selector": null},
+                "timestamp": "2026-11-24T00:00:00Z", "value": v})
+        })
+        .collect();
+    Json(
+        json!({"kind": "MetricValueList", "apiVersion": "custom.metrics.k8s.io/v1beta2",
+        "metadata": {}, "items": items}),
+    )
+    .into_response()
+}
+
+fn not_found() -> Response {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        Json(
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "the server could not find the requested resource",
+            "reason": "NotFound", "code": 404}),
+        ),
+    )
+        .into_response()
 }
 
 async fn record_event(

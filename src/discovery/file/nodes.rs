@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use crate::model::curve::CurveProfile;
 use crate::model::node::{
-    BasicAuth, Input, NodeSpec, NodeWeighting, Quantity, RemoteModelSpec, RemoteProtocol, Source,
-    Timing, DEFAULT_NODE_CORES,
+    BasicAuth, Input, ModelLocation, NodeSpec, NodeWeighting, Quantity, RemoteModelSpec,
+    RemoteProtocol, Source, Timing, DEFAULT_NODE_CORES,
 };
 use crate::model::url::HttpUrl;
 use crate::model::NodeName;
@@ -336,9 +336,11 @@ fn model(v: &mut Validator, at: &str, m: &RawModel) -> Option<NodeWeighting> {
             );
             Some(NodeWeighting::Remote(RemoteModelSpec {
                 protocol,
-                url: url?,
-                model: model?,
-                version: m.version.clone(),
+                location: ModelLocation::At {
+                    url: url?,
+                    model: model?,
+                    version: m.version.clone(),
+                },
                 timeout,
                 stale_after,
                 cache_for,

@@ -4,6 +4,7 @@
 
 pub mod endpoints;
 pub mod metrics;
+pub mod node_metrics;
 pub mod nodeconfig;
 pub mod settings;
 pub mod translate;

@@ -1,19 +1,21 @@
 //! WAO's NodeConfig (`node.waok8s.github.io/v1beta1`, namespaced): per node, where its
 //! inlet temperature and ΔP come from and which model predicts its power. Translated into
 //! the same `NodeSpec` a `nodes:` entry gives (pure). Several NodeConfigs for one node: the
-//! newest wins and a note names the others.
+//! newest wins and a note names the others. Where WAO's metrics adapter serves a node's
+//! inlet temperature or ΔP on the custom metrics API, that replaces the collector, as in
+//! WAO.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 use crate::model::node::{
-    BasicAuth, Input, NodeSpec, NodeWeighting, RemoteModelSpec, RemoteProtocol, Source, Timing,
-    DEFAULT_NODE_CORES,
+    BasicAuth, Input, ModelLocation, NodeSpec, NodeWeighting, Quantity, RemoteModelSpec,
+    RemoteProtocol, Source, Timing, DEFAULT_NODE_CORES,
 };
-use crate::model::published::cpu_key;
+use crate::model::published;
 use crate::model::units::parse_duration;
 use crate::model::url::HttpUrl;
 use crate::model::NodeName;
@@ -79,10 +81,12 @@ pub struct NodeConfigs {
     pub notes: Vec<String>,
 }
 
-/// `configs` as node specs; `secret(namespace, name)` resolves a `basicAuthSecret`.
+/// `configs` as node specs; `secret(namespace, name)` resolves a `basicAuthSecret`;
+/// `bmc_insecure` accepts the self-signed certificates of Redfish endpoints.
 pub fn translate(
     configs: &[NodeConfig],
     secret: &dyn Fn(&str, &str) -> Option<BasicAuth>,
+    bmc_insecure: bool,
 ) -> NodeConfigs {
     let mut by_node: BTreeMap<&str, Vec<&NodeConfig>> = BTreeMap::new();
     for c in configs {
@@ -121,7 +125,7 @@ pub fn translate(
                 url(&spec.metrics_collector.inlet_temp, &mut note).map(|url| Source::Redfish {
                     url,
                     auth: auth(&spec.metrics_collector.inlet_temp),
-                    insecure: false,
+                    insecure: bmc_insecure,
                 })
             }
             other => {
@@ -159,9 +163,18 @@ pub fn translate(
                 note(format!("predictor type {} is not supported", t.kind));
                 None
             }
+            // The BMC names the model; WAO gives the model itself no credentials.
+            (None, Some(t)) if t.kind == "Redfish" => url(t, &mut note).map(|url| {
+                let location = ModelLocation::Redfish {
+                    url,
+                    auth: auth(t),
+                    insecure: bmc_insecure,
+                };
+                NodeWeighting::Remote(wao_model(location, None))
+            }),
             (None, Some(t)) => {
                 note(format!(
-                    "powerConsumptionEndpointProvider ({}) is not supported yet",
+                    "powerConsumptionEndpointProvider type {} is not supported (Redfish is)",
                     t.kind
                 ));
                 None
@@ -183,7 +196,9 @@ pub fn translate(
         let node_spec = NodeSpec {
             cores: DEFAULT_NODE_CORES,
             cpu: Input {
-                source: Source::Published { key: cpu_key(node) },
+                source: Source::Published {
+                    key: published::key(Quantity::Cpu, node),
+                },
                 timing: Timing::default(),
             },
             inlet: input(inlet, &spec.metrics_collector.inlet_temp),
@@ -209,7 +224,7 @@ fn url(t: &EndpointTerm, note: &mut dyn FnMut(String)) -> Option<HttpUrl> {
         .ok()
 }
 
-/// WAO's fetch interval (15 s by default); the last value is used for four intervals.
+/// A term's fetch interval (WAO's 15 s by default).
 fn timing(t: &EndpointTerm) -> Timing {
     let interval = t
         .fetch_interval
@@ -217,6 +232,11 @@ fn timing(t: &EndpointTerm) -> Timing {
         .and_then(|i| parse_duration(i).ok())
         .filter(|d| !d.is_zero())
         .unwrap_or(WAO_FETCH_INTERVAL);
+    timing_every(interval)
+}
+
+/// Fetched every `interval`, the last value used for four intervals.
+fn timing_every(interval: Duration) -> Timing {
     Timing {
         interval,
         timeout: Duration::from_secs(3).min(interval),
@@ -252,16 +272,45 @@ fn v2_model(
         },
         note,
     )?;
-    Some(RemoteModelSpec {
-        protocol: RemoteProtocol::V2Inference,
+    let location = ModelLocation::At {
         url,
         model: model.to_string(),
         version,
+    };
+    Some(wao_model(location, auth))
+}
+
+/// A V2 inference model at `location` with WAO's timings: 3 s per request, its last
+/// answer used for a minute, answers cached for 30 minutes.
+fn wao_model(location: ModelLocation, auth: Option<BasicAuth>) -> RemoteModelSpec {
+    RemoteModelSpec {
+        protocol: RemoteProtocol::V2Inference,
+        location,
         timeout: Duration::from_secs(3),
         stale_after: Duration::from_secs(60),
         cache_for: Duration::from_secs(1800),
         auth,
-    })
+    }
+}
+
+/// Where the custom metrics API serves a node's inlet temperature or ΔP (`served` holds
+/// the published keys), that becomes the node's source, as WAO reads it; elsewhere the
+/// NodeConfig's collector stays.
+pub fn prefer_custom_metrics(nodes: &mut BTreeMap<NodeName, NodeSpec>, served: &BTreeSet<String>) {
+    for (name, spec) in nodes.iter_mut() {
+        for (q, input) in [
+            (Quantity::Inlet, &mut spec.inlet),
+            (Quantity::DeltaP, &mut spec.delta_p),
+        ] {
+            let key = published::key(q, name);
+            if served.contains(&key) {
+                *input = Input {
+                    source: Source::Published { key },
+                    timing: timing_every(WAO_FETCH_INTERVAL),
+                };
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +328,111 @@ mod tests {
 
     fn no_secrets(_: &str, _: &str) -> Option<BasicAuth> {
         None
+    }
+
+    /// The (server, model, version) of a node's model at a known URL.
+    fn model_at(spec: &NodeSpec) -> (String, String, Option<String>) {
+        match &spec.weighting {
+            NodeWeighting::Remote(RemoteModelSpec {
+                location:
+                    ModelLocation::At {
+                        url,
+                        model,
+                        version,
+                    },
+                ..
+            }) => (url.full().to_string(), model.clone(), version.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn fake_collectors(node: &str, predictor: serde_json::Value) -> serde_json::Value {
+        json!({"nodeName": node,
+            "metricsCollector": {"inletTemp": {"type": "Fake", "endpoint": ""}, "deltaP": {"type": "Fake", "endpoint": ""}},
+            "predictor": predictor})
+    }
+
+    #[test]
+    fn a_redfish_endpoint_provider_names_the_model() {
+        let c = config(
+            "n1",
+            "2026-01-01T00:00:00Z",
+            fake_collectors(
+                "n1",
+                json!({"powerConsumptionEndpointProvider": {"type": "Redfish",
+                    "endpoint": "https://10.0.0.11", "basicAuthSecret": {"name": "bmc"}}}),
+            ),
+        );
+        let secret = |_: &str, name: &str| {
+            (name == "bmc").then(|| BasicAuth {
+                username: "root".into(),
+                password: "calvin".into(),
+            })
+        };
+        let out = translate(std::slice::from_ref(&c), &secret, true);
+        match &out.nodes["n1"].weighting {
+            NodeWeighting::Remote(m) => {
+                assert_eq!(m.protocol, RemoteProtocol::V2Inference);
+                assert_eq!(m.auth, None, "the model itself gets no credentials");
+                match &m.location {
+                    ModelLocation::Redfish {
+                        url,
+                        auth,
+                        insecure,
+                    } => {
+                        assert_eq!(url.full(), "https://10.0.0.11");
+                        assert_eq!(auth.as_ref().map(|a| a.password.as_str()), Some("calvin"));
+                        assert!(*insecure);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut other_kind = c;
+        other_kind
+            .spec
+            .predictor
+            .power_consumption_endpoint_provider =
+            serde_json::from_value(json!({"type": "Fake", "endpoint": ""})).unwrap();
+        let out = translate(&[other_kind], &secret, false);
+        assert!(out.nodes.is_empty());
+        assert!(
+            out.notes
+                .iter()
+                .any(|n| n.contains("type Fake is not supported (Redfish is)")),
+            "{:?}",
+            out.notes
+        );
+    }
+
+    #[test]
+    fn served_custom_metrics_replace_the_collectors_node_by_node() {
+        let predictor = json!({"powerConsumption": {"type": "V2InferenceProtocol",
+            "endpoint": "http://m:8080/v2/models/p/infer"}});
+        let configs = [
+            config(
+                "a",
+                "2026-01-01T00:00:00Z",
+                fake_collectors("a", predictor.clone()),
+            ),
+            config("b", "2026-01-01T00:00:00Z", fake_collectors("b", predictor)),
+        ];
+        let mut nodes = translate(&configs, &no_secrets, false).nodes;
+        let served: BTreeSet<String> = ["inlet_temp/a", "delta_p/a", "inlet_temp/b"]
+            .map(String::from)
+            .into();
+        prefer_custom_metrics(&mut nodes, &served);
+        let published = |key: &str| Source::Published { key: key.into() };
+        assert_eq!(nodes["a"].inlet.source, published("inlet_temp/a"));
+        assert_eq!(nodes["a"].delta_p.source, published("delta_p/a"));
+        assert_eq!(nodes["b"].inlet.source, published("inlet_temp/b"));
+        assert_eq!(
+            nodes["b"].delta_p.source,
+            Source::Static(7.5),
+            "not served for b: its collector stays"
+        );
+        assert_eq!(nodes["a"].inlet.timing.stale_after, Duration::from_secs(60));
     }
 
     #[test]
@@ -302,7 +456,7 @@ mod tests {
                 password: "calvin".into(),
             })
         };
-        let out = translate(&[c], &secret);
+        let out = translate(&[c], &secret, false);
         let spec = &out.nodes["worker-1"];
         match &spec.inlet.source {
             Source::Redfish { url, auth, .. } => {
@@ -319,16 +473,14 @@ mod tests {
                 node: "worker-1".into()
             }
         );
-        match &spec.weighting {
-            NodeWeighting::Remote(m) => {
-                assert_eq!(m.url.full(), "http://mlserver:8080");
-                assert_eq!(
-                    (m.model.as_str(), m.version.as_deref()),
-                    ("power", Some("v0.1.0"))
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            model_at(spec),
+            (
+                "http://mlserver:8080".into(),
+                "power".into(),
+                Some("v0.1.0".into())
+            )
+        );
         assert!(out.notes.is_empty(), "{:?}", out.notes);
     }
 
@@ -349,19 +501,11 @@ mod tests {
                 "metricsCollector": {"inletTemp": {"type": "Fake", "endpoint": ""}, "deltaP": {"type": "Fake", "endpoint": ""}},
                 "predictor": {"powerConsumption": {"type": "Fake", "endpoint": ""}}}),
         );
-        let out = translate(&[old, newer, neutral], &no_secrets);
+        let out = translate(&[old, newer, neutral], &no_secrets, false);
         let n1 = &out.nodes["n1"];
         assert_eq!(n1.inlet.source, Source::Static(15.5));
         assert_eq!(n1.delta_p.source, Source::Static(7.5));
-        match &n1.weighting {
-            NodeWeighting::Remote(m) => {
-                assert_eq!(
-                    (m.url.full(), m.model.as_str(), m.version.as_deref()),
-                    ("http://new:8080", "q", None)
-                )
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(model_at(n1), ("http://new:8080".into(), "q".into(), None));
         assert!(
             !out.nodes.contains_key("n2"),
             "a Fake predictor is weighted neutrally"
@@ -389,7 +533,7 @@ mod tests {
                 "metricsCollector": {"inletTemp": {"type": "Fake", "endpoint": ""}, "deltaP": {"type": "Fake", "endpoint": ""}},
                 "predictor": {"powerConsumption": {"type": "V2InferenceProtocol", "endpoint": "http://u:secret@m:8080/predict"}}}),
         );
-        let out = translate(&[c], &no_secrets);
+        let out = translate(&[c], &no_secrets, false);
         assert!(out.nodes.is_empty());
         assert!(
             out.notes.iter().any(|n| n.contains("no /v2/models/")),

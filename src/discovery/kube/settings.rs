@@ -1,5 +1,6 @@
 //! `discovery.kubernetes`: which Services this instance takes, for which node, how often it
-//! may re-sync, and where its API credentials come from.
+//! may re-sync, where its API credentials come from, and whether the BMCs that WAO's
+//! NodeConfigs name may have self-signed certificates.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub struct RawKube {
     node_name: Option<String>,
     min_sync_period: Option<String>,
     kubeconfig: Option<PathBuf>,
+    bmc_insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,9 @@ pub struct KubeSettings {
     /// A kubeconfig file; else `$KUBECONFIG`, `~/.kube/config` or the in-cluster service
     /// account.
     pub kubeconfig: Option<PathBuf>,
+    /// Accept self-signed certificates from the Redfish endpoints (BMCs) NodeConfigs name.
+    /// WAO always does; wao-lb checks them unless this is set.
+    pub bmc_insecure_skip_verify: bool,
 }
 
 /// Validates `discovery.kubernetes`; `node_env` is `$NODE_NAME`.
@@ -71,6 +76,7 @@ pub fn validate(v: &mut Validator, raw: &RawKube, node_env: Option<String>) -> K
         node_name,
         min_sync_period,
         kubeconfig: raw.kubeconfig.clone(),
+        bmc_insecure_skip_verify: raw.bmc_insecure_skip_verify.unwrap_or(false),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The watchers: kube-rs reflectors over the opted-in Services and EndpointSlices and this
-//! node's Node, each with client-go's back-off. Nothing is published before every store
+//! node's Node, each with client-go's back-off, and the pollers of WAO's NodeConfigs and
+//! the cluster's node metrics. Nothing is published before every store
 //! has synced once; after that each change (coalesced, at most once per `minSyncPeriod`)
 //! publishes a whole new translation. While the API server is away the stores keep their
 //! last state and the watchers retry; a relist after `410 Gone` swaps in the relisted set,
@@ -26,12 +27,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::KubeMetrics;
+use super::node_metrics::{self, saying, NodeMetrics};
 use super::nodeconfig::{self, NodeConfig, NodeConfigs};
 use super::settings::{KubeSettings, PROXY_NAME_LABEL};
 use super::translate::{translate, ThisNode, Translation, Unserved};
 use crate::model::node::BasicAuth;
-use crate::model::published::{cpu_key, Board};
-use crate::model::units::parse_cores;
+use crate::model::published::Board;
 
 /// Services that must never be proxied: headless ones (kube-proxy's own selector).
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -98,15 +99,16 @@ pub async fn run(
     let node_configs = Arc::new(std::sync::Mutex::new(NodeConfigs::default()));
     tokio::spawn(poll_node_configs(
         client.clone(),
+        settings.bmc_insecure_skip_verify,
         node_configs.clone(),
         changed.clone(),
         stop.clone(),
     ));
-    let capacity = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-    tokio::spawn(poll_cluster_cpu(
+    let node_metrics = Arc::new(std::sync::Mutex::new(NodeMetrics::default()));
+    tokio::spawn(node_metrics::poll(
         client.clone(),
         board,
-        capacity.clone(),
+        node_metrics.clone(),
         changed.clone(),
         stop.clone(),
     ));
@@ -140,9 +142,10 @@ pub async fn run(
             let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
             let mut t = translate(&services, &slices, &node);
             t.nodes = lock(&node_configs).nodes.clone();
-            let capacity = lock(&capacity);
+            let cluster = lock(&node_metrics);
+            nodeconfig::prefer_custom_metrics(&mut t.nodes, &cluster.custom);
             for (name, spec) in t.nodes.iter_mut() {
-                if let Some(cores) = capacity.get(&**name) {
+                if let Some(cores) = cluster.capacity.get(&**name) {
                     spec.cores = *cores;
                 }
             }
@@ -196,6 +199,7 @@ const NODE_CONFIG_PERIOD: Duration = Duration::from_secs(30);
 /// nodes get their power inputs from the config file only.
 async fn poll_node_configs(
     client: Client,
+    bmc_insecure: bool,
     into: Arc<std::sync::Mutex<NodeConfigs>>,
     changed: Arc<Notify>,
     stop: CancellationToken,
@@ -210,16 +214,16 @@ async fn poll_node_configs(
     loop {
         let absent =
             "WAO's NodeConfig CRD is not installed; node power inputs come from the config file";
-        if let Some(items) = list_saying(&api, &mut said, absent, "NodeConfigs").await {
+        let listed = api.list(&ListParams::default()).await.map(|l| l.items);
+        if let Some(items) = saying(listed, &mut said, absent, "NodeConfigs") {
             let configs: Vec<NodeConfig> = items
                 .into_iter()
                 .filter_map(|o| serde_json::to_value(o).ok())
                 .filter_map(|v| serde_json::from_value(v).ok())
                 .collect();
             let secrets = read_secrets(&client, &configs).await;
-            let out = nodeconfig::translate(&configs, &|ns, name| {
-                secrets.get(&(ns.to_string(), name.to_string())).cloned()
-            });
+            let secret = |ns: &str, name: &str| secrets.get(&(ns.into(), name.into())).cloned();
+            let out = nodeconfig::translate(&configs, &secret, bmc_insecure);
             let mut current = lock(&into);
             for n in out.notes.iter().filter(|n| !current.notes.contains(n)) {
                 tracing::warn!(note = %n, "NodeConfig");
@@ -232,105 +236,6 @@ async fn poll_node_configs(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(NODE_CONFIG_PERIOD) => {}
-        }
-    }
-}
-
-/// What a periodic list found last time, so that each state is logged once, when it begins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Listing {
-    Listed,
-    Absent,
-    Failing,
-}
-
-/// The objects `api` lists, or None: when the API is not served (`absent` is logged) or the
-/// list fails (a warning about `what`), each said once per stretch.
-async fn list_saying<K>(
-    api: &Api<K>,
-    said: &mut Option<Listing>,
-    absent: &str,
-    what: &str,
-) -> Option<Vec<K>>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let (state, items) = match api.list(&ListParams::default()).await {
-        Ok(list) => (Listing::Listed, Some(list.items)),
-        Err(kube::Error::Api(status)) if status.is_not_found() => {
-            if *said != Some(Listing::Absent) {
-                tracing::info!("{absent}");
-            }
-            (Listing::Absent, None)
-        }
-        Err(e) => {
-            if *said != Some(Listing::Failing) {
-                tracing::warn!(error = %e, "cannot list {what}; keeping the last ones");
-            }
-            (Listing::Failing, None)
-        }
-    };
-    *said = Some(state);
-    items
-}
-
-/// How often node CPU is read from the metrics API (metrics-server refreshes every 15 s).
-const CPU_PERIOD: Duration = Duration::from_secs(15);
-/// Node capacities change rarely: re-listed every this many CPU periods (every minute).
-const CAPACITY_EVERY: u32 = 4;
-
-/// Every period: each Node's CPU capacity (into `capacity`, waking `changed` when it
-/// changes) and, from `metrics.k8s.io`, each node's CPU usage as a percentage of it,
-/// published on `board`, as WAO reads CPU. Without the metrics API, said once; nodes then
-/// have no CPU reading and are weighted neutrally unless `nodes:` gives them a source.
-async fn poll_cluster_cpu(
-    client: Client,
-    board: Board,
-    capacity: Arc<std::sync::Mutex<BTreeMap<String, f64>>>,
-    changed: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let gvk = GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "NodeMetrics");
-    let usage: Api<DynamicObject> =
-        Api::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, "nodes"));
-    let mut said = None;
-    let mut round = 0u32;
-    loop {
-        round = round.wrapping_add(1);
-        if round % CAPACITY_EVERY == 1 || lock(&capacity).is_empty() {
-            if let Ok(list) = nodes.list(&ListParams::default()).await {
-                let now: BTreeMap<String, f64> = list
-                    .items
-                    .iter()
-                    .filter_map(|n| {
-                        let cpu = n.status.as_ref()?.capacity.as_ref()?.get("cpu")?;
-                        let cores = parse_cores(&cpu.0).filter(|c| *c > 0.0)?;
-                        Some((n.metadata.name.clone()?, cores))
-                    })
-                    .collect();
-                let mut current = lock(&capacity);
-                if *current != now {
-                    *current = now;
-                    changed.notify_one();
-                }
-            }
-        }
-        let absent =
-            "metrics.k8s.io is not served (no metrics-server); node CPU comes from the config file";
-        if let Some(items) = list_saying(&usage, &mut said, absent, "node metrics").await {
-            let capacity = lock(&capacity).clone();
-            for m in &items {
-                let name = m.metadata.name.clone().unwrap_or_default();
-                let used = m.data["usage"]["cpu"].as_str().and_then(parse_cores);
-                if let (Some(used), Some(cores)) = (used, capacity.get(&name)) {
-                    board.publish(cpu_key(&name), (used / cores * 100.0).clamp(0.0, 100.0));
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(CPU_PERIOD) => {}
         }
     }
 }
