@@ -18,9 +18,9 @@ pub struct PlannedBackend {
     pub weight: f64,
     /// The fraction of the service's new connections it gets.
     pub share: f64,
-    /// Why it has that weight.
-    pub reason: String,
-    pub report: Option<NodeReport>,
+    /// Why it has that weight (shared by the backends of a node where it can be).
+    pub reason: Arc<str>,
+    pub report: Option<Arc<NodeReport>>,
     /// What the service's health checks say; None when it has none.
     pub health: Option<Health>,
 }
@@ -51,6 +51,7 @@ impl Plan {
         metrics: MetricsSettings,
     ) -> Plan {
         let series = series_keys(services, metrics);
+        let mut reasons = Reasons::default();
         let services = services
             .services
             .iter()
@@ -59,7 +60,7 @@ impl Plan {
                 let planned = PlannedService {
                     service: service.clone(),
                     backends: checked(
-                        planned_backends(service, weights, cost),
+                        planned_backends(service, weights, cost, &mut reasons),
                         &service.key,
                         health,
                     ),
@@ -80,12 +81,49 @@ impl Plan {
     }
 }
 
+/// The reasons of backends whose node has no usable weight, made once per node and
+/// shared by all its backends: a cluster has many more backends than nodes.
+#[derive(Default)]
+struct Reasons {
+    mean: BTreeMap<Option<crate::model::NodeName>, Arc<str>>,
+    uniform: Option<Arc<str>>,
+}
+
+impl Reasons {
+    fn mean(
+        &mut self,
+        node: Option<&crate::model::NodeName>,
+        report: Option<&NodeReport>,
+    ) -> Arc<str> {
+        self.mean
+            .entry(node.cloned())
+            .or_insert_with(|| {
+                let why = report.map_or("node has no power config", |r| &*r.reason);
+                format!("{why}: mean weight of the other nodes").into()
+            })
+            .clone()
+    }
+
+    fn uniform(&mut self) -> Arc<str> {
+        self.uniform
+            .get_or_insert_with(|| {
+                "fewer than half the nodes have a usable prediction: uniform".into()
+            })
+            .clone()
+    }
+}
+
 /// Each backend's weight from its node's report. A node without a usable weight gets the
 /// mean weight of the service's nodes that have one, which is what an average healthy node
 /// gets: the split among the healthy ones stays the policy's, and none of them is starved.
 /// When fewer than half the backends have a weight, the policy knows too little and every
 /// backend gets the same.
-fn planned_backends(service: &Service, weights: &NodeWeights, cost: u32) -> Vec<PlannedBackend> {
+fn planned_backends(
+    service: &Service,
+    weights: &NodeWeights,
+    cost: u32,
+    reasons: &mut Reasons,
+) -> Vec<PlannedBackend> {
     let reports = weights.for_cost(cost);
     let report_of = |b: &Backend| reports.and_then(|r| r.get(&b.node));
     let known: Vec<f64> = service
@@ -95,21 +133,15 @@ fn planned_backends(service: &Service, weights: &NodeWeights, cost: u32) -> Vec<
         .filter(|w| w.is_finite())
         .collect();
     let neutral = neutral_weight(&known, service.backends.len());
-    let weighed: Vec<(f64, String)> = service
+    let weighed: Vec<(f64, Arc<str>)> = service
         .backends
         .iter()
         .map(|b| {
             let report = report_of(b);
             match (report.and_then(|r| r.weight), neutral) {
                 (Some(w), _) => (w, report.map(|r| r.reason.clone()).unwrap_or_default()),
-                (None, Some(m)) => {
-                    let why = report.map_or("node has no power config", |r| r.reason.as_str());
-                    (m, format!("{why}: mean weight of the other nodes"))
-                }
-                (None, None) => (
-                    1.0,
-                    "fewer than half the nodes have a usable prediction: uniform".into(),
-                ),
+                (None, Some(m)) => (m, reasons.mean(Some(&b.node), report.map(|r| &**r))),
+                (None, None) => (1.0, reasons.uniform()),
             }
         })
         .collect();
@@ -151,7 +183,8 @@ fn checked(
             b.reason = format!(
                 "{}; every backend fails its health check: all kept",
                 b.reason
-            );
+            )
+            .into();
         }
         return backends;
     }
@@ -169,7 +202,7 @@ fn checked(
     for (b, share) in backends.iter_mut().zip(shares(&raw)) {
         b.share = share;
         if let Some(Health::Down(why)) = &b.health {
-            b.reason = format!("down: {why}");
+            b.reason = format!("down: {why}").into();
         }
     }
     backends
@@ -272,7 +305,7 @@ mod tests {
                     reason: if w.is_some() { "ok" } else { "model failed" }.into(),
                     ..NodeReport::default()
                 };
-                ((*n).into(), r)
+                ((*n).into(), Arc::new(r))
             })
             .collect();
         let weights = NodeWeights {
@@ -343,7 +376,7 @@ mod tests {
             &[Health::Up, down(), Health::Starting],
         );
         assert_eq!(shares_of(&p), vec![0.2, 0.0, 0.8]);
-        assert_eq!(p.backends[1].reason, "down: connect: refused");
+        assert_eq!(&*p.backends[1].reason, "down: connect: refused");
         assert_eq!(p.backends[2].health, Some(Health::Starting));
         // The policy gives the live backend nothing: it still takes all, the down one none.
         let p = plan_checked(&[("a", Some(0.0)), ("b", Some(1.0))], &[Health::Up, down()]);

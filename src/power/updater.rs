@@ -237,6 +237,13 @@ async fn compute(
     if let Some(reports) = by_cost.get(&demand.settings.cpu_per_connection) {
         metrics.publish(reports);
     }
+    let by_cost = by_cost
+        .into_iter()
+        .map(|(cost, reports)| {
+            let shared = reports.into_iter().map(|(n, r)| (n, Arc::new(r))).collect();
+            (cost, shared)
+        })
+        .collect();
     NodeWeights { by_cost }
 }
 
@@ -389,6 +396,7 @@ fn node_report(
         format!("ok, model {}", predictor.name())
     } else {
         notes.join("; ")
-    };
+    }
+    .into();
     report
 }

@@ -2,6 +2,7 @@
 //! `NodeWeights` that balance reads. Pure functions; the updater calls them on its interval.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::policy::{limit_weights, Controller, Signal};
 use crate::model::NodeName;
@@ -26,18 +27,19 @@ pub struct NodeReport {
     pub fixed: Option<f64>,
     /// None: no usable prediction; balance gives the node a neutral weight.
     pub weight: Option<f64>,
-    pub reason: String,
+    pub reason: Arc<str>,
 }
 
-/// Per-node weights for every per-connection CPU cost (millicores) some service uses.
+/// Per-node weights for every per-connection CPU cost (millicores) some service uses. A
+/// report is shared by every backend planned on its node.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct NodeWeights {
-    pub by_cost: BTreeMap<u32, BTreeMap<NodeName, NodeReport>>,
+    pub by_cost: BTreeMap<u32, BTreeMap<NodeName, Arc<NodeReport>>>,
 }
 
 impl NodeWeights {
     /// The nodes' reports for a service whose connections cost `cost` millicores.
-    pub fn for_cost(&self, cost: u32) -> Option<&BTreeMap<NodeName, NodeReport>> {
+    pub fn for_cost(&self, cost: u32) -> Option<&BTreeMap<NodeName, Arc<NodeReport>>> {
         self.by_cost.get(&cost)
     }
 }

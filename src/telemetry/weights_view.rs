@@ -73,7 +73,7 @@ pub fn rows(plan: &Plan, picks: Option<&dyn PickCounts>) -> Vec<WeightRow> {
                 } else {
                     picks as f64 / total as f64
                 },
-                reason: b.reason.clone(),
+                reason: b.reason.to_string(),
                 affinity_seconds: e.service.affinity.map(|a| a.timeout.as_secs()),
                 health: b.health.as_ref().map(|h| h.label().to_string()),
             });

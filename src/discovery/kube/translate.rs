@@ -73,6 +73,46 @@ pub struct Translation {
     pub nodes: BTreeMap<crate::model::NodeName, crate::model::node::NodeSpec>,
 }
 
+/// Drops from a Service what the translation never reads, before it is stored (a
+/// cluster's Services carry labels, `kubectl` annotations and more, in every instance's
+/// memory): only WAO's CPU annotation stays of its metadata's maps.
+pub fn slim_service(s: &mut KubeService) {
+    let m = &mut s.metadata;
+    m.labels = None;
+    m.annotations = m
+        .annotations
+        .take()
+        .map(|mut a| {
+            a.retain(|k, _| k == CPU_PER_REQUEST);
+            a
+        })
+        .filter(|a| !a.is_empty());
+    m.owner_references = None;
+    m.finalizers = None;
+}
+
+/// Drops from an EndpointSlice what the translation never reads: every label but the
+/// Service's name, the annotations, and of each endpoint's `targetRef` all but the pod's
+/// kind, namespace and name.
+pub fn slim_slice(s: &mut EndpointSlice) {
+    let m = &mut s.metadata;
+    if let Some(labels) = &mut m.labels {
+        labels.retain(|k, _| k == SERVICE_NAME_LABEL);
+    }
+    m.annotations = None;
+    m.owner_references = None;
+    for e in &mut s.endpoints {
+        e.deprecated_topology = None;
+        e.hostname = None;
+        if let Some(r) = &mut e.target_ref {
+            r.uid = None;
+            r.resource_version = None;
+            r.api_version = None;
+            r.field_path = None;
+        }
+    }
+}
+
 /// The table for `services` and their `slices` on `node`.
 pub fn translate(
     services: &[&KubeService],
@@ -418,6 +458,21 @@ mod tests {
         )
     }
 
+    /// The translation of `svc` and `slices` as stored: slimmed.
+    fn slimmed(svc: &KubeService, slices: &[EndpointSlice]) -> Translation {
+        let mut svc = svc.clone();
+        slim_service(&mut svc);
+        let slices: Vec<EndpointSlice> = slices
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                slim_slice(&mut s);
+                s
+            })
+            .collect();
+        translate(&[&svc], &slices.iter().collect::<Vec<_>>(), &node())
+    }
+
     /// The upstream behaviour cases (kubernetes `pkg/proxy/nftables/proxier_test.go`),
     /// written afresh as a table: objects in, frontends with backends and verdicts out.
     #[test]
@@ -587,6 +642,7 @@ mod tests {
             let mut want = c.want;
             want.sort();
             assert_eq!(frontends(&got), want, "{}", c.name);
+            assert_eq!(slimmed(&svc, &c.slices), got, "{}: slimmed objects", c.name);
         }
     }
 
@@ -606,6 +662,65 @@ mod tests {
                 assert!(ranges.is_empty(), "{}: {ranges:?}", s.frontend);
             }
         }
+    }
+
+    #[test]
+    fn slimmed_objects_translate_the_same() {
+        let mut svc = service(json!({"clusterIP": "172.30.0.1", "ports": ports()}));
+        svc.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        svc.metadata.annotations = Some(
+            [
+                (CPU_PER_REQUEST.to_string(), "250m".to_string()),
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                    "{...}".repeat(100),
+                ),
+            ]
+            .into(),
+        );
+        let mut s = slice(
+            "IPv4",
+            json!([{"addresses": ["10.0.0.1"], "nodeName": "n1", "hostname": "web-0",
+                "zone": "z1", "hints": {"forZones": [{"name": "z1"}]},
+                "targetRef": {"kind": "Pod", "namespace": "ns", "name": "web-0",
+                    "uid": "0c6d6a3e-2f4b-4d7e-9c1a-3f5e8b7a6d21", "resourceVersion": "42"}}]),
+        );
+        s.metadata.annotations = Some(
+            [(
+                "endpoints.kubernetes.io/last-change-trigger-time".to_string(),
+                "2026-11-24T00:00:00Z".to_string(),
+            )]
+            .into(),
+        );
+        let full = translate(&[&svc], &[&s], &node());
+        assert_eq!(slimmed(&svc, std::slice::from_ref(&s)), full);
+        let pods: Vec<_> = full
+            .table
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter().map(|b| b.pod.clone()))
+            .collect();
+        assert!(
+            pods.iter().all(|p| p.as_deref() == Some("ns/web-0")),
+            "{pods:?}"
+        );
+        assert!(full
+            .table
+            .services
+            .values()
+            .all(|s| s.cpu_per_connection == Some(250)));
+        slim_service(&mut svc);
+        assert_eq!(svc.metadata.labels, None);
+        assert_eq!(svc.metadata.annotations.map(|a| a.len()), Some(1));
+        slim_slice(&mut s);
+        assert_eq!(s.metadata.annotations, None);
+        assert_eq!(
+            s.endpoints[0]
+                .target_ref
+                .as_ref()
+                .and_then(|r| r.uid.clone()),
+            None
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use super::metrics::KubeMetrics;
 use super::node_metrics::{self, saying, NodeMetrics};
 use super::nodeconfig::{self, NodeConfig, NodeConfigs};
 use super::settings::{KubeSettings, PROXY_NAME_LABEL};
-use super::translate::{translate, ThisNode, Translation, Unserved};
+use super::translate::{slim_service, slim_slice, translate, ThisNode, Translation, Unserved};
 use crate::model::node::BasicAuth;
 use crate::model::published::Board;
 
@@ -81,18 +81,21 @@ pub async fn run(
     let services: Store<KubeService> = reflect(
         Api::all(client.clone()),
         watcher::Config::default().labels(&ours),
+        slim_service,
         &changed,
         &stop,
     );
     let slices: Store<EndpointSlice> = reflect(
         Api::all(client.clone()),
         watcher::Config::default().labels(&ours),
+        slim_slice,
         &changed,
         &stop,
     );
     let nodes: Store<Node> = reflect(
         Api::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name)),
+        |_| {},
         &changed,
         &stop,
     );
@@ -317,10 +320,12 @@ async fn publish_event(recorder: Recorder, u: Unserved) {
 }
 
 /// A reflector for `api` under `config`, polled in its own task until `stop`; each event
-/// wakes `changed`. Errors are retried with client-go's back-off and logged.
+/// wakes `changed`. Objects are stored as `slim` leaves them. Errors are retried with
+/// client-go's back-off and logged.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
+    slim: fn(&mut K),
     changed: &Arc<Notify>,
     stop: &CancellationToken,
 ) -> Store<K>
@@ -330,7 +335,10 @@ where
 {
     let (reader, writer) = reflector::store();
     // Managed fields are often most of an object's size, and nothing here reads them.
-    let objects = watcher(api, config).modify(|o| o.managed_fields_mut().clear());
+    let objects = watcher(api, config).modify(move |o| {
+        o.managed_fields_mut().clear();
+        slim(o);
+    });
     let stream = reflector::reflector(writer, objects).default_backoff();
     let (changed, stop) = (changed.clone(), stop.clone());
     let kind = K::kind(&K::DynamicType::default()).to_string();
