@@ -1,15 +1,18 @@
 //! The node readings the cluster serves, as WAO reads them, published on the `Board` for
 //! the power inputs: CPU usage from `metrics.k8s.io` as a percentage of each Node's
-//! capacity, and WAO's metrics adapter's `inlet_temp` and `delta_p` from
-//! `custom.metrics.k8s.io`. An API that is not served is said once; its nodes then keep
-//! the sources the config file or their NodeConfig gives.
+//! capacity (from a store of every Node slimmed to its CPU capacity, kept by a watch: no
+//! instance lists all Nodes periodically), and WAO's metrics adapter's `inlet_temp` and
+//! `delta_p` from `custom.metrics.k8s.io`. An API that is not served is said once; its
+//! nodes then keep the sources the config file or their NodeConfig gives.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use serde::Deserialize;
 use tokio::sync::Notify;
@@ -21,8 +24,6 @@ use crate::model::units::{parse_cores, parse_quantity};
 
 /// How often node metrics are read (metrics-server and WAO's collectors refresh every 15 s).
 const PERIOD: Duration = Duration::from_secs(15);
-/// Node capacities change rarely: re-listed every this many periods (every minute).
-const CAPACITY_EVERY: u32 = 4;
 /// WAO's custom metrics, by the quantity they measure.
 const CUSTOM_METRICS: [Quantity; 2] = [Quantity::Inlet, Quantity::DeltaP];
 
@@ -36,34 +37,35 @@ pub struct NodeMetrics {
 }
 
 /// Every period, until `stop`: CPU usage and, when served, WAO's custom metrics onto
-/// `board`; capacities and the set of served custom metrics into `into`, waking `changed`
-/// when either changes.
+/// `board`; the capacities in `nodes` and the set of served custom metrics into `into`,
+/// waking `changed` when either changes.
 pub async fn poll(
     client: Client,
+    nodes: Store<Node>,
     board: Board,
     into: Arc<Mutex<NodeMetrics>>,
     changed: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let nodes: Api<Node> = Api::all(client.clone());
     let gvk = GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "NodeMetrics");
     let usage: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &ApiResource::from_gvk_with_plural(&gvk, "nodes"),
     );
+    // Usage is a percentage of capacity: give the Nodes' first list a moment.
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::timeout(Duration::from_secs(10), nodes.wait_until_ready()) => {}
+    }
     let mut said_usage = None;
     let mut said_custom = [None; CUSTOM_METRICS.len()];
-    let mut round = 0u32;
     loop {
-        round = round.wrapping_add(1);
-        if round % CAPACITY_EVERY == 1 || lock(&into).capacity.is_empty() {
-            if let Ok(list) = nodes.list(&ListParams::default()).await {
-                let now = capacities(&list.items);
-                let mut current = lock(&into);
-                if current.capacity != now {
-                    current.capacity = now;
-                    changed.notify_one();
-                }
+        {
+            let now = capacities(&nodes.state());
+            let mut current = lock(&into);
+            if current.capacity != now {
+                current.capacity = now;
+                changed.notify_one();
             }
         }
         let absent =
@@ -113,8 +115,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the store of every Node keeps of one: its name and CPU capacity (a Node's status
+/// lists its images and more, tens of kilobytes on a busy node).
+pub fn slim_to_capacity(node: &mut Node) {
+    let cpu = node
+        .status
+        .as_mut()
+        .and_then(|s| s.capacity.as_mut())
+        .and_then(|c| c.remove("cpu"));
+    *node = Node {
+        metadata: ObjectMeta {
+            name: node.metadata.name.take(),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: cpu.map(|cpu| NodeStatus {
+            capacity: Some([("cpu".to_string(), cpu)].into()),
+            ..NodeStatus::default()
+        }),
+    };
+}
+
 /// Each Node's CPU capacity in cores (Nodes without a valid positive one are left out).
-fn capacities(nodes: &[Node]) -> BTreeMap<String, f64> {
+fn capacities(nodes: &[Arc<Node>]) -> BTreeMap<String, f64> {
     nodes
         .iter()
         .filter_map(|n| {
@@ -241,18 +264,22 @@ mod tests {
     }
 
     #[test]
-    fn node_capacities() {
-        let node = |name: &str, cpu: &str| -> Node {
-            serde_json::from_value(json!({"metadata": {"name": name},
-                "status": {"capacity": {"cpu": cpu}}}))
-            .unwrap()
+    fn node_capacities_from_slimmed_nodes() {
+        let node = |name: &str, cpu: &str| -> Arc<Node> {
+            let mut n: Node = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
+                "status": {"capacity": {"cpu": cpu, "memory": "64Gi"},
+                    "images": [{"names": ["registry.example/app:1"], "sizeBytes": 1000}]}}))
+            .unwrap();
+            slim_to_capacity(&mut n);
+            Arc::new(n)
         };
-        let got = capacities(&[
-            node("a", "16"),
-            node("b", "3500m"),
-            node("c", "0"),
-            node("d", "x"),
-        ]);
+        let a = node("a", "16");
+        assert_eq!(a.metadata.labels, None);
+        let status = a.status.as_ref().unwrap();
+        assert_eq!(status.images, None);
+        assert_eq!(status.capacity.as_ref().map(|c| c.len()), Some(1));
+        let got = capacities(&[a, node("b", "3500m"), node("c", "0"), node("d", "x")]);
         assert_eq!(got, BTreeMap::from([("a".into(), 16.0), ("b".into(), 3.5)]));
     }
 }

@@ -82,21 +82,21 @@ pub async fn run(
         Api::all(client.clone()),
         watcher::Config::default().labels(&ours),
         slim_service,
-        &changed,
+        Some(&changed),
         &stop,
     );
     let slices: Store<EndpointSlice> = reflect(
         Api::all(client.clone()),
         watcher::Config::default().labels(&ours),
         slim_slice,
-        &changed,
+        Some(&changed),
         &stop,
     );
     let nodes: Store<Node> = reflect(
         Api::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name)),
         |_| {},
-        &changed,
+        Some(&changed),
         &stop,
     );
     let node_configs = Arc::new(std::sync::Mutex::new(NodeConfigs::default()));
@@ -107,9 +107,19 @@ pub async fn run(
         changed.clone(),
         stop.clone(),
     ));
+    // Every Node, for its CPU capacity: read by the metrics poller, which wakes the sync
+    // when a capacity changes (not on every Node status update).
+    let all_nodes: Store<Node> = reflect(
+        Api::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+        node_metrics::slim_to_capacity,
+        None,
+        &stop,
+    );
     let node_metrics = Arc::new(std::sync::Mutex::new(NodeMetrics::default()));
     tokio::spawn(node_metrics::poll(
         client.clone(),
+        all_nodes.clone(),
         board,
         node_metrics.clone(),
         changed.clone(),
@@ -160,7 +170,9 @@ pub async fn run(
             .filter(|u| !reported.contains(u))
         {
             tracing::warn!(service = %u.service, reason = %u.reason, "Kubernetes Service not fully served");
-            tokio::spawn(publish_event(recorder.clone(), u.clone()));
+            if reports_events(&all_nodes.state(), &settings.node_name) {
+                tokio::spawn(publish_event(recorder.clone(), u.clone()));
+            }
         }
         reported = translation.unserved.clone();
         metrics.unserved.set(reported.len() as i64);
@@ -296,6 +308,17 @@ async fn read_secrets(
     out
 }
 
+/// Whether this node's instance publishes Events: every instance sees the same Service, so
+/// one speaks for all, the one on the first Node by name (every instance if the Nodes are
+/// not known). Each still logs and counts what it cannot serve.
+fn reports_events(nodes: &[Arc<Node>], this: &str) -> bool {
+    nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .min()
+        .is_none_or(|first| first == this)
+}
+
 /// A Warning Event on the Service, for `kubectl describe` (best effort: a failure is
 /// logged at debug, since the log line and the metric already say it).
 async fn publish_event(recorder: Recorder, u: Unserved) {
@@ -320,13 +343,13 @@ async fn publish_event(recorder: Recorder, u: Unserved) {
 }
 
 /// A reflector for `api` under `config`, polled in its own task until `stop`; each event
-/// wakes `changed`. Objects are stored as `slim` leaves them. Errors are retried with
+/// wakes `changed`, if given. Objects are stored as `slim` leaves them. Errors are retried with
 /// client-go's back-off and logged.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     slim: fn(&mut K),
-    changed: &Arc<Notify>,
+    changed: Option<&Arc<Notify>>,
     stop: &CancellationToken,
 ) -> Store<K>
 where
@@ -340,7 +363,7 @@ where
         slim(o);
     });
     let stream = reflector::reflector(writer, objects).default_backoff();
-    let (changed, stop) = (changed.clone(), stop.clone());
+    let (changed, stop) = (changed.cloned(), stop.clone());
     let kind = K::kind(&K::DynamicType::default()).to_string();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -357,7 +380,9 @@ where
                         tracing::info!(%kind, "Kubernetes watch resumed");
                         failing = false;
                     }
-                    changed.notify_one();
+                    if let Some(changed) = &changed {
+                        changed.notify_one();
+                    }
                 }
                 Some(Err(e)) => {
                     if !failing {
@@ -391,5 +416,30 @@ fn this_node(nodes: &[Arc<Node>], name: &str) -> ThisNode {
             .and_then(|n| n.metadata.labels.as_ref())
             .and_then(|l| l.get(ZONE_LABEL))
             .cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_instance_speaks_for_all() {
+        let nodes: Vec<Arc<Node>> = ["n2", "n10", "n1"]
+            .iter()
+            .map(|name| {
+                let mut n = Node::default();
+                n.metadata.name = Some(name.to_string());
+                Arc::new(n)
+            })
+            .collect();
+        assert!(reports_events(&nodes, "n1"));
+        assert!(!reports_events(&nodes, "n2"));
+        assert!(!reports_events(&nodes, "n10"), "by name, not by number");
+        assert!(reports_events(&nodes[..1], "n2"));
+        assert!(
+            reports_events(&[], "anyone"),
+            "Nodes not known: every instance"
+        );
     }
 }
