@@ -1,6 +1,7 @@
 //! Dataplane: programs the Plan and moves the bytes. `Dataplane` is what the app drives;
 //! `proxy` (userspace relay, with its redirect rules) implements it.
 
+pub mod ipvs;
 pub mod proxy;
 
 use std::future::Future;
