@@ -4,9 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use wao_lb::balance::plan::Plan;
+use wao_lb::dataplane::ipvs::client::IpvsClient;
+use wao_lb::dataplane::ipvs::reconcile;
+use wao_lb::dataplane::ipvs::render::render as ipvs_render;
 use wao_lb::dataplane::proxy::redirect::nftables::{self, Entry};
 use wao_lb::dataplane::proxy::redirect::routing;
 use wao_lb::discovery::file::FileConfig;
+use wao_lb::health::HealthTable;
+use wao_lb::power::weights::NodeWeights;
+use wao_lb::settings::DataplaneMode;
 use wao_lb::settings::DEFAULT_ADMIN;
 use wao_lb::telemetry::logging::{self, LogFormat};
 use wao_lb::telemetry::weights_view::{render_table, WeightRow};
@@ -46,6 +53,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the IPVS virtual services and destinations `dataplane: ipvs` would program,
+    /// in `ipvsadm -Ln`'s layout, without touching the kernel.
+    Ipvs {
+        /// The YAML config file whose services would be programmed.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Print the live weights table of a running wao-lb.
     Weights {
         /// The admin address of the running wao-lb.
@@ -74,6 +88,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Nft { config } => nft(&config),
+        Command::Ipvs { config } => ipvs(&config),
         command => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -111,7 +126,7 @@ async fn async_main(command: Command) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { .. } | Command::Nft { .. } => ExitCode::FAILURE,
+        Command::Check { .. } | Command::Nft { .. } | Command::Ipvs { .. } => ExitCode::FAILURE,
     }
 }
 
@@ -120,6 +135,11 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => {
             for w in &c.warnings {
                 eprintln!("warning: {w}");
+            }
+            if c.settings.dataplane == DataplaneMode::Ipvs {
+                if let Err(e) = IpvsClient::connect() {
+                    eprintln!("warning: dataplane: ipvs: {e}; `run` would stop at once");
+                }
             }
             println!(
                 "{}: ok ({} services, {} nodes)",
@@ -156,6 +176,26 @@ fn nft(path: &std::path::Path) -> ExitCode {
     for cmd in routing::install_commands(&config.settings.tproxy) {
         println!("#   ip {}", cmd.join(" "));
     }
+    ExitCode::SUCCESS
+}
+
+fn ipvs(path: &std::path::Path) -> ExitCode {
+    let config = match FileConfig::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let plan = Plan::build(
+        &config.desired.services,
+        &NodeWeights::default(),
+        &HealthTable::default(),
+        config.settings.power.cpu_per_connection,
+        config.settings.metrics,
+    );
+    println!("# before any power reading every backend weighs the same; `wao-lb weights` shows live ones");
+    print!("{}", ipvs_render(&reconcile::desired(&plan)));
     ExitCode::SUCCESS
 }
 

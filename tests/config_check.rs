@@ -1,4 +1,4 @@
-//! `wao-lb check`: every shipped example passes; every broken file fails with exit code 2
+//! `wao-lb check` (and `wao-lb ipvs`): every shipped example passes; every broken file fails with exit code 2
 //! and names the path of the bad key.
 
 mod common;
@@ -188,6 +188,53 @@ fn the_daemonset_config_is_valid_on_a_node() {
     assert_eq!(code, 2, "{text}");
     assert!(
         text.contains("discovery.kubernetes.nodeName: missing, and $NODE_NAME is not set"),
+        "{text}"
+    );
+}
+
+/// `dataplane: ipvs`: `wao-lb ipvs` prints what would be programmed, in `ipvsadm -Ln`'s
+/// layout, without a kernel; on a kernel without IPVS (this machine's), `check` warns and
+/// `run` stops at once, both naming the module to load.
+#[test]
+fn ipvs_is_printed_and_a_kernel_without_it_is_named() {
+    let dir = TempDir::new("ipvs");
+    let path = dir.file(
+        "lb.yaml",
+        "dataplane: ipvs\nadmin: {listen: \"127.0.0.1:0\"}\nnodes:\n  a: {weight: 3}\n  b: {weight: 1}\n\
+         services:\n  - name: web\n    address: 10.96.0.10:80\n    sessionAffinity: {type: ClientIP, timeout: 1h}\n    backends:\n\
+         \x20     - {address: 10.244.1.5:8080, node: a}\n      - {address: 10.244.2.7:8080, node: b}\n",
+    );
+    let out = Command::new(BIN)
+        .args(["ipvs", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run wao-lb ipvs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("TCP  10.96.0.10:80 wrr persistent 3600"),
+        "{text}"
+    );
+    assert!(text.contains("-> 10.244.1.5:8080"), "{text}");
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        eprintln!("this kernel has IPVS: the missing-module messages are not checked here");
+        return;
+    }
+    let (code, text) = check(&path);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("warning: dataplane: ipvs: the kernel has no IPVS") && text.contains("ip_vs"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run wao-lb run");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("error: ipvs: the kernel has no IPVS") && text.contains("modprobe ip_vs_wrr"),
         "{text}"
     );
 }

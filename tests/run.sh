@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need when it is missing, so that it
-# passes on a fresh machine: Debian packages (nftables, iproute2, iperf3, node-exporter, and
-# HAProxy and nginx, the peers of the wao-bench smoke run) and the
+# passes on a fresh machine: Debian packages (nftables, iproute2, iperf3, node-exporter,
+# HAProxy and nginx, the peers of the wao-bench smoke run, and user-mode Linux with
+# ipvsadm for the real IPVS kernel of tests/ipvs.rs) and the
 # Python packages in tests/requirements.txt (MLServer, scikit-learn), in a virtual env in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(nftables iproute2 iperf3 prometheus-node-exporter haproxy nginx libnginx-mod-stream)
+packages=(nftables iproute2 iperf3 prometheus-node-exporter haproxy nginx libnginx-mod-stream
+  user-mode-linux ipvsadm kmod python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

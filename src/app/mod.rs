@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use self::control::Control;
 use crate::balance::metrics::BalanceMetrics;
 use crate::balance::plan::Plan;
-use crate::dataplane::proxy::{socket, Proxy};
-use crate::dataplane::{Dataplane, DataplaneError, PickCounts};
+use crate::dataplane::proxy::socket;
+use crate::dataplane::{ChosenDataplane, Dataplane, DataplaneError, PickCounts};
 use crate::discovery::file::{watch as file_watch, FileConfig};
 use crate::discovery::kube::metrics::KubeMetrics;
 use crate::discovery::kube::watch as kube_watch;
@@ -179,7 +179,13 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
         None => None,
     };
 
-    let dataplane = Proxy::new(&settings, &registry);
+    let dataplane = match ChosenDataplane::start(&settings, &registry).await {
+        Ok(d) => d,
+        Err(e) => {
+            background.cancel();
+            return Err(e.into());
+        }
+    };
     let picks = dataplane.picks();
     let plan = Arc::new(ArcSwap::from_pointee(Plan::default()));
     let waits_for_discovery = discovered.is_some();

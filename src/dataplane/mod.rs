@@ -1,6 +1,8 @@
 //! Dataplane: programs the Plan and moves the bytes. `Dataplane` is what the app drives;
-//! `proxy` (userspace relay, with its redirect rules) implements it.
+//! `proxy` (userspace relay, with its redirect rules) and `ipvs` (the kernel's IPVS over
+//! generic netlink) implement it, and `ChosenDataplane` is the one the settings name.
 
+pub mod command;
 pub mod ipvs;
 pub mod proxy;
 
@@ -36,6 +38,59 @@ pub trait Dataplane: Send + 'static {
     fn stop(self, grace: Duration) -> impl Future<Output = ()> + Send;
 }
 
+/// The data plane `dataplane:` names.
+pub enum ChosenDataplane {
+    Proxy(proxy::Proxy),
+    Ipvs(ipvs::Ipvs),
+}
+
+impl ChosenDataplane {
+    /// Starts the data plane the settings name (IPVS fails at once on a kernel without it).
+    pub async fn start(
+        settings: &Settings,
+        registry: &prometheus::Registry,
+    ) -> Result<ChosenDataplane, DataplaneError> {
+        Ok(match settings.dataplane {
+            crate::settings::DataplaneMode::Proxy => {
+                ChosenDataplane::Proxy(proxy::Proxy::new(settings, registry))
+            }
+            crate::settings::DataplaneMode::Ipvs => {
+                ChosenDataplane::Ipvs(ipvs::Ipvs::start(settings).await?)
+            }
+        })
+    }
+}
+
+impl Dataplane for ChosenDataplane {
+    async fn apply(&mut self, plan: &Arc<Plan>) -> Result<(), DataplaneError> {
+        match self {
+            ChosenDataplane::Proxy(p) => p.apply(plan).await,
+            ChosenDataplane::Ipvs(i) => i.apply(plan).await,
+        }
+    }
+
+    fn reconfigure(&mut self, settings: &Settings) {
+        match self {
+            ChosenDataplane::Proxy(p) => p.reconfigure(settings),
+            ChosenDataplane::Ipvs(i) => i.reconfigure(settings),
+        }
+    }
+
+    fn picks(&self) -> Option<Arc<dyn PickCounts>> {
+        match self {
+            ChosenDataplane::Proxy(p) => p.picks(),
+            ChosenDataplane::Ipvs(i) => i.picks(),
+        }
+    }
+
+    async fn stop(self, grace: Duration) {
+        match self {
+            ChosenDataplane::Proxy(p) => p.stop(grace).await,
+            ChosenDataplane::Ipvs(i) => i.stop(grace).await,
+        }
+    }
+}
+
 /// Picks per backend, read by the weights view.
 pub trait PickCounts: Send + Sync {
     fn picks(&self, frontend: &Frontend, backend: SocketAddr) -> Option<u64>;
@@ -54,9 +109,11 @@ pub enum DataplaneError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("ipvs: {0}")]
+    Ipvs(String),
     #[error("redirect: tproxy: {what}: {source}")]
     Redirect {
         what: &'static str,
-        source: proxy::redirect::RedirectError,
+        source: command::CommandError,
     },
 }

@@ -74,10 +74,28 @@ pub struct Settings {
     pub redirect: RedirectMode,
     pub tproxy: TproxySettings,
     pub dataplane: DataplaneMode,
+    pub ipvs: IpvsSettings,
     pub proxy: ProxySettings,
     pub udp: UdpSettings,
     pub power: PowerSettings,
     pub metrics: MetricsSettings,
+}
+
+/// `dataplane: ipvs`: how long a removed TCP backend keeps its open connections, and the
+/// addresses whose virtual services are wao-lb's besides those of its own Plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsSettings {
+    pub grace_period: Duration,
+    pub owned_cidrs: Vec<crate::model::cidr::Cidr>,
+}
+
+impl Default for IpvsSettings {
+    fn default() -> Self {
+        IpvsSettings {
+            grace_period: Duration::from_secs(300),
+            owned_cidrs: Vec::new(),
+        }
+    }
 }
 
 /// Which metric series exist beyond the per-node and process-wide ones.
@@ -109,6 +127,7 @@ impl Default for Settings {
             redirect: RedirectMode::default(),
             tproxy: TproxySettings::default(),
             dataplane: DataplaneMode::default(),
+            ipvs: IpvsSettings::default(),
             proxy: ProxySettings::default(),
             udp: UdpSettings::default(),
             power: PowerSettings::default(),
@@ -222,12 +241,21 @@ pub struct RawSettings {
     pub redirect: RedirectMode,
     pub tproxy: RawTproxy,
     pub dataplane: DataplaneMode,
+    pub ipvs: RawIpvs,
     pub proxy: RawProxy,
     pub udp: RawUdp,
     pub power: RawPower,
     pub metrics: RawMetrics,
     /// Whether services come from Kubernetes (per-service series default off then).
     pub discovered: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIpvs {
+    grace_period: Option<String>,
+    #[serde(default)]
+    owned_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,17 +325,12 @@ impl Settings {
                 ),
             );
         }
-        if raw.dataplane == DataplaneMode::Ipvs {
-            v.err(
-                "dataplane",
-                "ipvs is not available in this build yet; use `proxy`",
-            );
-        }
         Settings {
             admin,
             redirect: raw.redirect,
             tproxy: tproxy(v, &raw.tproxy),
             dataplane: raw.dataplane,
+            ipvs: ipvs(v, &raw.ipvs),
             proxy: proxy(v, &raw.proxy),
             udp: udp(v, &raw.udp),
             power: power(v, &raw.power),
@@ -401,6 +424,28 @@ fn proxy(v: &mut Validator, raw: &RawProxy) -> ProxySettings {
             .map_or(d.connection_log_sample, |f| {
                 v.number_in("proxy.connectionLogSample", f, 0.0, 1.0, "")
             }),
+    }
+}
+
+fn ipvs(v: &mut Validator, raw: &RawIpvs) -> IpvsSettings {
+    let d = IpvsSettings::default();
+    let owned_cidrs = raw
+        .owned_cidrs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            c.parse()
+                .map_err(|e| v.err(format!("ipvs.ownedCidrs[{i}]"), format!("{c:?}: {e}")))
+                .ok()
+        })
+        .collect();
+    IpvsSettings {
+        grace_period: v.duration(
+            "ipvs.gracePeriod",
+            raw.grace_period.as_deref(),
+            d.grace_period,
+        ),
+        owned_cidrs,
     }
 }
 

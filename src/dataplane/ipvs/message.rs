@@ -51,8 +51,13 @@ mod dest {
     pub const L_THRESH: u16 = 6;
     pub const ACTIVE_CONNS: u16 = 7;
     pub const INACT_CONNS: u16 = 8;
+    pub const STATS: u16 = 10;
     pub const ADDR_FAMILY: u16 = 11;
+    pub const STATS64: u16 = 12;
 }
+
+/// Inside `STATS`/`STATS64`: connections scheduled so far (`IPVS_STATS_ATTR_CONNS`).
+const STATS_CONNS: u16 = 1;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -113,13 +118,15 @@ pub struct VirtualService {
 }
 
 /// A destination (real server) of a virtual service, with the kernel's connection counts
-/// when read back (zero when sent).
+/// when read back (zero when sent): open now (`active`, `inactive`) and scheduled since it
+/// was added (`connections`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Destination {
     pub addr: SocketAddr,
     pub weight: u32,
     pub active: u32,
     pub inactive: u32,
+    pub connections: u64,
 }
 
 /// One attribute: its type and value; a value read back is `Bytes` until interpreted.
@@ -391,6 +398,7 @@ impl Destination {
             weight,
             active: 0,
             inactive: 0,
+            connections: 0,
         }
     }
 
@@ -432,8 +440,31 @@ impl Destination {
             weight: number(dest::WEIGHT)?,
             active: number(dest::ACTIVE_CONNS)?,
             inactive: number(dest::INACT_CONNS)?,
+            connections: scheduled(attrs)?,
         })
     }
+}
+
+/// Connections scheduled to a destination, from its 64-bit statistics (or the 32-bit ones
+/// of older kernels); 0 when it has none.
+fn scheduled(attrs: &[Attr]) -> Result<u64, DecodeError> {
+    if let Some(stats) = find(attrs, dest::STATS64) {
+        let inner = parse_attrs(stats.bytes(), &[])?;
+        if let Some(c) = find(&inner, STATS_CONNS) {
+            let a: [u8; 8] = c
+                .bytes()
+                .try_into()
+                .map_err(|_| DecodeError::from("64-bit connection count"))?;
+            return Ok(u64::from_ne_bytes(a));
+        }
+    }
+    if let Some(stats) = find(attrs, dest::STATS) {
+        let inner = parse_attrs(stats.bytes(), &[])?;
+        if let Some(c) = find(&inner, STATS_CONNS) {
+            return u32_of(c.bytes()).map(u64::from);
+        }
+    }
+    Ok(0)
 }
 
 impl IpvsMessage {
@@ -639,6 +670,8 @@ mod tests {
         inner.extend(nla(4, &7u32.to_ne_bytes()));
         inner.extend(nla(7, &3u32.to_ne_bytes()));
         inner.extend(nla(8, &5u32.to_ne_bytes()));
+        let stats64 = [nla(1, &1234u64.to_ne_bytes()), nla(4, &99u64.to_ne_bytes())].concat();
+        inner.extend(nla(12 | NLA_F_NESTED, &stats64));
         let answer = IpvsMessage::parse_with_param(
             &nla(2, &inner),
             GenlHeader {
@@ -653,7 +686,8 @@ mod tests {
                 addr: "10.1.1.1:80".parse().unwrap(),
                 weight: 7,
                 active: 3,
-                inactive: 5
+                inactive: 5,
+                connections: 1234,
             }
         );
     }

@@ -1,5 +1,235 @@
 //! The IPVS data plane: the Plan's services and power weights programmed into the kernel's
-//! IPVS `wrr` over generic netlink, instead of relaying in userspace.
+//! IPVS `wrr` over generic netlink, instead of relaying in userspace. `message` is the
+//! netlink family, `client` the socket, `reconcile` the fewest operations from the
+//! kernel's table to the Plan's, `host` the dummy interface and sysctls, `render` the
+//! `ipvsadm -Ln` view. Every Plan, and every few seconds (pending removals, counters),
+//! the kernel is brought to the Plan.
 
+pub mod client;
+pub mod host;
 pub mod message;
 pub mod reconcile;
+pub mod render;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use self::client::{IpvsClient, IpvsError};
+use self::message::VirtualId;
+use self::reconcile::{Reconciler, Table};
+use super::{Dataplane, DataplaneError, PickCounts};
+use crate::balance::plan::Plan;
+use crate::model::Frontend;
+use crate::settings::{IpvsSettings, Settings};
+
+/// How often the kernel is brought to the Plan between Plans (removals waiting for their
+/// connections to end, counters for the weights view).
+const RESYNC: Duration = Duration::from_secs(2);
+
+pub struct Ipvs {
+    kernel: Arc<Mutex<Kernel>>,
+    /// The kernel's table as last read, for the weights view's picks.
+    seen: Arc<ArcSwap<Table>>,
+    resync: CancellationToken,
+}
+
+/// The socket and what the reconciliation remembers.
+struct Kernel {
+    client: IpvsClient,
+    reconciler: Reconciler,
+    desired: Table,
+    settings: IpvsSettings,
+    /// Addresses on wao-lb's interface: its VIPs, including those a crash left behind.
+    bound: BTreeSet<IpAddr>,
+}
+
+impl Ipvs {
+    /// Opens IPVS (an error naming the missing module when the kernel has none), sets its
+    /// sysctls and wao-lb's interface, and starts the periodic resync.
+    pub async fn start(settings: &Settings) -> Result<Ipvs, DataplaneError> {
+        let client = IpvsClient::connect().map_err(ipvs_error)?;
+        host::set_sysctls();
+        host::ensure_interface()
+            .await
+            .map_err(|source| DataplaneError::Redirect {
+                what: "the IPVS interface",
+                source,
+            })?;
+        let bound = host::bound().await.unwrap_or_default();
+        let kernel = Arc::new(Mutex::new(Kernel {
+            client,
+            reconciler: Reconciler::default(),
+            desired: Table::new(),
+            settings: settings.ipvs.clone(),
+            bound,
+        }));
+        let seen = Arc::new(ArcSwap::from_pointee(Table::new()));
+        let resync = CancellationToken::new();
+        tokio::spawn(resync_every(kernel.clone(), seen.clone(), resync.clone()));
+        Ok(Ipvs {
+            kernel,
+            seen,
+            resync,
+        })
+    }
+}
+
+fn ipvs_error(e: IpvsError) -> DataplaneError {
+    DataplaneError::Ipvs(e.to_string())
+}
+
+fn lock(kernel: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
+    kernel.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Kernel {
+    /// Whether the service `id` is wao-lb's: in its Plan, on its interface, or in its
+    /// configured CIDRs.
+    fn owns(&self, id: &VirtualId) -> bool {
+        let ip = id.addr.ip();
+        self.desired.contains_key(id)
+            || self.bound.contains(&ip)
+            || self.settings.owned_cidrs.iter().any(|c| c.contains(ip))
+    }
+
+    /// Brings the kernel to `desired`; returns the table read before, and the first error
+    /// after trying every operation.
+    fn sync(&mut self, now: Instant) -> (Option<Table>, Result<(), IpvsError>) {
+        let current = match self.client.table() {
+            Ok(t) => t,
+            Err(e) => return (None, Err(e)),
+        };
+        let grace = self.settings.grace_period;
+        let mut reconciler = std::mem::take(&mut self.reconciler);
+        let owned = |id: &VirtualId| self.owns(id);
+        let ops = reconciler.ops(&current, &self.desired, &owned, now, grace);
+        self.reconciler = reconciler;
+        let mut first = Ok(());
+        for op in &ops {
+            tracing::debug!(?op, "ipvs");
+            if let Err(e) = self.client.run(op) {
+                tracing::warn!(error = %e, "ipvs operation failed");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        (Some(current), first)
+    }
+}
+
+/// Runs a sync off the runtime (netlink calls block).
+async fn sync(kernel: Arc<Mutex<Kernel>>, seen: Arc<ArcSwap<Table>>) -> Result<(), IpvsError> {
+    let result = tokio::task::spawn_blocking(move || lock(&kernel).sync(Instant::now())).await;
+    match result {
+        Ok((table, r)) => {
+            if let Some(t) = table {
+                seen.store(Arc::new(t));
+            }
+            r
+        }
+        Err(e) => Err(IpvsError::Answer {
+            what: "sync".into(),
+            why: e.to_string(),
+        }),
+    }
+}
+
+async fn resync_every(
+    kernel: Arc<Mutex<Kernel>>,
+    seen: Arc<ArcSwap<Table>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+        if let Err(e) = sync(kernel.clone(), seen.clone()).await {
+            tracing::warn!(error = %e, "ipvs resync failed");
+        }
+    }
+}
+
+/// The VIPs of `table`.
+fn vips(table: &Table) -> BTreeSet<IpAddr> {
+    table.keys().map(|id| id.addr.ip()).collect()
+}
+
+impl Dataplane for Ipvs {
+    async fn apply(&mut self, plan: &Arc<Plan>) -> Result<(), DataplaneError> {
+        let desired = reconcile::desired(plan);
+        let (to_bind, bound) = {
+            let k = lock(&self.kernel);
+            let want = vips(&desired);
+            (
+                want.difference(&k.bound).copied().collect::<Vec<_>>(),
+                k.bound.clone(),
+            )
+        };
+        for ip in to_bind {
+            host::bind(ip, true)
+                .await
+                .map_err(|source| DataplaneError::Redirect {
+                    what: "binding a VIP",
+                    source,
+                })?;
+            lock(&self.kernel).bound.insert(ip);
+        }
+        lock(&self.kernel).desired = desired.clone();
+        sync(self.kernel.clone(), self.seen.clone())
+            .await
+            .map_err(ipvs_error)?;
+        // VIPs no longer planned leave the interface once their services are gone.
+        let stale: Vec<IpAddr> = bound.difference(&vips(&desired)).copied().collect();
+        for ip in stale {
+            let still_used = self
+                .seen
+                .load()
+                .keys()
+                .any(|id| id.addr.ip() == ip && !desired.contains_key(id));
+            if still_used {
+                continue;
+            }
+            if host::bind(ip, false).await.is_ok() {
+                lock(&self.kernel).bound.remove(&ip);
+            }
+        }
+        Ok(())
+    }
+
+    fn reconfigure(&mut self, settings: &Settings) {
+        lock(&self.kernel).settings = settings.ipvs.clone();
+    }
+
+    fn picks(&self) -> Option<Arc<dyn PickCounts>> {
+        Some(Arc::new(KernelPicks(self.seen.clone())))
+    }
+
+    async fn stop(self, _grace: Duration) {
+        self.resync.cancel();
+        lock(&self.kernel).desired = Table::new();
+        if let Err(e) = sync(self.kernel.clone(), self.seen.clone()).await {
+            tracing::warn!(error = %e, "could not remove every IPVS service");
+        }
+        host::remove_interface().await;
+    }
+}
+
+/// Connections the kernel scheduled to each destination, as last read.
+struct KernelPicks(Arc<ArcSwap<Table>>);
+
+impl PickCounts for KernelPicks {
+    fn picks(&self, frontend: &Frontend, backend: SocketAddr) -> Option<u64> {
+        self.0
+            .load()
+            .get(&reconcile::id_of(frontend))
+            .and_then(|e| e.dests.get(&backend))
+            .map(|d| d.connections)
+    }
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::message::{Destination, IpvsMessage, IpvsProtocol, VirtualId, VirtualService};
 use crate::balance::plan::Plan;
-use crate::model::Protocol;
+use crate::model::{Frontend, Protocol};
 
 /// Integer weight of a share of 1: IPVS weights are integers, so a share is kept to
 /// 1/RESOLUTION (0.01 %; WAO used 0–100, 1 %). A positive share never rounds to 0.
@@ -67,19 +67,24 @@ pub fn scaled(shares: &[f64]) -> Vec<u32> {
         .collect()
 }
 
+/// The virtual service id of a frontend.
+pub fn id_of(frontend: &Frontend) -> VirtualId {
+    VirtualId {
+        protocol: match frontend.protocol {
+            Protocol::Tcp => IpvsProtocol::Tcp,
+            Protocol::Udp => IpvsProtocol::Udp,
+        },
+        addr: frontend.address,
+    }
+}
+
 /// The table the Plan asks for: a `wrr` service per frontend (persistent with its timeout
 /// under ClientIP affinity), its backends weighted by their shares.
 pub fn desired(plan: &Plan) -> Table {
     plan.services
         .iter()
         .map(|(frontend, planned)| {
-            let id = VirtualId {
-                protocol: match frontend.protocol {
-                    Protocol::Tcp => IpvsProtocol::Tcp,
-                    Protocol::Udp => IpvsProtocol::Udp,
-                },
-                addr: frontend.address,
-            };
+            let id = id_of(frontend);
             let service = VirtualService {
                 id,
                 scheduler: "wrr".into(),
@@ -260,6 +265,7 @@ mod tests {
                             weight: *w,
                             active: *conns,
                             inactive: 0,
+                            connections: 0,
                         };
                         (addr, d)
                     })

@@ -16,8 +16,8 @@ use serde::Deserialize;
 use super::kube::settings::{self as kube_settings, KubeSettings, RawKube, NODE_NAME_ENV};
 use crate::model::Desired;
 use crate::settings::{
-    structural, yaml, ConfigError, ConfigErrors, DataplaneMode, RawAdmin, RawMetrics, RawPower,
-    RawProxy, RawSettings, RawTproxy, RawUdp, RedirectMode, Settings, Validator,
+    structural, yaml, ConfigError, ConfigErrors, DataplaneMode, RawAdmin, RawIpvs, RawMetrics,
+    RawPower, RawProxy, RawSettings, RawTproxy, RawUdp, RedirectMode, Settings, Validator,
 };
 
 /// A validated config file: the process settings and the desired services and nodes.
@@ -44,6 +44,8 @@ struct RawFile {
     tproxy: RawTproxy,
     #[serde(default)]
     dataplane: DataplaneMode,
+    #[serde(default)]
+    ipvs: RawIpvs,
     #[serde(default)]
     proxy: RawProxy,
     #[serde(default)]
@@ -103,6 +105,7 @@ impl FileConfig {
                 redirect: raw.redirect,
                 tproxy: raw.tproxy,
                 dataplane: raw.dataplane,
+                ipvs: raw.ipvs,
                 proxy: raw.proxy,
                 udp: raw.udp,
                 power: raw.power,

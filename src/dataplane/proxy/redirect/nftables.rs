@@ -20,7 +20,7 @@
 
 use std::fmt::Write;
 
-use super::{run, RedirectError};
+use crate::dataplane::command::{run, CommandError};
 use crate::model::cidr::Cidr;
 use crate::model::{Frontend, Service, WhenEmpty};
 use crate::settings::TproxySettings;
@@ -233,12 +233,12 @@ fn source_filter(out: &mut String, e: &Entry) {
 }
 
 /// Applies a rendered ruleset atomically.
-pub async fn apply(ruleset: &str) -> Result<(), RedirectError> {
+pub async fn apply(ruleset: &str) -> Result<(), CommandError> {
     run("nft", &["-f", "-"], Some(ruleset)).await
 }
 
 /// Removes wao-lb's table; absent is fine.
-pub async fn remove() -> Result<(), RedirectError> {
+pub async fn remove() -> Result<(), CommandError> {
     run(
         "nft",
         &["-f", "-"],

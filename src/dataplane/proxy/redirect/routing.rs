@@ -3,7 +3,7 @@
 //! listeners (IPv4 and, where the kernel has it, IPv6). Install is idempotent; remove
 //! leaves nothing behind.
 
-use super::{run, RedirectError};
+use crate::dataplane::command::{run, CommandError};
 use crate::dataplane::proxy::socket::ipv6_enabled;
 use crate::settings::TproxySettings;
 
@@ -51,7 +51,7 @@ pub fn install_commands(t: &TproxySettings) -> Vec<Vec<String>> {
 }
 
 /// Installs the rule and route for each family, replacing leftovers of an earlier run.
-pub async fn install(t: &TproxySettings) -> Result<(), RedirectError> {
+pub async fn install(t: &TproxySettings) -> Result<(), CommandError> {
     remove(t).await;
     for cmd in install_commands(t) {
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();

@@ -1,0 +1,92 @@
+//! What the node needs around IPVS: the virtual addresses bound to a dummy interface of
+//! wao-lb's own (so the node accepts them; the set also records which VIPs are wao-lb's
+//! across a crash), and kube-proxy's IPVS sysctls.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::dataplane::command::{output, run, CommandError};
+
+/// wao-lb's dummy interface (kube-proxy's is `kube-ipvs0`).
+pub const INTERFACE: &str = "wao-ipvs0";
+
+/// The sysctls kube-proxy sets for IPVS: new connections on a reused port are scheduled
+/// afresh, connections to a removed destination expire, and persistence templates of a
+/// quiesced one expire.
+pub const SYSCTLS: [(&str, &str); 3] = [
+    ("/proc/sys/net/ipv4/vs/conn_reuse_mode", "0"),
+    ("/proc/sys/net/ipv4/vs/expire_nodest_conn", "1"),
+    ("/proc/sys/net/ipv4/vs/expire_quiescent_template", "1"),
+];
+
+/// Creates the interface (kept if it exists) and brings it up.
+pub async fn ensure_interface() -> Result<(), CommandError> {
+    let exists = run("ip", &["link", "show", "dev", INTERFACE], None)
+        .await
+        .is_ok();
+    if !exists {
+        run("ip", &["link", "add", INTERFACE, "type", "dummy"], None).await?;
+    }
+    run("ip", &["link", "set", INTERFACE, "up"], None).await
+}
+
+/// Sets the sysctls; one that cannot be written is a warning, not a failure.
+pub fn set_sysctls() {
+    for (path, value) in SYSCTLS {
+        if let Err(e) = std::fs::write(path, value) {
+            tracing::warn!(%path, error = %e, "cannot set an IPVS sysctl");
+        }
+    }
+}
+
+/// The addresses bound to the interface now.
+pub async fn bound() -> Result<BTreeSet<IpAddr>, CommandError> {
+    let text = output("ip", &["-o", "addr", "show", "dev", INTERFACE]).await?;
+    Ok(addresses(&text))
+}
+
+/// The addresses in `ip -o addr show` output (`… inet 10.96.0.1/32 scope global …`), but
+/// the IPv6 link-local one the kernel gives every interface.
+fn addresses(text: &str) -> BTreeSet<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .filter(|ip: &IpAddr| match ip {
+            IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            IpAddr::V4(_) => true,
+        })
+        .collect()
+}
+
+/// Binds or unbinds `ip` (a host address: /32 or /128).
+pub async fn bind(ip: IpAddr, add: bool) -> Result<(), CommandError> {
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    let address = format!("{ip}/{prefix}");
+    let verb = if add { "add" } else { "del" };
+    run("ip", &["addr", verb, &address, "dev", INTERFACE], None).await
+}
+
+/// Removes the interface and every address on it.
+pub async fn remove_interface() {
+    if let Err(e) = run("ip", &["link", "del", INTERFACE], None).await {
+        tracing::warn!(error = %e, "cannot remove the IPVS interface");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_addresses_from_ip_output() {
+        let text = "7: wao-ipvs0    inet 10.96.0.1/32 scope global wao-ipvs0\\       valid_lft forever preferred_lft forever\n\
+                    7: wao-ipvs0    inet6 fd00::10/128 scope global \\       valid_lft forever preferred_lft forever\n\
+                    7: wao-ipvs0    inet6 fe80::1/64 scope link \\       valid_lft forever preferred_lft forever\n";
+        let got: Vec<String> = addresses(text).iter().map(|a| a.to_string()).collect();
+        assert_eq!(got, ["10.96.0.1", "fd00::10"], "not the link-local one");
+        assert!(addresses("").is_empty());
+    }
+}
