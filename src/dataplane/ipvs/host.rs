@@ -42,15 +42,26 @@ pub fn set_sysctls() {
 /// The addresses bound to the interface now.
 pub async fn bound() -> Result<BTreeSet<IpAddr>, CommandError> {
     let text = output("ip", &["-o", "addr", "show", "dev", INTERFACE]).await?;
-    Ok(addresses(&text))
+    Ok(addresses(&text, |name| name == INTERFACE))
 }
 
-/// The addresses in `ip -o addr show` output (`… inet 10.96.0.1/32 scope global …`), but
-/// the IPv6 link-local one the kernel gives every interface.
-fn addresses(text: &str) -> BTreeSet<IpAddr> {
+/// The addresses the node has on its other interfaces (a NodePort's node address): local
+/// already, so never bound to wao-lb's interface, nor taken as a sign of wao-lb's services.
+pub async fn elsewhere() -> Result<BTreeSet<IpAddr>, CommandError> {
+    let text = output("ip", &["-o", "addr", "show"]).await?;
+    Ok(addresses(&text, |name| name != INTERFACE))
+}
+
+/// The addresses in `ip -o addr show` output (`7: eth0    inet 10.0.0.5/24 …`) on the
+/// interfaces `on` accepts, but the IPv6 link-local ones every interface has.
+fn addresses(text: &str, on: impl Fn(&str) -> bool) -> BTreeSet<IpAddr> {
     text.lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
+            let interface = words.nth(1)?;
+            if !on(interface) {
+                return None;
+            }
             words.find(|w| *w == "inet" || *w == "inet6")?;
             words.next()?.split('/').next()?.parse().ok()
         })
@@ -85,8 +96,18 @@ mod tests {
         let text = "7: wao-ipvs0    inet 10.96.0.1/32 scope global wao-ipvs0\\       valid_lft forever preferred_lft forever\n\
                     7: wao-ipvs0    inet6 fd00::10/128 scope global \\       valid_lft forever preferred_lft forever\n\
                     7: wao-ipvs0    inet6 fe80::1/64 scope link \\       valid_lft forever preferred_lft forever\n";
-        let got: Vec<String> = addresses(text).iter().map(|a| a.to_string()).collect();
-        assert_eq!(got, ["10.96.0.1", "fd00::10"], "not the link-local one");
-        assert!(addresses("").is_empty());
+        let ours: Vec<String> = addresses(text, |n| n == INTERFACE)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(ours, ["10.96.0.1", "fd00::10"], "not the link-local one");
+        let other = "2: eth0    inet 192.168.0.5/24 brd 192.168.0.255 scope global eth0\n";
+        let all = format!("{text}{other}");
+        let elsewhere: Vec<String> = addresses(&all, |n| n != INTERFACE)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(elsewhere, ["192.168.0.5"]);
+        assert!(addresses("", |_| true).is_empty());
     }
 }
