@@ -156,13 +156,18 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// The config at `path`, or exit code 2 after printing its errors.
+fn load(path: &std::path::Path) -> Result<FileConfig, ExitCode> {
+    FileConfig::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(2)
+    })
+}
+
 fn nft(path: &std::path::Path) -> ExitCode {
-    let config = match FileConfig::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let entries: Vec<Entry> = config
         .desired
@@ -180,12 +185,9 @@ fn nft(path: &std::path::Path) -> ExitCode {
 }
 
 fn ipvs(path: &std::path::Path) -> ExitCode {
-    let config = match FileConfig::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let plan = Plan::build(
         &config.desired.services,
