@@ -4,6 +4,7 @@
 mod http;
 pub mod inputs;
 pub mod metrics;
+pub mod planner;
 pub mod policy;
 pub mod predict;
 pub mod provider;

@@ -1,0 +1,362 @@
+//! The core of the `planner` policy (pure): the split of wao-lb's demand that minimises the
+//! nodes' total predicted watts, found exactly over their power curves instead of by
+//! equalising marginal watts (which finds the optimum only where curves are convex; real
+//! SPECpower curves step up from idle and then flatten, so the optimum often concentrates
+//! load on fewer nodes).
+//!
+//! - `optimal_split`: dynamic programming over `CHUNKS` equal parts of the demand. Every
+//!   node stays at or below the ceiling (a node already above it by its own load gets
+//!   nothing) and gets at least the minimum share. When no split fits under the ceiling,
+//!   the one with the least total overload is taken, then the fewest watts.
+//! - `Mover`: takes the split in use toward the planned one, along the line between them
+//!   with no share moving more than `MAX_STEP` per step, and only when the move saves at
+//!   least `HOLD_WATTS` (hysteresis), so stale or noisy inputs cannot make it swing.
+
+use crate::settings::Limits;
+
+/// The demand is planned in this many equal parts (0.1 % each).
+pub const CHUNKS: usize = 1000;
+/// A share moves at most this much per step.
+pub const MAX_STEP: f64 = 0.1;
+/// A planned split that saves less than this (watts, or that fraction of the total) is
+/// not worth moving to.
+pub const HOLD_WATTS: f64 = 0.5;
+pub const HOLD_FRACTION: f64 = 0.001;
+
+/// Predicted watts at utilisation 0, 10, …, 100 %: linear in between, extended with the
+/// last segment's slope beyond 100 % (an overloaded node only costs more).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Curve {
+    pub watts: [f64; 11],
+}
+
+impl Curve {
+    pub fn at(&self, utilisation: f64) -> f64 {
+        let x = utilisation.max(0.0) / 10.0;
+        let i = (x.floor() as usize).min(9);
+        let frac = x - i as f64;
+        self.watts[i] + (self.watts[i + 1] - self.watts[i]) * frac
+    }
+}
+
+/// One node as the planner sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanNode {
+    pub curve: Curve,
+    /// Utilisation (%) without wao-lb's traffic.
+    pub background: f64,
+    pub cores: f64,
+}
+
+impl PlanNode {
+    /// Utilisation (%) when it carries `cores` of wao-lb's demand.
+    pub fn utilisation(&self, cores: f64) -> f64 {
+        self.background + 100.0 * cores / self.cores
+    }
+}
+
+/// A split of the demand: each node's share, the predicted total watts, and whether every
+/// node stays at or below the ceiling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub shares: Vec<f64>,
+    pub watts: f64,
+    pub feasible: bool,
+}
+
+/// Total predicted watts of `nodes` when they carry `shares` of `demand` cores.
+pub fn total_watts(nodes: &[PlanNode], demand: f64, shares: &[f64]) -> f64 {
+    nodes
+        .iter()
+        .zip(shares)
+        .map(|(n, s)| n.curve.at(n.utilisation(s * demand)))
+        .sum()
+}
+
+/// How far (percentage points) a node with `shares` of `demand` is above its limit: the
+/// ceiling, or its own background load if that is higher.
+fn overload(n: &PlanNode, demand: f64, share: f64, ceiling: f64) -> f64 {
+    let limit = ceiling.max(n.background);
+    (n.utilisation(share * demand) - limit).max(0.0)
+}
+
+/// The split of `demand` cores over `nodes` with the least predicted watts under `limits`.
+pub fn optimal_split(nodes: &[PlanNode], demand: f64, limits: Limits) -> Split {
+    let n = nodes.len();
+    if n == 0 {
+        return Split {
+            shares: Vec::new(),
+            watts: 0.0,
+            feasible: true,
+        };
+    }
+    let chunk = 1.0 / CHUNKS as f64;
+    // The minimum share in chunks, if every node can have it.
+    let least =
+        ((limits.min_share.clamp(0.0, 1.0) * CHUNKS as f64).ceil() as usize).min(CHUNKS / n);
+    // (overload, watts) of node i carrying k chunks; compared overload first.
+    let cost = |i: usize, k: usize| -> (f64, f64) {
+        let share = k as f64 * chunk;
+        let node = &nodes[i];
+        (
+            overload(node, demand, share, limits.ceiling_percent),
+            node.curve.at(node.utilisation(share * demand)),
+        )
+    };
+    let add = |a: (f64, f64), b: (f64, f64)| (a.0 + b.0, a.1 + b.1);
+    let better = |a: (f64, f64), b: (f64, f64)| {
+        const EPS: f64 = 1e-9;
+        a.0 < b.0 - EPS || (a.0 <= b.0 + EPS && a.1 < b.1)
+    };
+    let none = (f64::INFINITY, f64::INFINITY);
+    // best[k]: the least cost of the nodes so far carrying k chunks; part[i][k]: node i's.
+    let mut best: Vec<(f64, f64)> = (0..=CHUNKS)
+        .map(|k| if k >= least { cost(0, k) } else { none })
+        .collect();
+    let mut part = vec![vec![0usize; CHUNKS + 1]; n];
+    for (k, p) in part[0].iter_mut().enumerate() {
+        *p = k;
+    }
+    for (i, parts) in part.iter_mut().enumerate().skip(1) {
+        let own: Vec<(f64, f64)> = (0..=CHUNKS).map(|k| cost(i, k)).collect();
+        let mut next = vec![none; CHUNKS + 1];
+        for k in 0..=CHUNKS {
+            for j in least..=k {
+                if best[k - j].0.is_infinite() {
+                    continue;
+                }
+                let v = add(best[k - j], own[j]);
+                if better(v, next[k]) {
+                    next[k] = v;
+                    parts[k] = j;
+                }
+            }
+        }
+        best = next;
+    }
+    let mut shares = vec![0.0; n];
+    let mut k = CHUNKS;
+    for i in (0..n).rev() {
+        let j = part[i][k];
+        shares[i] = j as f64 * chunk;
+        k -= j;
+    }
+    Split {
+        watts: total_watts(nodes, demand, &shares),
+        feasible: best[CHUNKS].0 <= 1e-9,
+        shares,
+    }
+}
+
+/// Moves the split in use toward the planned one, rate-limited and hysteretic.
+#[derive(Debug, Clone, Default)]
+pub struct Mover {
+    shares: Vec<f64>,
+}
+
+impl Mover {
+    /// The split to use now, toward `planned` for `nodes` carrying `demand` cores. A
+    /// change in the number of nodes starts again from equal shares.
+    pub fn step(&mut self, nodes: &[PlanNode], demand: f64, planned: &Split) -> Vec<f64> {
+        let n = nodes.len();
+        if self.shares.len() != n {
+            self.shares = vec![1.0 / n.max(1) as f64; n];
+        }
+        let now = total_watts(nodes, demand, &self.shares);
+        let saving = now - planned.watts;
+        let hold = HOLD_WATTS.max(HOLD_FRACTION * now.abs());
+        if saving < hold {
+            return self.shares.clone();
+        }
+        // Along the line to the plan, no share moving more than MAX_STEP: still a split.
+        let furthest = self
+            .shares
+            .iter()
+            .zip(&planned.shares)
+            .map(|(s, t)| (t - s).abs())
+            .fold(0.0, f64::max);
+        let fraction = if furthest > MAX_STEP {
+            MAX_STEP / furthest
+        } else {
+            1.0
+        };
+        for (s, t) in self.shares.iter_mut().zip(&planned.shares) {
+            *s += (t - *s) * fraction;
+        }
+        self.shares.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// SPECpower-like: a step from idle to 10 %, then flatter, then steeper near full load.
+    fn spec_like(idle: f64, step: f64, slope: f64, top: f64) -> Curve {
+        let mut watts = [0.0; 11];
+        watts[0] = idle;
+        watts[1] = idle + step;
+        for (i, w) in watts.iter_mut().enumerate().skip(2) {
+            let x = i as f64 - 1.0;
+            *w = idle + step + slope * x + top * (x / 9.0).powi(3);
+        }
+        Curve { watts }
+    }
+
+    /// The least watts over a grid of splits of three nodes (step 1/400), with the ceiling.
+    fn brute_force(nodes: &[PlanNode], demand: f64, ceiling: f64) -> Option<f64> {
+        let steps = 400;
+        let mut best: Option<f64> = None;
+        for a in 0..=steps {
+            for b in 0..=steps - a {
+                let shares = [
+                    a as f64 / steps as f64,
+                    b as f64 / steps as f64,
+                    (steps - a - b) as f64 / steps as f64,
+                ];
+                let fits = nodes
+                    .iter()
+                    .zip(&shares)
+                    .all(|(n, s)| overload(n, demand, *s, ceiling) <= 0.0);
+                if fits {
+                    let w = total_watts(nodes, demand, &shares);
+                    best = Some(best.map_or(w, |b: f64| b.min(w)));
+                }
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn exact_against_brute_force_on_small_clusters() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(14);
+        let limits = Limits::default();
+        for case in 0..40 {
+            let nodes: Vec<PlanNode> = (0..3)
+                .map(|_| PlanNode {
+                    curve: spec_like(
+                        rng.random_range(40.0..200.0),
+                        rng.random_range(10.0..120.0),
+                        rng.random_range(2.0..30.0),
+                        rng.random_range(0.0..150.0),
+                    ),
+                    background: rng.random_range(0.0..70.0),
+                    cores: [8.0, 16.0, 64.0, 192.0][rng.random_range(0..4)],
+                })
+                .collect();
+            let spare: f64 = nodes
+                .iter()
+                .map(|n| (limits.ceiling_percent - n.background).max(0.0) * n.cores / 100.0)
+                .sum();
+            let demand = spare * rng.random_range(0.05..0.95);
+            let split = optimal_split(&nodes, demand, limits);
+            let brute = brute_force(&nodes, demand, limits.ceiling_percent);
+            assert_eq!(split.feasible, brute.is_some(), "case {case}");
+            if let Some(b) = brute {
+                assert!(
+                    split.watts <= b + 0.5,
+                    "case {case}: planner {} W, brute force {b} W",
+                    split.watts
+                );
+            }
+            for (n, s) in nodes.iter().zip(&split.shares) {
+                assert!(
+                    overload(n, demand, *s, limits.ceiling_percent) <= 1e-9,
+                    "case {case}"
+                );
+            }
+            assert!((split.shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        }
+    }
+
+    /// SPECpower's ASUS RS720A-E12 (2× EPYC 9654), as `config/profiles/rs720a-e12.yaml`.
+    const RS720A_E12: [f64; 11] = [
+        128.0, 257.0, 300.0, 340.0, 378.0, 410.0, 442.0, 498.0, 577.0, 697.0, 817.0,
+    ];
+
+    #[test]
+    fn identical_nodes_concentrate_where_the_curve_is_not_convex() {
+        // Three identical 192-core nodes, each 20 % busy, 100 cores of demand: equal
+        // marginal watts holds the uniform split, but the curve is concave from 30 to 60 %,
+        // so loading fewer nodes further costs less.
+        let nodes = vec![
+            PlanNode {
+                curve: Curve { watts: RS720A_E12 },
+                background: 20.0,
+                cores: 192.0,
+            };
+            3
+        ];
+        let demand = 100.0;
+        let split = optimal_split(&nodes, demand, Limits::default());
+        let uniform = total_watts(&nodes, demand, &[1.0 / 3.0; 3]);
+        assert!(
+            split.watts < uniform - 5.0,
+            "{} vs uniform {uniform}",
+            split.watts
+        );
+        let max = split.shares.iter().cloned().fold(0.0, f64::max);
+        assert!(max > 0.45, "{:?}", split.shares);
+    }
+
+    #[test]
+    fn minimum_share_and_overload() {
+        let curve = spec_like(100.0, 50.0, 10.0, 50.0);
+        let node = |background| PlanNode {
+            curve: curve.clone(),
+            background,
+            cores: 10.0,
+        };
+        let limits = Limits {
+            ceiling_percent: 80.0,
+            min_share: 0.2,
+        };
+        let split = optimal_split(&[node(10.0), node(10.0), node(10.0)], 3.0, limits);
+        assert!(
+            split.shares.iter().all(|s| *s >= 0.2 - 1e-9),
+            "{:?}",
+            split.shares
+        );
+        // More demand than the spare capacity: the least overload, no node idle.
+        let split = optimal_split(&[node(70.0), node(10.0)], 10.0, Limits::default());
+        assert!(!split.feasible);
+        let loads: Vec<f64> = [70.0, 10.0]
+            .iter()
+            .zip(&split.shares)
+            .map(|(b, s)| b + 100.0 * s * 10.0 / 10.0)
+            .collect();
+        assert!(loads.iter().all(|l| *l > 80.0 - 1e-6), "{loads:?}");
+    }
+
+    #[test]
+    fn the_mover_is_rate_limited_and_holds_small_gains() {
+        let nodes = vec![
+            PlanNode {
+                curve: Curve { watts: RS720A_E12 },
+                background: 20.0,
+                cores: 192.0,
+            };
+            3
+        ];
+        let planned = optimal_split(&nodes, 60.0, Limits::default());
+        assert!(planned.watts < total_watts(&nodes, 60.0, &[1.0 / 3.0; 3]) - 5.0);
+        let mut mover = Mover::default();
+        let mut last = vec![1.0 / 3.0; 3];
+        for _ in 0..20 {
+            let now = mover.step(&nodes, 60.0, &planned);
+            for (a, b) in now.iter().zip(&last) {
+                assert!((a - b).abs() <= MAX_STEP + 1e-9);
+            }
+            last = now;
+        }
+        assert!(total_watts(&nodes, 60.0, &last) <= planned.watts + HOLD_WATTS + 1.0);
+        // A plan that saves next to nothing is not followed.
+        let tiny = Split {
+            shares: vec![0.34, 0.33, 0.33],
+            watts: total_watts(&nodes, 60.0, &last) - 0.01,
+            feasible: true,
+        };
+        assert_eq!(mover.step(&nodes, 60.0, &tiny), last);
+    }
+}
