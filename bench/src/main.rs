@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use scenario::{energy, kube_scale, soak, Scenario};
+use scenario::{energy, energy_mix, kube_scale, soak, Scenario};
 use targets::{Setup, Target};
 
 #[derive(Parser)]
@@ -55,9 +55,23 @@ struct Cli {
     /// Where the JSON and SVG files go.
     #[arg(long, default_value = "target/wao-bench")]
     out: PathBuf,
-    /// Seed of the energy simulation.
+    /// Seed of the energy simulation (and of `--generate`).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// energy: simulate the cluster in this mix file (YAML or JSON) instead of the shipped
+    /// mixes; repeatable.
+    #[arg(long)]
+    mix: Vec<PathBuf>,
+    /// energy: simulate this many random clusters from the shipped curves and report the
+    /// distribution of each policy's share of the optimal saving.
+    #[arg(long)]
+    generate: Option<usize>,
+    /// energy: the policies see loads this many power intervals old (overrides the mixes').
+    #[arg(long)]
+    lag: Option<usize>,
+    /// energy: print one JSON object per mix instead of the table.
+    #[arg(long)]
+    json: bool,
     /// Opted-in Services in the kube-scale scenario (5 endpoints each).
     #[arg(long, default_value_t = 10_000)]
     services: usize,
@@ -73,6 +87,26 @@ struct Cli {
     /// The echo resets its connections when it dies.
     #[arg(long, hide = true)]
     echo_resets: bool,
+}
+
+/// The clusters the energy scenario runs: the mix files given, else generated ones, else
+/// the shipped mixes.
+fn energy_mixes(cli: &Cli) -> Result<Vec<energy::Mix>, String> {
+    if !cli.mix.is_empty() {
+        return cli
+            .mix
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                energy_mix::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .collect();
+    }
+    match cli.generate {
+        Some(n) => energy_mix::generate(n, cli.seed),
+        None => energy_mix::shipped(),
+    }
 }
 
 /// Pins the calling thread, and every thread it later starts, to `core`.
@@ -229,8 +263,24 @@ fn bench(cli: Cli) -> std::io::Result<()> {
             }
         } else if s == Scenario::Energy {
             bar.set_message("energy simulation");
-            let reports = energy::run_all(cli.seed).map_err(std::io::Error::other)?;
-            bar.suspend(|| print!("{}", energy::table(&reports)));
+            let mut mixes = energy_mixes(&cli).map_err(std::io::Error::other)?;
+            if let Some(lag) = cli.lag {
+                for m in &mut mixes {
+                    m.lag_intervals = lag;
+                }
+            }
+            let reports = energy::run_all(&mixes, cli.seed);
+            bar.suspend(|| {
+                if cli.json {
+                    for r in &reports {
+                        println!("{}", energy::json_line(r));
+                    }
+                } else if cli.generate.is_some() {
+                    print!("{}", energy::distribution(&reports));
+                } else {
+                    print!("{}", energy::table(&reports));
+                }
+            });
             let json = serde_json::to_string_pretty(&reports).map_err(std::io::Error::other)?;
             std::fs::write(cli.out.join("energy.json"), json)?;
             std::fs::write(cli.out.join("energy.svg"), energy::svg(&reports))?;

@@ -8,9 +8,10 @@
 //!   node stays at or below the ceiling (a node already above it by its own load gets
 //!   nothing) and gets at least the minimum share. When no split fits under the ceiling,
 //!   the one with the least total overload is taken, then the fewest watts.
-//! - `Mover`: takes the split in use toward the planned one, along the line between them
-//!   with no share moving more than `MAX_STEP` per step, and only when the move saves at
-//!   least `HOLD_WATTS` (hysteresis), so stale or noisy inputs cannot make it swing.
+//! - `Mover`: adopts a plan as its target only when it saves at least `HOLD_WATTS` over
+//!   the target in use (hysteresis), and moves the split in use toward the target along
+//!   the line between them, no share more than `MAX_STEP` per step (rate limit), so stale
+//!   or noisy inputs cannot make it swing.
 
 use crate::settings::Limits;
 
@@ -18,10 +19,9 @@ use crate::settings::Limits;
 pub const CHUNKS: usize = 1000;
 /// A share moves at most this much per step.
 pub const MAX_STEP: f64 = 0.1;
-/// A planned split that saves less than this (watts, or that fraction of the total) is
-/// not worth moving to.
+/// A planned split that saves less than this (watts) over the target in use is not worth
+/// moving to.
 pub const HOLD_WATTS: f64 = 0.5;
-pub const HOLD_FRACTION: f64 = 0.001;
 
 /// Predicted watts at utilisation 0, 10, …, 100 %: linear in between, extended with the
 /// last segment's slope beyond 100 % (an overloaded node only costs more).
@@ -148,10 +148,14 @@ pub fn optimal_split(nodes: &[PlanNode], demand: f64, limits: Limits) -> Split {
     }
 }
 
-/// Moves the split in use toward the planned one, rate-limited and hysteretic.
+/// Moves the split in use toward a planned one, rate-limited and hysteretic: a plan is
+/// adopted as the target only when it saves at least the hold over the current target (or,
+/// at first, over the split in use); the split then moves toward the target until it is
+/// reached, at most `MAX_STEP` per share and step.
 #[derive(Debug, Clone, Default)]
 pub struct Mover {
     shares: Vec<f64>,
+    target: Option<Vec<f64>>,
 }
 
 impl Mover {
@@ -159,20 +163,24 @@ impl Mover {
     /// change in the number of nodes starts again from equal shares.
     pub fn step(&mut self, nodes: &[PlanNode], demand: f64, planned: &Split) -> Vec<f64> {
         let n = nodes.len();
-        if self.shares.len() != n {
+        if self.shares.len() != n || planned.shares.len() != n {
             self.shares = vec![1.0 / n.max(1) as f64; n];
+            self.target = None;
         }
-        let now = total_watts(nodes, demand, &self.shares);
-        let saving = now - planned.watts;
-        let hold = HOLD_WATTS.max(HOLD_FRACTION * now.abs());
-        if saving < hold {
+        if planned.shares.len() == n {
+            let held = self.target.as_deref().unwrap_or(&self.shares);
+            if total_watts(nodes, demand, held) - planned.watts >= HOLD_WATTS {
+                self.target = Some(planned.shares.clone());
+            }
+        }
+        let Some(target) = &self.target else {
             return self.shares.clone();
-        }
-        // Along the line to the plan, no share moving more than MAX_STEP: still a split.
+        };
+        // Along the line to the target, no share moving more than MAX_STEP: still a split.
         let furthest = self
             .shares
             .iter()
-            .zip(&planned.shares)
+            .zip(target)
             .map(|(s, t)| (t - s).abs())
             .fold(0.0, f64::max);
         let fraction = if furthest > MAX_STEP {
@@ -180,7 +188,7 @@ impl Mover {
         } else {
             1.0
         };
-        for (s, t) in self.shares.iter_mut().zip(&planned.shares) {
+        for (s, t) in self.shares.iter_mut().zip(target) {
             *s += (t - *s) * fraction;
         }
         self.shares.clone()
@@ -351,12 +359,23 @@ mod tests {
             last = now;
         }
         assert!(total_watts(&nodes, 60.0, &last) <= planned.watts + HOLD_WATTS + 1.0);
-        // A plan that saves next to nothing is not followed.
+        // A plan that saves next to nothing over the target is not adopted.
         let tiny = Split {
             shares: vec![0.34, 0.33, 0.33],
             watts: total_watts(&nodes, 60.0, &last) - 0.01,
             feasible: true,
         };
         assert_eq!(mover.step(&nodes, 60.0, &tiny), last);
+        let mut fresh = Mover::default();
+        let small = Split {
+            shares: vec![0.34, 0.33, 0.33],
+            watts: total_watts(&nodes, 60.0, &[1.0 / 3.0; 3]) - 0.4,
+            feasible: true,
+        };
+        assert_eq!(
+            fresh.step(&nodes, 60.0, &small),
+            vec![1.0 / 3.0; 3],
+            "nor from uniform"
+        );
     }
 }

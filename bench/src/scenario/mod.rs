@@ -2,6 +2,7 @@
 //! returns report rows; `run.rs` starts the backends and targets around them.
 
 pub mod energy;
+pub mod energy_mix;
 pub mod idle;
 pub mod kube_scale;
 pub mod rr;

@@ -65,7 +65,7 @@ mod tests {
         assert_eq!(lines[2], "TCP  10.96.0.1:80 wrr persistent 10800");
         assert_eq!(
             lines[3],
-            "  -> 10.244.1.5:8080               Masq    2500   0          0"
+            "  -> 10.244.1.5:8080              Masq    2500   0          0"
         );
     }
 }
