@@ -283,19 +283,22 @@ mod tests {
         128.0, 257.0, 300.0, 340.0, 378.0, 410.0, 442.0, 498.0, 577.0, 697.0, 817.0,
     ];
 
+    /// Three identical RS720A-E12 nodes with 192 cores, each 20 % busy.
+    fn three_e12() -> Vec<PlanNode> {
+        let node = PlanNode {
+            curve: Curve { watts: RS720A_E12 },
+            background: 20.0,
+            cores: 192.0,
+        };
+        vec![node; 3]
+    }
+
     #[test]
     fn identical_nodes_concentrate_where_the_curve_is_not_convex() {
         // Three identical 192-core nodes, each 20 % busy, 100 cores of demand: equal
         // marginal watts holds the uniform split, but the curve is concave from 30 to 60 %,
         // so loading fewer nodes further costs less.
-        let nodes = vec![
-            PlanNode {
-                curve: Curve { watts: RS720A_E12 },
-                background: 20.0,
-                cores: 192.0,
-            };
-            3
-        ];
+        let nodes = three_e12();
         let demand = 100.0;
         let split = optimal_split(&nodes, demand, Limits::default());
         let uniform = total_watts(&nodes, demand, &[1.0 / 3.0; 3]);
@@ -339,14 +342,7 @@ mod tests {
 
     #[test]
     fn the_mover_is_rate_limited_and_holds_small_gains() {
-        let nodes = vec![
-            PlanNode {
-                curve: Curve { watts: RS720A_E12 },
-                background: 20.0,
-                cores: 192.0,
-            };
-            3
-        ];
+        let nodes = three_e12();
         let planned = optimal_split(&nodes, 60.0, Limits::default());
         assert!(planned.watts < total_watts(&nodes, 60.0, &[1.0 / 3.0; 3]) - 5.0);
         let mut mover = Mover::default();
