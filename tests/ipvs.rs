@@ -241,6 +241,28 @@ fn ipvs_on_a_real_kernel() {
         assert_eq!(Some(picked), tcp["by_backend"][name].as_u64(), "{key}");
     }
 
+    // The same kernel counts in /metrics, per destination, with its node.
+    let metrics = text("metrics");
+    for (b, node) in [(B1, "n1"), (B2, "n2")] {
+        let key = format!("10.96.0.10:80/tcp {b}:8080");
+        let series = format!(
+            "wao_lb_ipvs_destination_connections{{backend=\"{b}:8080\",node=\"{node}\",service=\"web\"}}"
+        );
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        assert_eq!(
+            value,
+            r["picks_after"][&key].as_u64(),
+            "{series}\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("wao_lb_ipvs_operations_total{op=\"set_dest\"}"),
+        "{metrics}"
+    );
+
     // A weight change (3:1 → 1:3) is a SET_DEST: the destinations keep their counters,
     // and the split follows.
     let seconds = r["weight_change_seconds"]

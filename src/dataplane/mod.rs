@@ -55,7 +55,7 @@ impl ChosenDataplane {
                 ChosenDataplane::Proxy(proxy::Proxy::new(settings, registry))
             }
             crate::settings::DataplaneMode::Ipvs => {
-                ChosenDataplane::Ipvs(ipvs::Ipvs::start(settings).await?)
+                ChosenDataplane::Ipvs(ipvs::Ipvs::start(settings, registry).await?)
             }
         })
     }

@@ -8,10 +8,11 @@
 pub mod client;
 pub mod host;
 pub mod message;
+pub mod metrics;
 pub mod reconcile;
 pub mod render;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::client::{IpvsClient, IpvsError};
 use self::message::VirtualId;
+use self::metrics::IpvsMetrics;
 use self::reconcile::{Reconciler, Table};
 use super::{Dataplane, DataplaneError, PickCounts};
 use crate::balance::plan::Plan;
@@ -46,12 +48,19 @@ struct Kernel {
     settings: IpvsSettings,
     /// Addresses on wao-lb's interface: its VIPs, including those a crash left behind.
     bound: BTreeSet<IpAddr>,
+    metrics: IpvsMetrics,
+    /// The metric labels (service, backend, node) of the destinations of services that
+    /// have series of their own.
+    labels: HashMap<(VirtualId, SocketAddr), [String; 3]>,
 }
 
 impl Ipvs {
     /// Opens IPVS (an error naming the missing module when the kernel has none), sets its
     /// sysctls and wao-lb's interface, and starts the periodic resync.
-    pub async fn start(settings: &Settings) -> Result<Ipvs, DataplaneError> {
+    pub async fn start(
+        settings: &Settings,
+        registry: &prometheus::Registry,
+    ) -> Result<Ipvs, DataplaneError> {
         let client = IpvsClient::connect().map_err(ipvs_error)?;
         host::set_sysctls();
         host::ensure_interface()
@@ -67,6 +76,8 @@ impl Ipvs {
             desired: Table::new(),
             settings: settings.ipvs.clone(),
             bound,
+            metrics: IpvsMetrics::new(registry),
+            labels: HashMap::new(),
         }));
         let seen = Arc::new(ArcSwap::from_pointee(Table::new()));
         let resync = CancellationToken::new();
@@ -102,8 +113,23 @@ impl Kernel {
     fn sync(&mut self, now: Instant) -> (Option<Table>, Result<(), IpvsError>) {
         let current = match self.client.table() {
             Ok(t) => t,
-            Err(e) => return (None, Err(e)),
+            Err(e) => {
+                self.metrics.sync_errors.inc();
+                return (None, Err(e));
+            }
         };
+        let counts = current
+            .iter()
+            .flat_map(|(id, e)| e.dests.values().map(move |d| (*id, d)))
+            .filter_map(|(id, d)| {
+                let labels = self.labels.get(&(id, d.addr))?.clone();
+                Some((
+                    labels,
+                    (d.connections, u64::from(d.active) + u64::from(d.inactive)),
+                ))
+            })
+            .collect();
+        self.metrics.destinations(counts);
         let grace = self.settings.grace_period;
         let mut reconciler = std::mem::take(&mut self.reconciler);
         let owned = |id: &VirtualId| self.owns(id);
@@ -112,12 +138,18 @@ impl Kernel {
         let mut first = Ok(());
         for op in &ops {
             tracing::debug!(?op, "ipvs");
-            if let Err(e) = self.client.run(op) {
-                tracing::warn!(error = %e, "ipvs operation failed");
-                if first.is_ok() {
-                    first = Err(e);
+            match self.client.run(op) {
+                Ok(()) => self.metrics.sent(op),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ipvs operation failed");
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
                 }
             }
+        }
+        if first.is_err() {
+            self.metrics.sync_errors.inc();
         }
         (Some(current), first)
     }
@@ -156,6 +188,25 @@ async fn resync_every(
     }
 }
 
+/// The metric labels of the destinations of the services with series of their own.
+fn series_labels(plan: &Plan) -> HashMap<(VirtualId, SocketAddr), [String; 3]> {
+    plan.services
+        .iter()
+        .filter(|(_, p)| !plan.series_label(&p.service.key).is_empty())
+        .flat_map(|(frontend, p)| {
+            let id = reconcile::id_of(frontend);
+            p.backends.iter().map(move |b| {
+                let labels = [
+                    p.service.key.to_string(),
+                    b.backend.address.to_string(),
+                    b.backend.node.to_string(),
+                ];
+                ((id, b.backend.address), labels)
+            })
+        })
+        .collect()
+}
+
 /// The VIPs of `table`.
 fn vips(table: &Table) -> BTreeSet<IpAddr> {
     table.keys().map(|id| id.addr.ip()).collect()
@@ -181,7 +232,12 @@ impl Dataplane for Ipvs {
                 })?;
             lock(&self.kernel).bound.insert(ip);
         }
-        lock(&self.kernel).desired = desired.clone();
+        let labels = series_labels(plan);
+        {
+            let mut k = lock(&self.kernel);
+            k.desired = desired.clone();
+            k.labels = labels;
+        }
         sync(self.kernel.clone(), self.seen.clone())
             .await
             .map_err(ipvs_error)?;
