@@ -69,6 +69,10 @@ struct Cli {
     /// energy: the policies see loads this many power intervals old (overrides the mixes').
     #[arg(long)]
     lag: Option<usize>,
+    /// energy: multiplicative noise on the predictions the policies see, as standard
+    /// deviations `SHARED,INDEPENDENT` (one draw per tick for every node, one per node).
+    #[arg(long, value_delimiter = ',')]
+    noise: Option<Vec<f64>>,
     /// energy: print one JSON object per mix instead of the table.
     #[arg(long)]
     json: bool,
@@ -264,9 +268,22 @@ fn bench(cli: Cli) -> std::io::Result<()> {
         } else if s == Scenario::Energy {
             bar.set_message("energy simulation");
             let mut mixes = energy_mixes(&cli).map_err(std::io::Error::other)?;
-            if let Some(lag) = cli.lag {
-                for m in &mut mixes {
+            if cli
+                .noise
+                .as_ref()
+                .is_some_and(|n| n.len() != 2 || n.iter().any(|v| !(0.0..=1.0).contains(v)))
+            {
+                return Err(std::io::Error::other(
+                    "--noise takes SHARED,INDEPENDENT: two standard deviations in 0..1, e.g. 0.05,0.02",
+                ));
+            }
+            for m in &mut mixes {
+                if let Some(lag) = cli.lag {
                     m.lag_intervals = lag;
+                }
+                if let Some(noise) = &cli.noise {
+                    m.noise_shared = noise.first().copied().unwrap_or(0.0);
+                    m.noise_independent = noise.get(1).copied().unwrap_or(0.0);
                 }
             }
             let reports = energy::run_all(&mixes, cli.seed);

@@ -8,10 +8,11 @@
 //!   node stays at or below the ceiling (a node already above it by its own load gets
 //!   nothing) and gets at least the minimum share. When no split fits under the ceiling,
 //!   the one with the least total overload is taken, then the fewest watts.
-//! - `Mover`: adopts a plan as its target only when it saves at least `HOLD_WATTS` over
-//!   the target in use (hysteresis), and moves the split in use toward the target along
-//!   the line between them, no share more than `MAX_STEP` per step (rate limit), so stale
-//!   or noisy inputs cannot make it swing.
+//! - `Mover`: re-plans near its target (moving a share costs `STICKINESS` of the node's
+//!   watts), adopts a plan as its target only when it saves at least `HOLD_WATTS` over the
+//!   target in use (hysteresis), and moves the split in use toward the target along the
+//!   line between them, no share more than `MAX_STEP` per step (rate limit), so stale or
+//!   noisy inputs cannot make it swing.
 
 use crate::settings::Limits;
 
@@ -82,6 +83,13 @@ fn overload(n: &PlanNode, demand: f64, share: f64, ceiling: f64) -> f64 {
 
 /// The split of `demand` cores over `nodes` with the least predicted watts under `limits`.
 pub fn optimal_split(nodes: &[PlanNode], demand: f64, limits: Limits) -> Split {
+    split_near(nodes, demand, limits, None)
+}
+
+/// As `optimal_split`, but moving a node's share away from `anchor` costs `STICKINESS` of
+/// that node's watts per whole share moved: of plans that differ by less than their inputs'
+/// noise, the one nearest the split in use wins (identical nodes do not trade places).
+fn split_near(nodes: &[PlanNode], demand: f64, limits: Limits, anchor: Option<&[f64]>) -> Split {
     let n = nodes.len();
     if n == 0 {
         return Split {
@@ -98,9 +106,13 @@ pub fn optimal_split(nodes: &[PlanNode], demand: f64, limits: Limits) -> Split {
     let cost = |i: usize, k: usize| -> (f64, f64) {
         let share = k as f64 * chunk;
         let node = &nodes[i];
+        let watts = node.curve.at(node.utilisation(share * demand));
+        let moving = anchor.and_then(|a| a.get(i)).map_or(0.0, |a| {
+            STICKINESS * node.curve.at(node.utilisation(a * demand)) * (share - a).abs()
+        });
         (
             overload(node, demand, share, limits.ceiling_percent),
-            node.curve.at(node.utilisation(share * demand)),
+            watts + moving,
         )
     };
     let add = |a: (f64, f64), b: (f64, f64)| (a.0 + b.0, a.1 + b.1);
@@ -148,6 +160,10 @@ pub fn optimal_split(nodes: &[PlanNode], demand: f64, limits: Limits) -> Split {
     }
 }
 
+/// Moving a whole share away from the split in use costs this fraction of the node's
+/// watts when re-planning (see `split_near`).
+pub const STICKINESS: f64 = 0.1;
+
 /// Moves the split in use toward a planned one, rate-limited and hysteretic: a plan is
 /// adopted as the target only when it saves at least the hold over the current target (or,
 /// at first, over the split in use); the split then moves toward the target until it is
@@ -159,6 +175,13 @@ pub struct Mover {
 }
 
 impl Mover {
+    /// Plans for `nodes` (near the target in use, so noise cannot make identical choices
+    /// trade places) and steps toward the plan: the split to use now.
+    pub fn plan_and_step(&mut self, nodes: &[PlanNode], demand: f64, limits: Limits) -> Vec<f64> {
+        let planned = split_near(nodes, demand, limits, self.target.as_deref());
+        self.step(nodes, demand, &planned)
+    }
+
     /// The split to use now, toward `planned` for `nodes` carrying `demand` cores. A
     /// change in the number of nodes starts again from equal shares.
     pub fn step(&mut self, nodes: &[PlanNode], demand: f64, planned: &Split) -> Vec<f64> {
@@ -309,6 +332,22 @@ mod tests {
         );
         let max = split.shares.iter().cloned().fold(0.0, f64::max);
         assert!(max > 0.45, "{:?}", split.shares);
+    }
+
+    #[test]
+    fn a_plan_near_the_split_in_use_wins_over_an_equal_one() {
+        // Identical nodes: loading any one of them is as good. With node 2 a little
+        // cheaper (1 %), the plain optimum moves the load there; anchored at a split that
+        // loads node 0, the plan stays.
+        let mut nodes = three_e12();
+        nodes[2].curve.watts = RS720A_E12.map(|w| w * 0.99);
+        let free = optimal_split(&nodes, 100.0, Limits::default());
+        let busiest = |s: &[f64]| (0..3).max_by(|a, b| s[*a].total_cmp(&s[*b])).unwrap_or(0);
+        assert_eq!(busiest(&free.shares), 2, "{:?}", free.shares);
+        let mut anchored = free.shares.clone();
+        anchored.swap(0, 2);
+        let near = split_near(&nodes, 100.0, Limits::default(), Some(&anchored));
+        assert_eq!(busiest(&near.shares), 0, "{:?}", near.shares);
     }
 
     #[test]

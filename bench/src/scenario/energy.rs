@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 use wao_lb::dataplane::proxy::table::Table;
 use wao_lb::model::NodeName;
@@ -138,26 +139,59 @@ fn plan_nodes(nodes: &[SimNode]) -> Vec<PlanNode> {
         .collect()
 }
 
+/// Each node's factor on the predictions the policies see this tick: one draw shared by
+/// every node times one per node, each normal around 1 with the mix's deviations.
+fn noise_factors(mix: &Mix, rng: &mut SmallRng) -> Vec<f64> {
+    let mut draw = |sd: f64| {
+        if sd > 0.0 {
+            Normal::new(1.0, sd).map_or(1.0, |d| d.sample(rng)).max(0.0)
+        } else {
+            1.0
+        }
+    };
+    let shared = draw(mix.noise_shared);
+    (0..mix.nodes.len())
+        .map(|_| shared * draw(mix.noise_independent))
+        .collect()
+}
+
 /// Runs one policy in closed loop and returns the settled outcome. The policies see the
-/// loads of `mix.lag_intervals` ticks ago.
+/// loads of `mix.lag_intervals` ticks ago, and predictions with the mix's noise.
 fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
     let (nodes, demand) = (&mix.nodes, mix.demand_cores);
     let n = nodes.len();
     let mut rng = SmallRng::seed_from_u64(seed);
+    // The noise has its own stream, so picks are the same with and without it.
+    let mut noise_rng = SmallRng::seed_from_u64(seed ^ 0x6e6f697365);
+    let noisy = mix.noise_shared > 0.0 || mix.noise_independent > 0.0;
     let mut controller = Controller::default();
     let limits = Limits::default();
     let planning = plan_nodes(nodes);
-    // The background loads hold still here, so one plan serves every tick.
-    let planned = (sim == Sim::Planner).then(|| optimal_split(&planning, demand, limits));
+    // Without noise the planner's inputs hold still, so one plan serves every tick.
+    let steady = (sim == Sim::Planner).then(|| optimal_split(&planning, demand, limits));
     let mut mover = Mover::default();
     let mut history: VecDeque<Vec<f64>> = VecDeque::from([vec![1.0 / n as f64; n]]);
     let (mut watts_sum, mut max_load, mut share_sum) = (0.0, 0.0f64, vec![0.0; n]);
     let mut recent: VecDeque<Vec<f64>> = VecDeque::new();
     for tick in 0..TICKS {
         let seen = &history[history.len().saturating_sub(1 + mix.lag_intervals)];
+        let factors = noise_factors(mix, &mut noise_rng);
         let weights: Vec<f64> = match sim {
             Sim::Uniform => vec![1.0; n],
-            Sim::Planner => match &planned {
+            Sim::Planner if noisy => {
+                let seen_curves: Vec<PlanNode> = planning
+                    .iter()
+                    .zip(&factors)
+                    .map(|(p, f)| PlanNode {
+                        curve: wao_lb::power::planner::Curve {
+                            watts: p.curve.watts.map(|w| w * f),
+                        },
+                        ..p.clone()
+                    })
+                    .collect();
+                mover.plan_and_step(&seen_curves, demand, limits)
+            }
+            Sim::Planner => match &steady {
                 Some(p) => mover.step(&planning, demand, p),
                 None => vec![1.0; n],
             },
@@ -166,8 +200,8 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
                 for (i, node) in nodes.iter().enumerate() {
                     let cpu = load_percent(node, seen[i], demand);
                     let step = mix.cpu_per_connection / (node.cores * 1000.0) * 100.0;
-                    let before = node_watts(node, cpu);
-                    let after = node_watts(node, cpu + step);
+                    let before = node_watts(node, cpu) * factors[i];
+                    let after = node_watts(node, cpu + step) * factors[i];
                     let report = NodeReport {
                         cpu_percent: Some(cpu),
                         watts: Some(before),
@@ -567,6 +601,19 @@ mod tests {
             hi - lo <= 0.05,
             "the planner holds still with lagged inputs: {lo}..{hi}"
         );
+    }
+
+    #[test]
+    fn noisy_predictions_do_not_make_the_planner_swing() {
+        let mut mix = shipped().unwrap().remove(4);
+        mix.noise_shared = 0.05;
+        mix.noise_independent = 0.02;
+        let r = run_mix(&mix, 1);
+        let planner = r.outcome("planner").unwrap();
+        let (lo, hi) = planner.busiest_share_range;
+        assert!(hi - lo <= 0.05, "busiest share {lo}..{hi}");
+        let share = r.share_of_optimal_saving("planner").unwrap();
+        assert!(share >= 0.9, "{share}");
     }
 
     #[test]

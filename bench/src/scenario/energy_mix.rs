@@ -41,6 +41,10 @@ pub struct Mix {
     pub cpu_per_connection: f64,
     /// How many power intervals old the loads the policies see are.
     pub lag_intervals: usize,
+    /// Standard deviations of the multiplicative noise on the predictions the policies
+    /// see: one draw per tick for every node, and one per node.
+    pub noise_shared: f64,
+    pub noise_independent: f64,
 }
 
 /// The shipped curve `profile`.
@@ -71,6 +75,8 @@ fn mix(name: &str, demand_cores: f64, nodes: Result<Vec<SimNode>, String>) -> Re
         demand_cores,
         cpu_per_connection: 100.0,
         lag_intervals: 0,
+        noise_shared: 0.0,
+        noise_independent: 0.0,
     })
 }
 
@@ -224,6 +230,8 @@ pub fn parse(text: &str) -> Result<Mix, String> {
         demand_cores: raw.demand,
         cpu_per_connection,
         lag_intervals: raw.lag_intervals.unwrap_or(0),
+        noise_shared: 0.0,
+        noise_independent: 0.0,
     })
 }
 
@@ -282,6 +290,8 @@ pub fn generate(count: usize, seed: u64) -> Result<Vec<Mix>, String> {
                 demand_cores: demand,
                 cpu_per_connection: 100.0,
                 lag_intervals: 0,
+                noise_shared: 0.0,
+                noise_independent: 0.0,
             })
         })
         .collect()
