@@ -73,6 +73,10 @@ struct Cli {
     /// deviations `SHARED,INDEPENDENT` (one draw per tick for every node, one per node).
     #[arg(long, value_delimiter = ',')]
     noise: Option<Vec<f64>>,
+    /// energy: one pick per new connection, connections lasting 5 ticks on average,
+    /// instead of 20,000 fresh picks per tick.
+    #[arg(long)]
+    realistic_picks: bool,
     /// energy: print one JSON object per mix instead of the table.
     #[arg(long)]
     json: bool,
@@ -281,6 +285,7 @@ fn bench(cli: Cli) -> std::io::Result<()> {
                 if let Some(lag) = cli.lag {
                     m.lag_intervals = lag;
                 }
+                m.realistic_picks |= cli.realistic_picks;
                 if let Some(noise) = &cli.noise {
                     m.noise_shared = noise.first().copied().unwrap_or(0.0);
                     m.noise_independent = noise.get(1).copied().unwrap_or(0.0);

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 use wao_lb::dataplane::proxy::table::Table;
@@ -77,6 +77,8 @@ impl MixReport {
 
 /// An optimal saving below this (watts, the planner's hold) is no saving.
 const NO_SAVING: f64 = wao_lb::power::planner::HOLD_WATTS;
+/// With realistic picks, a connection lasts this many ticks on average.
+const LIFETIME_TICKS: usize = 5;
 /// The busiest node's share range is taken over this many last ticks.
 const RANGE_TICKS: usize = 50;
 
@@ -173,6 +175,13 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
     let mut history: VecDeque<Vec<f64>> = VecDeque::from([vec![1.0 / n as f64; n]]);
     let (mut watts_sum, mut max_load, mut share_sum) = (0.0, 0.0f64, vec![0.0; n]);
     let mut recent: VecDeque<Vec<f64>> = VecDeque::new();
+    // Realistic picks: the demand as open connections (at least one), spread evenly at first.
+    let mut connections = mix.realistic_picks.then(|| {
+        let count = ((demand * 1000.0 / mix.cpu_per_connection).round() as usize).max(1);
+        (0..n)
+            .map(|i| count / n + usize::from(i < count % n))
+            .collect::<Vec<usize>>()
+    });
     for tick in 0..TICKS {
         let seen = &history[history.len().saturating_sub(1 + mix.lag_intervals)];
         let factors = noise_factors(mix, &mut noise_rng);
@@ -216,16 +225,40 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
         };
         // The real selection table decides where this tick's connections go.
         let table = Table::new(&weights);
-        let mut picks = vec![0usize; n];
-        for _ in 0..PICKS_PER_TICK {
-            if let Some(i) = table.pick(&mut rng) {
-                picks[i] += 1;
+        let shares: Vec<f64> = match &mut connections {
+            // Connections with a lifetime: a fraction ends, as many new ones are picked.
+            Some(open) => {
+                let total: usize = open.iter().sum();
+                for _ in 0..(total / LIFETIME_TICKS).max(1) {
+                    let mut k = rng.random_range(0..total);
+                    if let Some(i) = open.iter().position(|c| {
+                        let here = k < *c;
+                        k = k.saturating_sub(*c);
+                        here
+                    }) {
+                        open[i] -= 1;
+                    }
+                    if let Some(i) = table.pick(&mut rng) {
+                        open[i] += 1;
+                    }
+                }
+                let total = open.iter().sum::<usize>().max(1) as f64;
+                open.iter().map(|c| *c as f64 / total).collect()
             }
-        }
-        let shares: Vec<f64> = picks
-            .iter()
-            .map(|p| *p as f64 / PICKS_PER_TICK as f64)
-            .collect();
+            // A fresh batch of picks sets the split.
+            None => {
+                let mut picks = vec![0usize; n];
+                for _ in 0..PICKS_PER_TICK {
+                    if let Some(i) = table.pick(&mut rng) {
+                        picks[i] += 1;
+                    }
+                }
+                picks
+                    .iter()
+                    .map(|p| *p as f64 / PICKS_PER_TICK as f64)
+                    .collect()
+            }
+        };
         if tick >= TICKS - TAIL {
             watts_sum += total_watts(nodes, &shares, demand);
             for (i, node) in nodes.iter().enumerate() {
@@ -612,6 +645,19 @@ mod tests {
         let planner = r.outcome("planner").unwrap();
         let (lo, hi) = planner.busiest_share_range;
         assert!(hi - lo <= 0.05, "busiest share {lo}..{hi}");
+        let share = r.share_of_optimal_saving("planner").unwrap();
+        assert!(share >= 0.9, "{share}");
+    }
+
+    #[test]
+    fn realistic_picks_follow_the_connections() {
+        let mut mix = shipped().unwrap().remove(4);
+        mix.realistic_picks = true;
+        let r = run_mix(&mix, 1);
+        for o in &r.outcomes {
+            let s: f64 = o.shares.values().sum();
+            assert!((s - 1.0).abs() < 1e-6, "{o:?}");
+        }
         let share = r.share_of_optimal_saving("planner").unwrap();
         assert!(share >= 0.9, "{share}");
     }

@@ -45,6 +45,9 @@ pub struct Mix {
     /// see: one draw per tick for every node, and one per node.
     pub noise_shared: f64,
     pub noise_independent: f64,
+    /// One pick per new connection, connections with a lifetime, instead of a fresh batch
+    /// of picks per tick.
+    pub realistic_picks: bool,
 }
 
 /// The shipped curve `profile`.
@@ -77,6 +80,7 @@ fn mix(name: &str, demand_cores: f64, nodes: Result<Vec<SimNode>, String>) -> Re
         lag_intervals: 0,
         noise_shared: 0.0,
         noise_independent: 0.0,
+        realistic_picks: false,
     })
 }
 
@@ -232,6 +236,7 @@ pub fn parse(text: &str) -> Result<Mix, String> {
         lag_intervals: raw.lag_intervals.unwrap_or(0),
         noise_shared: 0.0,
         noise_independent: 0.0,
+        realistic_picks: false,
     })
 }
 
@@ -292,6 +297,7 @@ pub fn generate(count: usize, seed: u64) -> Result<Vec<Mix>, String> {
                 lag_intervals: 0,
                 noise_shared: 0.0,
                 noise_independent: 0.0,
+                realistic_picks: false,
             })
         })
         .collect()
