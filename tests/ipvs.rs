@@ -15,6 +15,7 @@ use serde_json::Value;
 const WEB: &str = "TCP 10.96.0.10:80";
 const DNS: &str = "UDP 10.96.0.53:53";
 const FOREIGN: &str = "TCP 10.99.0.1:80";
+const EMPTY: &str = "TCP 10.96.0.20:80";
 const B1: &str = "10.10.1.2";
 const B2: &str = "10.10.2.2";
 
@@ -43,18 +44,16 @@ fn table(text: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
     out
 }
 
-/// The table wao-lb programs for weights (b1, b2), next to the foreign service.
+/// The table wao-lb programs for weights (b1, b2) (and a service without backends), next
+/// to the foreign service.
 fn expected(b1: u64, b2: u64) -> BTreeMap<String, BTreeMap<String, u64>> {
     let dests =
         |port: u16| BTreeMap::from([(format!("{B1}:{port}"), b1), (format!("{B2}:{port}"), b2)]);
-    BTreeMap::from([
-        (WEB.to_string(), dests(8080)),
-        (DNS.to_string(), dests(5353)),
-        (
-            FOREIGN.to_string(),
-            BTreeMap::from([(format!("{B1}:8080"), 1)]),
-        ),
-    ])
+    let mut t = only_foreign();
+    t.insert(WEB.to_string(), dests(8080));
+    t.insert(DNS.to_string(), dests(5353));
+    t.insert(EMPTY.to_string(), BTreeMap::new());
+    t
 }
 
 fn only_foreign() -> BTreeMap<String, BTreeMap<String, u64>> {
@@ -197,7 +196,9 @@ fn ipvs_on_a_real_kernel() {
 
     // Programmed exactly as planned (node weights 3:1), VIPs on wao-lb's interface.
     assert_eq!(table(&text("programmed")), expected(7500, 2500));
-    for vip in ["10.96.0.10/32", "10.96.0.53/32"] {
+    // A service without destinations: IPVS answers ICMP port unreachable, a refusal.
+    assert_eq!(text("empty_connect"), "refused");
+    for vip in ["10.96.0.10/32", "10.96.0.53/32", "10.96.0.20/32"] {
         assert!(text("interface").contains(vip), "{}", text("interface"));
     }
 

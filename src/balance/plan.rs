@@ -85,18 +85,20 @@ impl Plan {
 /// shared by all its backends: a cluster has many more backends than nodes.
 #[derive(Default)]
 struct Reasons {
-    mean: BTreeMap<Option<crate::model::NodeName>, Arc<str>>,
+    /// By (cost, node): a node's report, and so its reason, is per cost.
+    mean: BTreeMap<(u32, crate::model::NodeName), Arc<str>>,
     uniform: Option<Arc<str>>,
 }
 
 impl Reasons {
     fn mean(
         &mut self,
-        node: Option<&crate::model::NodeName>,
+        cost: u32,
+        node: &crate::model::NodeName,
         report: Option<&NodeReport>,
     ) -> Arc<str> {
         self.mean
-            .entry(node.cloned())
+            .entry((cost, node.clone()))
             .or_insert_with(|| {
                 let why = report.map_or("node has no power config", |r| &*r.reason);
                 format!("{why}: mean weight of the other nodes").into()
@@ -140,7 +142,7 @@ fn planned_backends(
             let report = report_of(b);
             match (report.and_then(|r| r.weight), neutral) {
                 (Some(w), _) => (w, report.map(|r| r.reason.clone()).unwrap_or_default()),
-                (None, Some(m)) => (m, reasons.mean(Some(&b.node), report.map(|r| &**r))),
+                (None, Some(m)) => (m, reasons.mean(cost, &b.node, report.map(|r| &**r))),
                 (None, None) => (1.0, reasons.uniform()),
             }
         })

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use reqwest::{RequestBuilder, Response};
 
+use crate::model::node::BasicAuth;
 use crate::model::url::HttpUrl;
 
 /// The largest answer read from an input or a model. Real ones are kilobytes; a
@@ -30,6 +31,31 @@ pub async fn exchange(
         return Err(fail(format!("HTTP {}", response.status())));
     }
     bounded_body(response, timeout).await.map_err(fail)
+}
+
+/// GETs `url`, with basic `auth` if given, and returns the body of a 2xx answer.
+pub async fn get(
+    client: &reqwest::Client,
+    url: &HttpUrl,
+    auth: Option<&BasicAuth>,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let mut request = client.get(url.full());
+    if let Some(a) = auth {
+        request = request.basic_auth(&a.username, Some(&a.password));
+    }
+    exchange(request, "GET", url, timeout).await
+}
+
+/// As `get`, the answer parsed as JSON.
+pub async fn get_json(
+    client: &reqwest::Client,
+    url: &HttpUrl,
+    auth: Option<&BasicAuth>,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let body = get(client, url, auth, timeout).await?;
+    serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
 }
 
 /// The body, refused as soon as it passes `MAX_BODY`.

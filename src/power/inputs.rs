@@ -231,16 +231,8 @@ impl Collector {
         ))
     }
 
-    async fn body(&self, url: &HttpUrl, auth: Option<&BasicAuth>) -> Result<Vec<u8>, String> {
-        let mut request = self.client.get(url.full());
-        if let Some(a) = auth {
-            request = request.basic_auth(&a.username, Some(&a.password));
-        }
-        http::exchange(request, "GET", url, self.timeout).await
-    }
-
     async fn text(&self, url: &HttpUrl, auth: Option<&BasicAuth>) -> Result<String, String> {
-        let body = self.body(url, auth).await?;
+        let body = http::get(&self.client, url, auth, self.timeout).await?;
         String::from_utf8(body).map_err(|_| format!("GET {url}: the answer is not UTF-8"))
     }
 
@@ -249,8 +241,7 @@ impl Collector {
         url: &HttpUrl,
         auth: Option<&BasicAuth>,
     ) -> Result<serde_json::Value, String> {
-        let body = self.body(url, auth).await?;
-        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
+        http::get_json(&self.client, url, auth, self.timeout).await
     }
 }
 

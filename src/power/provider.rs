@@ -28,20 +28,10 @@ pub async fn locate(
     auth: Option<&BasicAuth>,
     timeout: Duration,
 ) -> Result<LocatedModel, String> {
-    let get = |url: HttpUrl| async move {
-        let mut request = client.get(url.full());
-        if let Some(a) = auth {
-            request = request.basic_auth(&a.username, Some(&a.password));
-        }
-        let body = http::exchange(request, "GET", &url, timeout).await?;
-        serde_json::from_slice::<Value>(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
-    };
-    let systems = get(bmc.join("/redfish/v1/Systems")).await?;
+    let systems = http::get_json(client, &bmc.join("/redfish/v1/Systems"), auth, timeout).await?;
     let system = first_system(&systems)?;
-    let resource = get(bmc.join(&format!(
-        "/redfish/v1/Systems/{system}/MachineLearningModel"
-    )))
-    .await?;
+    let path = format!("/redfish/v1/Systems/{system}/MachineLearningModel");
+    let resource = http::get_json(client, &bmc.join(&path), auth, timeout).await?;
     power_model(&resource)
 }
 

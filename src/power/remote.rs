@@ -26,8 +26,7 @@ pub struct RemotePredictor {
     bmc_client: Client,
     /// The URL predictions are posted to, once known, and when to ask the provider again.
     endpoint: Mutex<Endpoint>,
-    /// How long a provider's answer holds, and how soon it is asked again after a failure.
-    refresh: Duration,
+    /// How soon a provider is asked again after a failure (`PROVIDER_RETRY`).
     retry: Duration,
     cache: Mutex<HashMap<[i64; 3], (f64, Instant)>>,
 }
@@ -130,7 +129,6 @@ impl RemotePredictor {
             client,
             bmc_client,
             endpoint: Mutex::new(endpoint),
-            refresh: PROVIDER_REFRESH,
             retry: PROVIDER_RETRY,
             cache: Mutex::new(HashMap::new()),
         }
@@ -163,7 +161,7 @@ impl RemotePredictor {
                     self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 }
                 e.url = Some(at.clone());
-                e.holds = self.refresh;
+                e.holds = PROVIDER_REFRESH;
                 Ok(at)
             }
             Err(error) => {

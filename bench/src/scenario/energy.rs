@@ -16,7 +16,7 @@ use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 use wao_lb::dataplane::proxy::table::Table;
 use wao_lb::model::NodeName;
-use wao_lb::power::planner::{optimal_split, Mover, PlanNode};
+use wao_lb::power::planner::{optimal_split, Curve, Mover, PlanNode};
 use wao_lb::power::policy::Controller;
 use wao_lb::power::weights::{apply, NodeReport};
 use wao_lb::settings::{Limits, Policy};
@@ -192,7 +192,7 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
                     .iter()
                     .zip(&factors)
                     .map(|(p, f)| PlanNode {
-                        curve: wao_lb::power::planner::Curve {
+                        curve: Curve {
                             watts: p.curve.watts.map(|w| w * f),
                         },
                         ..p.clone()
@@ -230,6 +230,9 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
             Some(open) => {
                 let total: usize = open.iter().sum();
                 for _ in 0..(total / LIFETIME_TICKS).max(1) {
+                    if total == 0 {
+                        break;
+                    }
                     let mut k = rng.random_range(0..total);
                     if let Some(i) = open.iter().position(|c| {
                         let here = k < *c;

@@ -71,86 +71,94 @@ fn node(name: &str, profile: &str, cores: f64, background_percent: f64) -> Resul
     })
 }
 
-fn mix(name: &str, demand_cores: f64, nodes: Result<Vec<SimNode>, String>) -> Result<Mix, String> {
-    Ok(Mix {
-        name: name.into(),
-        nodes: nodes?,
-        demand_cores,
-        cpu_per_connection: 100.0,
-        lag_intervals: 0,
-        noise_shared: 0.0,
-        noise_independent: 0.0,
-        realistic_picks: false,
-    })
-}
+/// A shipped mix: its name, demand (cores) and nodes as (name, profile, cores,
+/// background %).
+type Shipped = (
+    &'static str,
+    f64,
+    &'static [(&'static str, &'static str, f64, f64)],
+);
+
+const SHIPPED_MIXES: [Shipped; 6] = [
+    (
+        "mixed-generations",
+        60.0,
+        &[
+            ("x3550-m3", "x3550-m3", 12.0, 20.0),
+            ("rs720a-e12", "rs720a-e12", 192.0, 30.0),
+            ("altra", "anystor-altra", 80.0, 20.0),
+            ("ml30-g11", "ml30-g11", 8.0, 20.0),
+        ],
+    ),
+    (
+        "edge-and-datacentre",
+        80.0,
+        &[
+            ("se360-v2", "se360-v2", 16.0, 10.0),
+            ("xr8620t", "xr8620t", 32.0, 40.0),
+            ("rs720a-e13", "rs720a-e13", 384.0, 20.0),
+        ],
+    ),
+    (
+        "old-and-new-x86",
+        30.0,
+        &[
+            ("rx300-s4", "rx300-s4", 8.0, 10.0),
+            ("x3550-m3", "x3550-m3", 12.0, 10.0),
+            ("rs720a-e12", "rs720a-e12", 192.0, 10.0),
+        ],
+    ),
+    (
+        "two-arm-one-epyc",
+        100.0,
+        &[
+            ("altra-a", "anystor-altra", 80.0, 10.0),
+            ("altra-b", "anystor-altra", 80.0, 50.0),
+            ("rs720a-e13", "rs720a-e13", 384.0, 15.0),
+        ],
+    ),
+    // Identical nodes, where equal marginal watts holds the uniform split and only a plan
+    // over the (non-convex) curves finds the saving.
+    (
+        "three-identical-e12",
+        100.0,
+        &[
+            ("e12-a", "rs720a-e12", 192.0, 20.0),
+            ("e12-b", "rs720a-e12", 192.0, 20.0),
+            ("e12-c", "rs720a-e12", 192.0, 20.0),
+        ],
+    ),
+    (
+        "three-identical-x3550",
+        3.0,
+        &[
+            ("x3550-a", "x3550-m3", 12.0, 5.0),
+            ("x3550-b", "x3550-m3", 12.0, 5.0),
+            ("x3550-c", "x3550-m3", 12.0, 5.0),
+        ],
+    ),
+];
 
 /// The cluster mixes the report covers.
 pub fn shipped() -> Result<Vec<Mix>, String> {
-    Ok(vec![
-        mix(
-            "mixed-generations",
-            60.0,
-            [
-                node("x3550-m3", "x3550-m3", 12.0, 20.0),
-                node("rs720a-e12", "rs720a-e12", 192.0, 30.0),
-                node("altra", "anystor-altra", 80.0, 20.0),
-                node("ml30-g11", "ml30-g11", 8.0, 20.0),
-            ]
-            .into_iter()
-            .collect(),
-        )?,
-        mix(
-            "edge-and-datacentre",
-            80.0,
-            [
-                node("se360-v2", "se360-v2", 16.0, 10.0),
-                node("xr8620t", "xr8620t", 32.0, 40.0),
-                node("rs720a-e13", "rs720a-e13", 384.0, 20.0),
-            ]
-            .into_iter()
-            .collect(),
-        )?,
-        mix(
-            "old-and-new-x86",
-            30.0,
-            [
-                node("rx300-s4", "rx300-s4", 8.0, 10.0),
-                node("x3550-m3", "x3550-m3", 12.0, 10.0),
-                node("rs720a-e12", "rs720a-e12", 192.0, 10.0),
-            ]
-            .into_iter()
-            .collect(),
-        )?,
-        mix(
-            "two-arm-one-epyc",
-            100.0,
-            [
-                node("altra-a", "anystor-altra", 80.0, 10.0),
-                node("altra-b", "anystor-altra", 80.0, 50.0),
-                node("rs720a-e13", "rs720a-e13", 384.0, 15.0),
-            ]
-            .into_iter()
-            .collect(),
-        )?,
-        // Identical nodes, where equal marginal watts holds the uniform split and only a
-        // plan over the (non-convex) curves finds the saving.
-        mix(
-            "three-identical-e12",
-            100.0,
-            ["e12-a", "e12-b", "e12-c"]
-                .iter()
-                .map(|n| node(n, "rs720a-e12", 192.0, 20.0))
-                .collect(),
-        )?,
-        mix(
-            "three-identical-x3550",
-            3.0,
-            ["x3550-a", "x3550-b", "x3550-c"]
-                .iter()
-                .map(|n| node(n, "x3550-m3", 12.0, 5.0))
-                .collect(),
-        )?,
-    ])
+    SHIPPED_MIXES
+        .iter()
+        .map(|(name, demand_cores, nodes)| {
+            Ok(Mix {
+                name: name.to_string(),
+                nodes: nodes
+                    .iter()
+                    .map(|(n, profile, cores, background)| node(n, profile, *cores, *background))
+                    .collect::<Result<_, String>>()?,
+                demand_cores: *demand_cores,
+                cpu_per_connection: 100.0,
+                lag_intervals: 0,
+                noise_shared: 0.0,
+                noise_independent: 0.0,
+                realistic_picks: false,
+            })
+        })
+        .collect()
 }
 
 /// A mix file as written.

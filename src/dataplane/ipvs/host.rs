@@ -39,17 +39,22 @@ pub fn set_sysctls() {
     }
 }
 
-/// The addresses bound to the interface now.
-pub async fn bound() -> Result<BTreeSet<IpAddr>, CommandError> {
-    let text = output("ip", &["-o", "addr", "show", "dev", INTERFACE]).await?;
-    Ok(addresses(&text, |name| name == INTERFACE))
+/// The node's addresses: on wao-lb's interface, and on its other interfaces (a NodePort's
+/// node address is one: local already, so never bound here, nor taken as a sign of
+/// wao-lb's services).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Local {
+    pub ours: BTreeSet<IpAddr>,
+    pub elsewhere: BTreeSet<IpAddr>,
 }
 
-/// The addresses the node has on its other interfaces (a NodePort's node address): local
-/// already, so never bound to wao-lb's interface, nor taken as a sign of wao-lb's services.
-pub async fn elsewhere() -> Result<BTreeSet<IpAddr>, CommandError> {
+/// The node's addresses now (one `ip -o addr show`).
+pub async fn local() -> Result<Local, CommandError> {
     let text = output("ip", &["-o", "addr", "show"]).await?;
-    Ok(addresses(&text, |name| name != INTERFACE))
+    Ok(Local {
+        ours: addresses(&text, |name| name == INTERFACE),
+        elsewhere: addresses(&text, |name| name != INTERFACE),
+    })
 }
 
 /// The addresses in `ip -o addr show` output (`7: eth0    inet 10.0.0.5/24 …`) on the
@@ -72,12 +77,34 @@ fn addresses(text: &str, on: impl Fn(&str) -> bool) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-/// Binds or unbinds `ip` (a host address: /32 or /128).
-pub async fn bind(ip: IpAddr, add: bool) -> Result<(), CommandError> {
-    let prefix = if ip.is_ipv4() { 32 } else { 128 };
-    let address = format!("{ip}/{prefix}");
-    let verb = if add { "add" } else { "del" };
-    run("ip", &["addr", verb, &address, "dev", INTERFACE], None).await
+/// Which of the `wanted` VIPs to bind to wao-lb's interface (those not local yet), and
+/// which of its addresses to remove (those no longer wanted).
+pub fn binding(wanted: &BTreeSet<IpAddr>, local: &Local) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    let add = wanted
+        .iter()
+        .filter(|ip| !local.ours.contains(ip) && !local.elsewhere.contains(ip))
+        .copied()
+        .collect();
+    let remove = local.ours.difference(wanted).copied().collect();
+    (add, remove)
+}
+
+/// Binds `add` to the interface and removes `remove` from it, in one `ip -batch`, each
+/// line tried even when another fails.
+pub async fn rebind(add: &[IpAddr], remove: &[IpAddr]) -> Result<(), CommandError> {
+    if add.is_empty() && remove.is_empty() {
+        return Ok(());
+    }
+    let line = |verb: &str, ip: &IpAddr| {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        format!("addr {verb} {ip}/{prefix} dev {INTERFACE}\n")
+    };
+    let batch: String = add
+        .iter()
+        .map(|ip| line("replace", ip))
+        .chain(remove.iter().map(|ip| line("del", ip)))
+        .collect();
+    run("ip", &["-force", "-batch", "-"], Some(&batch)).await
 }
 
 /// Removes the interface and every address on it.
@@ -109,5 +136,21 @@ mod tests {
             .collect();
         assert_eq!(elsewhere, ["192.168.0.5"]);
         assert!(addresses("", |_| true).is_empty());
+    }
+
+    #[test]
+    fn only_vips_not_yet_local_are_bound_and_unwanted_ones_removed() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let local = Local {
+            ours: [ip("10.96.0.1"), ip("10.96.0.9")].into(),
+            elsewhere: [ip("192.168.0.5")].into(),
+        };
+        // 10.96.0.1 is bound already, 192.168.0.5 is the node's (a NodePort), 10.96.0.2 is
+        // new; 10.96.0.9 is no longer planned.
+        let wanted = [ip("10.96.0.1"), ip("10.96.0.2"), ip("192.168.0.5")].into();
+        assert_eq!(
+            binding(&wanted, &local),
+            (vec![ip("10.96.0.2")], vec![ip("10.96.0.9")])
+        );
     }
 }

@@ -6,7 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use netlink_packet_core::{
-    DecodeError, Emitable, Nla, NlaBuffer, NlasIterator, ParseableParametrized, NLA_F_NESTED,
+    parse_u16, parse_u16_be, parse_u32, parse_u64, DecodeError, Emitable, Nla, NlaBuffer,
+    NlasIterator, ParseableParametrized, NLA_F_NESTED,
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader};
 
@@ -276,26 +277,9 @@ fn ip_from(af: u16, b: &[u8]) -> Result<IpAddr, DecodeError> {
     }
 }
 
-fn u16_of(b: &[u8]) -> Result<u16, DecodeError> {
-    let a: [u8; 2] = b
-        .try_into()
-        .map_err(|_| DecodeError::from(format!("u16 in {} bytes", b.len())))?;
-    Ok(u16::from_ne_bytes(a))
-}
-
-fn be16_of(b: &[u8]) -> Result<u16, DecodeError> {
-    let a: [u8; 2] = b
-        .try_into()
-        .map_err(|_| DecodeError::from(format!("port in {} bytes", b.len())))?;
-    Ok(u16::from_be_bytes(a))
-}
-
+/// A u32 attribute (or the first field of a larger one, as the service flags).
 fn u32_of(b: &[u8]) -> Result<u32, DecodeError> {
-    let a: [u8; 4] = b
-        .get(..4)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| DecodeError::from(format!("u32 in {} bytes", b.len())))?;
-    Ok(u32::from_ne_bytes(a))
+    parse_u32(b.get(..4).unwrap_or(b))
 }
 
 /// The attribute of `kind` among `attrs`.
@@ -303,9 +287,9 @@ fn find(attrs: &[Attr], kind: u16) -> Option<&Attr> {
     attrs.iter().find(|a| a.kind == kind)
 }
 
-fn required(attrs: &[Attr], kind: u16, what: &str) -> Result<Vec<u8>, DecodeError> {
+fn required<'a>(attrs: &'a [Attr], kind: u16, what: &str) -> Result<&'a [u8], DecodeError> {
     find(attrs, kind)
-        .map(|a| a.bytes().to_vec())
+        .map(Attr::bytes)
         .ok_or_else(|| DecodeError::from(format!("no {what} attribute")))
 }
 
@@ -321,12 +305,12 @@ impl VirtualId {
     }
 
     fn from_attrs(attrs: &[Attr]) -> Result<VirtualId, DecodeError> {
-        let af = u16_of(&required(attrs, svc::AF, "service AF")?)?;
-        let number = u16_of(&required(attrs, svc::PROTOCOL, "service protocol")?)?;
+        let af = parse_u16(required(attrs, svc::AF, "service AF")?)?;
+        let number = parse_u16(required(attrs, svc::PROTOCOL, "service protocol")?)?;
         let protocol = IpvsProtocol::from_number(number)
             .ok_or_else(|| DecodeError::from(format!("protocol {number}")))?;
-        let ip = ip_from(af, &required(attrs, svc::ADDR, "service address")?)?;
-        let port = be16_of(&required(attrs, svc::PORT, "service port")?)?;
+        let ip = ip_from(af, required(attrs, svc::ADDR, "service address")?)?;
+        let port = parse_u16_be(required(attrs, svc::PORT, "service port")?)?;
         Ok(VirtualId {
             protocol,
             addr: SocketAddr::new(ip, port),
@@ -424,11 +408,11 @@ impl Destination {
     /// A destination from the kernel's answer; `service_af` when it names no family.
     pub fn from_attrs(attrs: &[Attr], service_af: u16) -> Result<Destination, DecodeError> {
         let af = find(attrs, dest::ADDR_FAMILY)
-            .map(|a| u16_of(a.bytes()))
+            .map(|a| parse_u16(a.bytes()))
             .transpose()?
             .unwrap_or(service_af);
-        let ip = ip_from(af, &required(attrs, dest::ADDR, "destination address")?)?;
-        let port = be16_of(&required(attrs, dest::PORT, "destination port")?)?;
+        let ip = ip_from(af, required(attrs, dest::ADDR, "destination address")?)?;
+        let port = parse_u16_be(required(attrs, dest::PORT, "destination port")?)?;
         let number = |kind| {
             find(attrs, kind)
                 .map(|a| u32_of(a.bytes()))
@@ -451,11 +435,7 @@ fn scheduled(attrs: &[Attr]) -> Result<u64, DecodeError> {
     if let Some(stats) = find(attrs, dest::STATS64) {
         let inner = parse_attrs(stats.bytes(), &[])?;
         if let Some(c) = find(&inner, STATS_CONNS) {
-            let a: [u8; 8] = c
-                .bytes()
-                .try_into()
-                .map_err(|_| DecodeError::from("64-bit connection count"))?;
-            return Ok(u64::from_ne_bytes(a));
+            return parse_u64(c.bytes());
         }
     }
     if let Some(stats) = find(attrs, dest::STATS) {

@@ -30,8 +30,17 @@ use crate::model::Frontend;
 use crate::settings::{IpvsSettings, Settings};
 
 /// How often the kernel is brought to the Plan between Plans (removals waiting for their
-/// connections to end, counters for the weights view).
+/// connections to end, counters for the weights view): every 2 s for up to `RESYNC_SERVICES`
+/// virtual services, proportionally less often for more, since every sync reads each
+/// service's destinations (10,000 services: every 40 s).
 const RESYNC: Duration = Duration::from_secs(2);
+const RESYNC_SERVICES: usize = 500;
+
+/// The period between resyncs of a table of `services`.
+fn resync_period(services: usize) -> Duration {
+    let rounds = u32::try_from(services.div_ceil(RESYNC_SERVICES)).unwrap_or(u32::MAX);
+    RESYNC.saturating_mul(rounds.max(1))
+}
 
 pub struct Ipvs {
     kernel: Arc<Mutex<Kernel>>,
@@ -69,7 +78,7 @@ impl Ipvs {
                 what: "the IPVS interface",
                 source,
             })?;
-        let bound = host::bound().await.unwrap_or_default();
+        let bound = host::local().await.unwrap_or_default().ours;
         let kernel = Arc::new(Mutex::new(Kernel {
             client,
             reconciler: Reconciler::default(),
@@ -178,9 +187,10 @@ async fn resync_every(
     stop: CancellationToken,
 ) {
     loop {
+        let period = resync_period(seen.load().len());
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RESYNC) => {}
+            _ = tokio::time::sleep(period) => {}
         }
         if let Err(e) = sync(kernel.clone(), seen.clone()).await {
             tracing::warn!(error = %e, "ipvs resync failed");
@@ -215,46 +225,39 @@ fn vips(table: &Table) -> BTreeSet<IpAddr> {
 impl Dataplane for Ipvs {
     async fn apply(&mut self, plan: &Arc<Plan>) -> Result<(), DataplaneError> {
         let desired = reconcile::desired(plan);
-        let (to_bind, bound) = {
-            let k = lock(&self.kernel);
-            let want = vips(&desired);
-            (
-                want.difference(&k.bound).copied().collect::<Vec<_>>(),
-                k.bound.clone(),
-            )
-        };
-        for ip in to_bind {
-            host::bind(ip, true)
-                .await
-                .map_err(|source| DataplaneError::Redirect {
-                    what: "binding a VIP",
-                    source,
-                })?;
-            lock(&self.kernel).bound.insert(ip);
-        }
-        let labels = series_labels(plan);
+        let local = host::local()
+            .await
+            .map_err(|source| DataplaneError::Redirect {
+                what: "reading the node's addresses",
+                source,
+            })?;
+        let (add, remove) = host::binding(&vips(&desired), &local);
+        host::rebind(&add, &[])
+            .await
+            .map_err(|source| DataplaneError::Redirect {
+                what: "binding the VIPs",
+                source,
+            })?;
         {
             let mut k = lock(&self.kernel);
-            k.desired = desired.clone();
-            k.labels = labels;
+            // What was bound before (a crash's leftovers included) stays wao-lb's until
+            // its services are gone.
+            k.bound = local.ours.iter().chain(&add).copied().collect();
+            k.desired = desired;
+            k.labels = series_labels(plan);
         }
         sync(self.kernel.clone(), self.seen.clone())
             .await
             .map_err(ipvs_error)?;
-        // VIPs no longer planned leave the interface once their services are gone.
-        let stale: Vec<IpAddr> = bound.difference(&vips(&desired)).copied().collect();
-        for ip in stale {
-            let still_used = self
-                .seen
-                .load()
-                .keys()
-                .any(|id| id.addr.ip() == ip && !desired.contains_key(id));
-            if still_used {
-                continue;
+        // The sync removed the services of the VIPs no longer planned: they leave too.
+        match host::rebind(&[], &remove).await {
+            Ok(()) => {
+                let mut k = lock(&self.kernel);
+                for ip in &remove {
+                    k.bound.remove(ip);
+                }
             }
-            if host::bind(ip, false).await.is_ok() {
-                lock(&self.kernel).bound.remove(&ip);
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot unbind VIPs no longer planned"),
         }
         Ok(())
     }
@@ -287,5 +290,18 @@ impl PickCounts for KernelPicks {
             .get(&reconcile::id_of(frontend))
             .and_then(|e| e.dests.get(&backend))
             .map(|d| d.connections)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_tables_are_resynced_less_often() {
+        assert_eq!(resync_period(0), RESYNC);
+        assert_eq!(resync_period(500), RESYNC);
+        assert_eq!(resync_period(501), 2 * RESYNC);
+        assert_eq!(resync_period(10_000), Duration::from_secs(40));
     }
 }

@@ -165,11 +165,9 @@ impl Reconciler {
                 ops.push(Op::DelService(*id));
             }
         }
-        // Forget what no longer exists (its service went, or it was deleted).
+        // Forget what no longer exists (its service went, or it was deleted before).
         self.pending.retain(|(id, addr), _| {
-            desired.contains_key(id)
-                && current.get(id).is_some_and(|e| e.dests.contains_key(addr))
-                && !ops.contains(&Op::DelDest(*id, *addr))
+            desired.contains_key(id) && current.get(id).is_some_and(|e| e.dests.contains_key(addr))
         });
         ops
     }
@@ -187,6 +185,7 @@ impl Reconciler {
         let datagrams = id.protocol != IpvsProtocol::Tcp;
         let deadline = *self.pending.entry(key).or_insert(now + grace);
         if datagrams || !connected || now >= deadline {
+            self.pending.remove(&key);
             return Some(Op::DelDest(id, have.addr));
         }
         (have.weight != 0).then(|| Op::SetDest(id, Destination::new(have.addr, 0)))
