@@ -16,7 +16,7 @@ use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 use wao_lb::dataplane::proxy::table::Table;
 use wao_lb::model::NodeName;
-use wao_lb::power::planner::{optimal_split, Curve, Mover, PlanNode};
+use wao_lb::power::planner::{background, optimal_split, Curve, Mover, PlanNode, Traffic};
 use wao_lb::power::policy::Controller;
 use wao_lb::power::weights::{apply, NodeReport};
 use wao_lb::settings::{Limits, Policy};
@@ -45,7 +45,12 @@ pub struct MixReport {
     pub demand_cores: f64,
     /// Whether uniform picks keep every node at or below the ceiling.
     pub uniform_feasible: bool,
+    /// Watts of the optimal split, picked at random like every policy's.
     pub optimum_watts: f64,
+    /// Watts of the optimal split, followed exactly (a bound no random picks reach).
+    pub optimum_exact_watts: f64,
+    /// The highest utilisation a node reached under the optimal split's random picks.
+    pub optimum_peak_percent: f64,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -109,6 +114,8 @@ enum Sim {
     Policy(Policy),
     /// `wao_lb::power::planner`: the exact split over the curves, approached by its mover.
     Planner,
+    /// The optimal split (`optimum`), as fixed weights.
+    Optimum,
 }
 
 impl Sim {
@@ -125,6 +132,7 @@ impl Sim {
             Sim::Policy(Policy::Wao) => "wao",
             Sim::Policy(Policy::Marginal) => "marginal",
             Sim::Planner => "planner",
+            Sim::Optimum => "optimum",
         }
     }
 }
@@ -165,13 +173,23 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
     let mut rng = SmallRng::seed_from_u64(seed);
     // The noise has its own stream, so picks are the same with and without it.
     let mut noise_rng = SmallRng::seed_from_u64(seed ^ 0x6e6f697365);
-    let noisy = mix.noise_shared > 0.0 || mix.noise_independent > 0.0;
     let mut controller = Controller::default();
     let limits = Limits::default();
-    let planning = plan_nodes(nodes);
-    // Without noise the planner's inputs hold still, so one plan serves every tick.
-    let steady = (sim == Sim::Planner).then(|| optimal_split(&planning, demand, limits));
+    // What the planner splits: the demand, over the picks of a tick or the open connections.
+    let traffic = Traffic {
+        cores: demand,
+        connections: if mix.realistic_picks {
+            (demand * 1000.0 / mix.cpu_per_connection).round().max(1.0)
+        } else {
+            PICKS_PER_TICK as f64
+        },
+    };
     let mut mover = Mover::default();
+    let best = if sim == Sim::Optimum {
+        optimum(mix)
+    } else {
+        Vec::new()
+    };
     let mut history: VecDeque<Vec<f64>> = VecDeque::from([vec![1.0 / n as f64; n]]);
     let (mut watts_sum, mut max_load, mut share_sum) = (0.0, 0.0f64, vec![0.0; n]);
     let mut recent: VecDeque<Vec<f64>> = VecDeque::new();
@@ -187,23 +205,28 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
         let factors = noise_factors(mix, &mut noise_rng);
         let weights: Vec<f64> = match sim {
             Sim::Uniform => vec![1.0; n],
-            Sim::Planner if noisy => {
-                let seen_curves: Vec<PlanNode> = planning
+            Sim::Optimum => best.clone(),
+            Sim::Planner => {
+                // As the updater does: each node's load without wao-lb's traffic is what it
+                // measured less what wao-lb sent it, both `lag` ticks old.
+                let seen_nodes: Vec<PlanNode> = nodes
                     .iter()
+                    .zip(seen)
                     .zip(&factors)
-                    .map(|(p, f)| PlanNode {
+                    .map(|((node, share), f)| PlanNode {
                         curve: Curve {
-                            watts: p.curve.watts.map(|w| w * f),
+                            watts: node.curve.watts.map(|w| w * f),
                         },
-                        ..p.clone()
+                        background: background(
+                            load_percent(node, *share, demand),
+                            share * demand,
+                            node.cores,
+                        ),
+                        cores: node.cores,
                     })
                     .collect();
-                mover.plan_and_step(&seen_curves, demand, limits)
+                mover.plan_and_step(&seen_nodes, traffic, limits)
             }
-            Sim::Planner => match &steady {
-                Some(p) => mover.step(&planning, demand, p),
-                None => vec![1.0; n],
-            },
             Sim::Policy(policy) => {
                 let mut reports: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
                 for (i, node) in nodes.iter().enumerate() {
@@ -307,7 +330,12 @@ fn optimum(mix: &Mix) -> Vec<f64> {
         ceiling_percent: CEILING,
         min_share: 0.0,
     };
-    optimal_split(&plan_nodes(&mix.nodes), mix.demand_cores, limits).shares
+    optimal_split(
+        &plan_nodes(&mix.nodes),
+        Traffic::exact(mix.demand_cores),
+        limits,
+    )
+    .shares
 }
 
 pub fn run_mix(mix: &Mix, seed: u64) -> MixReport {
@@ -317,11 +345,14 @@ pub fn run_mix(mix: &Mix, seed: u64) -> MixReport {
         .nodes
         .iter()
         .all(|node| load_percent(node, 1.0 / n, mix.demand_cores) <= CEILING + 1e-9);
+    let picked = closed_loop(mix, Sim::Optimum, seed);
     MixReport {
         mix: mix.name.clone(),
         demand_cores: mix.demand_cores,
         uniform_feasible,
-        optimum_watts: total_watts(&mix.nodes, &best, mix.demand_cores),
+        optimum_watts: picked.watts,
+        optimum_peak_percent: picked.max_load_percent,
+        optimum_exact_watts: total_watts(&mix.nodes, &best, mix.demand_cores),
         outcomes: Sim::ALL
             .iter()
             .map(|sim| closed_loop(mix, *sim, seed))
@@ -357,6 +388,8 @@ pub fn json_line(r: &MixReport) -> String {
         "defaultPolicy": Sim::Policy(Policy::default()).name(),
         "uniformFeasible": r.uniform_feasible,
         "optimumWatts": r.optimum_watts,
+        "optimumExactWatts": r.optimum_exact_watts,
+        "optimumPeakUtilisation": r.optimum_peak_percent,
         "policies": policies,
     })
     .to_string()
@@ -548,7 +581,7 @@ mod tests {
             let r = run_mix(&mix, 1);
             for o in r.outcomes.iter().filter(|o| o.max_load_percent <= CEILING) {
                 assert!(
-                    r.optimum_watts <= o.watts + 1e-6,
+                    r.optimum_exact_watts <= o.watts + 1e-6,
                     "{}: {}",
                     mix.name,
                     o.policy
@@ -582,6 +615,29 @@ mod tests {
                 assert!(share >= 0.95, "{}: {share:.3} of the optimal saving", r.mix);
             }
             assert!(planner.max_load_percent <= CEILING + 2.0, "{}", r.mix);
+        }
+    }
+
+    #[test]
+    fn the_planner_is_near_optimal_on_generated_clusters() {
+        // 60 generated clusters (seed 5): of those with a feasible uniform split, at least
+        // 95 % reach 95 % of the optimal saving and none falls below 85 %; the plan's mean
+        // never passes the ceiling, so the busiest node stays within the optimum's own peak
+        // under the same random picks (or two points over the ceiling).
+        let mixes = super::super::energy_mix::generate(60, 5).unwrap();
+        let reports = run_all(&mixes, 5);
+        let shares: Vec<f64> = reports
+            .iter()
+            .filter_map(|r| r.share_of_optimal_saving("planner"))
+            .collect();
+        assert!(shares.len() >= 20, "{} feasible", shares.len());
+        let short = shares.iter().filter(|s| **s < 0.95).count();
+        assert!(short * 20 <= shares.len(), "{short} of {} short", shares.len());
+        assert!(shares.iter().all(|s| *s >= 0.85), "{shares:?}");
+        for r in &reports {
+            let peak = r.outcome("planner").unwrap().max_load_percent;
+            let allowed = r.optimum_peak_percent.max(CEILING + 2.0);
+            assert!(peak <= allowed + 1e-9, "{}: {peak}", r.mix);
         }
     }
 
