@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wao_lb::balance::plan::Plan;
+use wao_lb::balance::saving::Saving;
 use wao_lb::dataplane::ipvs::client::IpvsClient;
 use wao_lb::dataplane::ipvs::reconcile;
 use wao_lb::dataplane::ipvs::render::render as ipvs_render;
@@ -16,7 +17,7 @@ use wao_lb::power::weights::NodeWeights;
 use wao_lb::settings::DataplaneMode;
 use wao_lb::settings::DEFAULT_ADMIN;
 use wao_lb::telemetry::logging::{self, LogFormat};
-use wao_lb::telemetry::weights_view::{render_table, WeightRow};
+use wao_lb::telemetry::weights_view::{render_table, saving_footer, WeightRow};
 
 #[derive(Parser)]
 #[command(
@@ -238,6 +239,13 @@ async fn weights(admin: &str, json: bool) -> ExitCode {
         }
     } else {
         print!("{}", render_table(&rows));
+        // The footer: what the split saves. An older wao-lb without `/saving` has none.
+        let saving = format!("http://{admin}/saving");
+        if let Ok(r) = reqwest::get(&saving).await {
+            if let Ok(s) = r.json::<Saving>().await {
+                print!("{}", saving_footer(&s));
+            }
+        }
     }
     ExitCode::SUCCESS
 }

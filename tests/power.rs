@@ -692,3 +692,74 @@ s.serve_forever()
     assert_eq!(row(&r, "checking").inlet_celsius, None, "{r:?}");
     lb.stop().await;
 }
+
+/// The planner (the default) plans for wao-lb's own open connections, and `/saving` and
+/// its gauge say what its split saves against uniform picks. Two identical nodes (RS720A-E12
+/// curve, 4 cores, 100m per connection): a reads 45 % CPU, b 20 %. Before any connection,
+/// a's next connection costs less (the curve is flatter there), so the plan loads a alone.
+/// Ten connections held open then all go to a: 1 core, 25 points of a's 45 %, so both
+/// nodes are at 20 % without wao-lb's traffic, and the split saves what loading both to
+/// 32.5 % would cost more: f(32.5)·2 − f(45) − f(20) watts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planner_plans_for_open_connections_and_says_what_it_saves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = echo_server().await;
+    let b = echo_server().await;
+    let frontend = free_addr();
+    let node = |cpu: u32| {
+        format!("    cores: 4\n    cpu: {{source: static, percent: {cpu}}}\n    model: {{type: curve, profile: rs720a-e12}}\n")
+    };
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\npower: {{interval: 200ms}}\nservices:\n{}nodes:\n  a:\n{}  b:\n{}",
+        service_yaml("svc", "tcp", frontend, &[(a.addr, "a"), (b.addr, "b")]),
+        node(45),
+        node(20)
+    );
+    let lb = start(&yaml).await;
+    let admin = lb.admin_addr;
+    let saving = async || -> Value {
+        let (status, body) = http_get(admin, "/saving").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("saving JSON")
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            (row(&weights(&lb), "a").share - 1.0).abs() < 1e-9
+        })
+        .await,
+        "{:?}",
+        weights(&lb)
+    );
+    assert_eq!(saving().await["totalWatts"], json!(0.0), "nothing open yet");
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(frontend)
+            .await
+            .expect("connect");
+        s.write_all(b"x").await.expect("write");
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.expect("echo");
+        open.push(s);
+    }
+    assert_eq!((a.count(), b.count()), (10, 0));
+    // E12 at 20, 32.5 and 45 %: 300, 349.5 and 394 W.
+    let expected = 2.0 * 349.5 - 394.0 - 300.0;
+    let close = async || {
+        let s = saving().await;
+        s["totalWatts"]
+            .as_f64()
+            .is_some_and(|w| (w - expected).abs() < 0.5)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), close).await,
+        "{}",
+        saving().await
+    );
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    let gauge = metric(&metrics, "wao_lb_estimated_saving_watts").unwrap_or(f64::NAN);
+    assert!((gauge - expected).abs() < 0.5, "{gauge}");
+    // Still planned on a: the two nodes are alike now, and the plan stays where it is.
+    assert!((row(&weights(&lb), "a").share - 1.0).abs() < 1e-9);
+    drop(open);
+    lb.stop().await;
+}

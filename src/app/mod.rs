@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use self::control::Control;
 use crate::balance::metrics::BalanceMetrics;
 use crate::balance::plan::Plan;
+use crate::balance::saving::SavingGauges;
 use crate::dataplane::proxy::socket;
 use crate::dataplane::{ChosenDataplane, Dataplane, DataplaneError, PickCounts};
 use crate::discovery::file::{watch as file_watch, FileConfig};
@@ -27,6 +28,7 @@ use crate::discovery::kube::metrics::KubeMetrics;
 use crate::discovery::kube::watch as kube_watch;
 use crate::health::checker::Checker;
 use crate::health::metrics::HealthMetrics;
+use crate::model::connections::OpenConnections;
 use crate::model::published::Board;
 use crate::power::metrics::PowerMetrics;
 use crate::power::updater::{self, Demand};
@@ -142,11 +144,13 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
     let (demand_tx, demand_rx) = watch::channel(Arc::new(Demand::new(&desired, &settings.power)));
     let (weights_tx, mut weights_rx) = watch::channel(Arc::new(NodeWeights::default()));
     let board = Board::default();
+    let open = OpenConnections::default();
     tokio::spawn(updater::run(
         demand_rx,
         weights_tx,
         Arc::new(PowerMetrics::new(&registry)),
         board.clone(),
+        open.clone(),
         background.clone(),
     ));
     // Start with real weights when the inputs answer quickly; uniform otherwise.
@@ -179,7 +183,7 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
         None => None,
     };
 
-    let dataplane = match ChosenDataplane::start(&settings, &registry).await {
+    let dataplane = match ChosenDataplane::start(&settings, &registry, open.clone()).await {
         Ok(d) => d,
         Err(e) => {
             background.cancel();
@@ -188,6 +192,7 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
     };
     let picks = dataplane.picks();
     let plan = Arc::new(ArcSwap::from_pointee(Plan::default()));
+    SavingGauges::register(&registry, plan.clone(), open.clone());
     let waits_for_discovery = discovered.is_some();
     let desired = Arc::new(desired);
     let mut control = Control {
@@ -217,6 +222,7 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
             picks: picks.clone(),
             registry: registry.clone(),
             ready: ready.clone(),
+            open: open.clone(),
         }),
         background.clone(),
     ));

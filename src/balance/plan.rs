@@ -28,6 +28,8 @@ pub struct PlannedBackend {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedService {
     pub service: Arc<Service>,
+    /// What one of its connections costs a node, in millicores.
+    pub cost: u32,
     pub backends: Vec<PlannedBackend>,
 }
 
@@ -59,6 +61,7 @@ impl Plan {
                 let cost = service.cpu_per_connection.unwrap_or(default_cost);
                 let planned = PlannedService {
                     service: service.clone(),
+                    cost,
                     backends: checked(
                         planned_backends(service, weights, cost, &mut reasons),
                         &service.key,

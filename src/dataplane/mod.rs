@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::plan::Plan;
+use crate::model::connections::OpenConnections;
 use crate::model::Frontend;
 use crate::settings::Settings;
 
@@ -49,13 +50,14 @@ impl ChosenDataplane {
     pub async fn start(
         settings: &Settings,
         registry: &prometheus::Registry,
+        open: OpenConnections,
     ) -> Result<ChosenDataplane, DataplaneError> {
         Ok(match settings.dataplane {
             crate::settings::DataplaneMode::Proxy => {
-                ChosenDataplane::Proxy(proxy::Proxy::new(settings, registry))
+                ChosenDataplane::Proxy(proxy::Proxy::new(settings, registry, open))
             }
             crate::settings::DataplaneMode::Ipvs => {
-                ChosenDataplane::Ipvs(ipvs::Ipvs::start(settings, registry).await?)
+                ChosenDataplane::Ipvs(ipvs::Ipvs::start(settings, registry, open).await?)
             }
         })
     }

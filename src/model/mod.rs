@@ -3,6 +3,7 @@
 //! nothing here does I/O, and this module imports no other of the crate.
 
 pub mod cidr;
+pub mod connections;
 pub mod curve;
 pub mod node;
 pub mod published;

@@ -61,6 +61,28 @@ impl Traffic {
     }
 }
 
+/// Up to this many connections, the count a node gets is taken as binomial exactly.
+const EXACT_UP_TO: f64 = 32.0;
+
+/// The binomial distribution of `n` picks with probability `p`: (count, probability).
+fn binomial(n: u32, p: f64) -> impl Iterator<Item = (u32, f64)> {
+    let p = p.clamp(0.0, 1.0);
+    let mut pk = (1.0 - p).powi(n as i32);
+    (0..=n).map(move |k| {
+        let here = if p >= 1.0 {
+            if k == n {
+                1.0
+            } else {
+                0.0
+            }
+        } else {
+            pk
+        };
+        pk *= f64::from(n - k) / f64::from(k + 1) * p / (1.0 - p);
+        (k, here)
+    })
+}
+
 /// Five-point Gauss–Hermite rule for a standard normal: (point, weight).
 const NORMAL_RULE: [(f64, f64); 5] = [
     (0.0, 0.533_333_333_333_333_3),
@@ -107,11 +129,19 @@ impl PlanNode {
         (self.utilisation(share * traffic.cores), deviation)
     }
 
-    /// Expected watts when planned at `share` of `traffic`.
+    /// Expected watts when planned at `share` of `traffic`: over the binomial count of its
+    /// connections for a few, over its normal approximation for more.
     pub fn expected_watts(&self, traffic: Traffic, share: f64) -> f64 {
         let (mean, deviation) = self.spread(traffic, share);
         if deviation == 0.0 {
             return self.curve.at(mean);
+        }
+        if traffic.connections <= EXACT_UP_TO {
+            let n = traffic.connections.round() as u32;
+            let per = 100.0 * traffic.cores / traffic.connections / self.cores;
+            return binomial(n, share)
+                .map(|(k, pk)| pk * self.curve.at(self.background + per * f64::from(k)))
+                .sum();
         }
         NORMAL_RULE
             .iter()
@@ -598,6 +628,29 @@ mod tests {
         };
         let (_, more) = nodes[0].spread(many, 0.5);
         assert!(few > 1.0 && more < 1e-2, "{few} {more}");
+    }
+
+    #[test]
+    fn few_connections_are_counted_exactly() {
+        let total: f64 = binomial(10, 0.3).map(|(_, p)| p).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        let mean: f64 = binomial(10, 0.3).map(|(k, p)| f64::from(k) * p).sum();
+        assert!((mean - 3.0).abs() < 1e-12);
+        assert_eq!(
+            binomial(3, 1.0).map(|(_, p)| p).collect::<Vec<_>>(),
+            [0.0, 0.0, 0.0, 1.0]
+        );
+        // One connection on two nodes: expected watts are linear in the share, so the plan
+        // gives the node where it costs less all of it.
+        let mut nodes = three_e12();
+        nodes.truncate(2);
+        nodes[0].background = 45.0;
+        let one = Traffic {
+            cores: 0.1,
+            connections: 1.0,
+        };
+        let split = optimal_split(&nodes, one, Limits::default());
+        assert_eq!(split.shares, [1.0, 0.0]);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The weight updater task. It keeps one input task per (node, input) running for the
 //! current `Demand` and, on `power.interval` (and on every change of it), reads the inputs,
-//! predicts each node's power now and with one more connection, applies the policy, and
-//! publishes `NodeWeights` when they changed. Every fallback is counted and explained.
+//! predicts each node's power now, with one more connection, and across its CPU range (its
+//! curve, `CURVE_POINTS` predictions a node and interval at most, which a remote model's
+//! cache answers while the inputs hold), reads wao-lb's own open connections per node,
+//! applies the policy, and publishes `NodeWeights` when they changed. Every fallback is
+//! counted and explained.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -14,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::inputs::{self, InputCell, Reading};
 use super::metrics::PowerMetrics;
-use super::policy::Controller;
+use super::planner::{background, Curve, Traffic};
 use super::predict::Predictor;
 use super::remote::RemotePredictor;
-use super::weights::{apply, NodeReport, NodeWeights};
+use super::weights::{apply, NodeReport, NodeWeights, PolicyState};
+use crate::model::connections::OpenConnections;
 use crate::model::node::{
     Input, ModelLocation, NodeSpec, NodeWeighting, Quantity, RemoteModelSpec, Source,
 };
@@ -133,22 +137,26 @@ fn start_nodes(
         .collect()
 }
 
+/// The curve is predicted at 0, 10, …, 100 % CPU.
+const CURVE_POINTS: usize = 11;
+
 pub async fn run(
     mut demand: watch::Receiver<Arc<Demand>>,
     out: watch::Sender<Arc<NodeWeights>>,
     metrics: Arc<PowerMetrics>,
     board: Board,
+    open: OpenConnections,
     stop: CancellationToken,
 ) {
     let clients = Clients::new(board);
     let mut current = demand.borrow_and_update().clone();
     let mut inputs_stop = stop.child_token();
     let mut nodes = start_nodes(&current.nodes, &clients, &inputs_stop);
-    let mut controllers: HashMap<u32, Controller> = HashMap::new();
+    let mut states: HashMap<u32, PolicyState> = HashMap::new();
     // Give freshly started inputs a moment to answer before the first weights.
     tokio::time::sleep(Duration::from_millis(200)).await;
     loop {
-        let fresh = compute(&current, &mut nodes, &mut controllers, &metrics).await;
+        let fresh = compute(&current, &mut nodes, &mut states, &open, &metrics).await;
         out.send_if_modified(|w| {
             let changed = **w != fresh;
             if changed {
@@ -167,7 +175,7 @@ pub async fn run(
                     inputs_stop.cancel();
                     inputs_stop = stop.child_token();
                     nodes = start_nodes(&next.nodes, &clients, &inputs_stop);
-                    controllers.clear();
+                    states.clear();
                 }
                 current = next;
             }
@@ -181,7 +189,8 @@ pub async fn run(
 async fn compute(
     demand: &Demand,
     nodes: &mut BTreeMap<NodeName, NodeState>,
-    controllers: &mut HashMap<u32, Controller>,
+    states: &mut HashMap<u32, PolicyState>,
+    open: &OpenConnections,
     metrics: &PowerMetrics,
 ) -> NodeWeights {
     let costs = &demand.costs;
@@ -203,6 +212,8 @@ async fn compute(
     }
     let mut by_cost: BTreeMap<u32, BTreeMap<NodeName, NodeReport>> =
         costs.iter().map(|c| (*c, BTreeMap::new())).collect();
+    let open_by_cost: BTreeMap<u32, BTreeMap<NodeName, u64>> =
+        costs.iter().map(|c| (*c, open.by_node(*c))).collect();
     while let Some(joined) = tasks.join_next().await {
         let Ok((name, readings, predicted)) = joined else {
             continue;
@@ -211,27 +222,37 @@ async fn compute(
             continue;
         };
         for cost in costs {
-            let report = node_report(
+            let mut report = node_report(
                 &name,
                 node,
                 &readings,
-                predicted.get(cost),
+                predicted.by_cost.get(cost),
                 *cost,
                 now,
                 metrics,
             );
+            report.cores = node.spec.cores;
+            report.curve = predicted.curve.clone();
+            let own = open_by_cost
+                .get(cost)
+                .and_then(|o| o.get(&name))
+                .map_or(0.0, |n| *n as f64 * f64::from(*cost) / 1000.0);
+            report.background_percent = report
+                .cpu_percent
+                .map(|cpu| background(cpu, own, node.spec.cores));
             if let Some(reports) = by_cost.get_mut(cost) {
                 reports.insert(name.clone(), report);
             }
         }
     }
     for (cost, reports) in by_cost.iter_mut() {
-        let controller = controllers.entry(*cost).or_default();
+        let connections = open_by_cost.get(cost).map_or(0, |o| o.values().sum());
         apply(
             demand.settings.policy,
             reports,
-            controller,
+            states.entry(*cost).or_default(),
             demand.settings.limits,
+            traffic(connections, *cost),
         );
     }
     if let Some(reports) = by_cost.get(&demand.settings.cpu_per_connection) {
@@ -247,8 +268,22 @@ async fn compute(
     NodeWeights { by_cost }
 }
 
-/// What a node's model says for each cost: Ok((watts now, ΔW)) or why not.
-type Predicted = BTreeMap<u32, Result<(f64, f64), String>>;
+/// What wao-lb's `connections` of `cost` millicores add: planned as at least one, so a
+/// quiet service is placed where its first connection costs least.
+fn traffic(connections: u64, cost: u32) -> Traffic {
+    let connections = connections.max(1) as f64;
+    Traffic {
+        cores: connections * f64::from(cost) / 1000.0,
+        connections,
+    }
+}
+
+/// What a node's model says: for each cost Ok((watts now, ΔW)) or why not, and its curve.
+#[derive(Default)]
+struct Predicted {
+    by_cost: BTreeMap<u32, Result<(f64, f64), String>>,
+    curve: Option<Arc<Curve>>,
+}
 
 /// (watts now, ΔW) from predictions at `cpu` and `next` %. A model whose answer does not
 /// move when the CPU does is broken (a stub, or one fed the wrong input) and would win every
@@ -270,7 +305,7 @@ async fn predict_node(
     costs: &BTreeSet<u32>,
 ) -> Predicted {
     let Some(predictor) = predictor else {
-        return Predicted::new();
+        return Predicted::default();
     };
     let value = |q: Quantity| {
         readings
@@ -286,13 +321,23 @@ async fn predict_node(
         value(Quantity::Inlet),
         value(Quantity::DeltaP),
     ) else {
-        return costs
+        let by_cost = costs
             .iter()
             .map(|c| (*c, Err("inputs missing".to_string())))
             .collect();
+        return Predicted {
+            by_cost,
+            curve: None,
+        };
     };
     let before = predictor.predict(cpu, inlet, dp).await;
-    let mut out = Predicted::new();
+    let mut out = Predicted {
+        curve: match &before {
+            Ok(_) => sample_curve(predictor, inlet, dp).await.map(Arc::new),
+            Err(_) => None,
+        },
+        ..Predicted::default()
+    };
     for cost in costs {
         let step = f64::from(*cost) / (cores * 1000.0) * 100.0;
         let r = match &before {
@@ -305,9 +350,24 @@ async fn predict_node(
             }
             Err(e) => Err(e.clone()),
         };
-        out.insert(*cost, r);
+        out.by_cost.insert(*cost, r);
     }
     out
+}
+
+/// The node's predicted watts at 0, 10, …, 100 % CPU under its inputs now; None when a
+/// point cannot be predicted or is not a finite number of watts.
+async fn sample_curve(predictor: &Predictor, inlet: f64, delta_p: f64) -> Option<Curve> {
+    let mut watts = [0.0; CURVE_POINTS];
+    for (i, w) in watts.iter_mut().enumerate() {
+        let cpu = 100.0 * i as f64 / (CURVE_POINTS - 1) as f64;
+        *w = predictor
+            .predict(cpu, inlet, delta_p)
+            .await
+            .ok()
+            .filter(|v| v.is_finite())?;
+    }
+    Some(Curve { watts })
 }
 
 fn node_report(

@@ -1,9 +1,11 @@
-//! From per-node predictions to per-node weights: the policies (`wao`, `marginal`) and the
-//! `NodeWeights` that balance reads. Pure functions; the updater calls them on its interval.
+//! From per-node predictions to per-node weights: the policies (`planner`, `marginal`,
+//! `wao`) and the `NodeWeights` that balance reads. Pure functions; the updater calls them
+//! on its interval.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::planner::{Curve, Mover, PlanNode, Traffic};
 use super::policy::{limit_weights, Controller, Signal};
 use crate::model::NodeName;
 use crate::settings::{Limits, Policy};
@@ -22,6 +24,14 @@ pub struct NodeReport {
     pub watts: Option<f64>,
     /// Predicted extra watts of one more connection.
     pub delta_watts: Option<f64>,
+    /// Utilisation (%) without wao-lb's own connections of this cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_percent: Option<f64>,
+    /// Predicted watts at 0, 10, …, 100 % CPU with the inputs now.
+    #[serde(skip)]
+    pub curve: Option<Arc<Curve>>,
+    #[serde(skip)]
+    pub cores: f64,
     /// A weight set by the operator instead of a model.
     #[serde(skip)]
     pub fixed: Option<f64>,
@@ -44,14 +54,58 @@ impl NodeWeights {
     }
 }
 
-/// Fills in every report's weight. Fixed weights are kept as given; nodes with a ΔW get
-/// shares from `policy` (summing to 1) under the safety `limits`; the rest get None
-/// (neutral, decided by balance).
+/// What a policy remembers from one step to the next.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyState {
+    controller: Controller,
+    /// The planner's nodes, in the order of its mover's shares.
+    planned: Vec<NodeName>,
+    mover: Mover,
+}
+
+impl PolicyState {
+    /// The planner's shares for the nodes with a curve and a background load; a change
+    /// of those nodes starts the mover again.
+    fn plan(
+        &mut self,
+        reports: &BTreeMap<NodeName, NodeReport>,
+        traffic: Traffic,
+        limits: Limits,
+    ) -> BTreeMap<NodeName, f64> {
+        let (names, nodes): (Vec<NodeName>, Vec<PlanNode>) = reports
+            .iter()
+            .filter(|(_, r)| r.fixed.is_none())
+            .filter_map(|(n, r)| {
+                let node = PlanNode {
+                    curve: (**r.curve.as_ref()?).clone(),
+                    background: r.background_percent?,
+                    cores: r.cores,
+                };
+                Some((n.clone(), node))
+            })
+            .unzip();
+        if names != self.planned {
+            self.planned = names.clone();
+            self.mover = Mover::default();
+        }
+        if names.is_empty() {
+            return BTreeMap::new();
+        }
+        let shares = self.mover.plan_and_step(&nodes, traffic, limits);
+        names.into_iter().zip(shares).collect()
+    }
+}
+
+/// Fills in every report's weight. Fixed weights are kept as given; nodes the policy can
+/// weigh (a ΔW; for `planner`, a curve and a background load) get shares from it (summing
+/// to 1) under the safety `limits`; the rest get None (neutral, decided by balance).
+/// `traffic` is what wao-lb's connections of this cost add to the nodes.
 pub fn apply(
     policy: Policy,
     reports: &mut BTreeMap<NodeName, NodeReport>,
-    controller: &mut Controller,
+    state: &mut PolicyState,
     limits: Limits,
+    traffic: Traffic,
 ) {
     let modelled = |r: &NodeReport| r.fixed.is_none() && r.delta_watts.is_some();
     let cpu: BTreeMap<NodeName, f64> = reports
@@ -60,6 +114,7 @@ pub fn apply(
         .map(|(n, r)| (n.clone(), r.cpu_percent.unwrap_or(0.0)))
         .collect();
     let shares = match policy {
+        Policy::Planner => state.plan(reports, traffic, limits),
         Policy::Marginal => {
             let signals: BTreeMap<NodeName, Signal> = reports
                 .iter()
@@ -72,7 +127,7 @@ pub fn apply(
                     (n.clone(), signal)
                 })
                 .collect();
-            controller.step(&signals, limits)
+            state.controller.step(&signals, limits)
         }
         Policy::Wao => {
             let names: Vec<NodeName> = cpu.keys().cloned().collect();
@@ -162,15 +217,17 @@ mod tests {
         apply(
             Policy::Wao,
             &mut wao,
-            &mut Controller::default(),
+            &mut PolicyState::default(),
             Limits::default(),
+            Traffic::exact(1.0),
         );
         assert_eq!(wao["a"].weight, wao["b"].weight, "WAO rounds both to 0 W");
         apply(
             Policy::Marginal,
             &mut reports,
-            &mut Controller::default(),
+            &mut PolicyState::default(),
             Limits::default(),
+            Traffic::exact(1.0),
         );
         assert!(reports["a"].weight > reports["b"].weight);
     }
@@ -184,8 +241,9 @@ mod tests {
         apply(
             Policy::Marginal,
             &mut reports,
-            &mut Controller::default(),
+            &mut PolicyState::default(),
             Limits::default(),
+            Traffic::exact(1.0),
         );
         assert_eq!(reports["a"].weight, Some(1.0));
         assert_eq!(reports["c"].weight, Some(3.0));

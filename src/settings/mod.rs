@@ -187,9 +187,12 @@ impl Default for UdpSettings {
 pub enum Policy {
     /// WAO v1.31's exact scoring: whole-watt ΔW, score = 100·min/ΔW.
     Wao,
-    /// wao-lb's default: a controller that equalises marginal watts (`power/policy.rs`).
-    #[default]
+    /// A controller that equalises marginal watts (`power/policy.rs`).
     Marginal,
+    /// wao-lb's default: the split with the least predicted watts over the nodes' power
+    /// curves, moved toward step by step (`power/planner.rs`).
+    #[default]
+    Planner,
 }
 
 /// Safety limits every power policy obeys.

@@ -1,5 +1,6 @@
 //! The admin HTTP API (read-only; binds to loopback by default): `/metrics`, `/healthz`,
-//! `/readyz` (200 once rules and tables are in place), `/weights` and `/services` (JSON).
+//! `/readyz` (200 once rules and tables are in place), `/weights`, `/services` and
+//! `/saving` (JSON).
 //! Its connections are capped and timed out, so it holds a bounded share of descriptors.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::registry::render;
 use super::weights_view::rows;
 use crate::balance::plan::Plan;
+use crate::balance::saving::Saving;
 use crate::dataplane::PickCounts;
+use crate::model::connections::OpenConnections;
 use crate::model::Service;
 
 /// What the admin API reads.
@@ -31,6 +34,7 @@ pub struct AdminState {
     pub picks: Option<Arc<dyn PickCounts>>,
     pub registry: prometheus::Registry,
     pub ready: Arc<AtomicBool>,
+    pub open: OpenConnections,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -40,6 +44,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/weights", get(weights))
         .route("/services", get(services))
+        .route("/saving", get(saving))
         .with_state(state)
 }
 
@@ -122,6 +127,10 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 
 async fn weights(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     Json(rows(&s.plan.load(), s.picks.as_deref()))
+}
+
+async fn saving(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    Json(Saving::of(&s.plan.load(), &s.open.by_service()))
 }
 
 async fn services(State(s): State<Arc<AdminState>>) -> impl IntoResponse {

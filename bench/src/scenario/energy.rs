@@ -4,11 +4,12 @@
 //! (`wao_lb::power::weights::apply`) turns the nodes' current loads into weights, the real
 //! selection table (`wao_lb::dataplane::proxy::table::Table`) picks backends for a batch of
 //! connections, and the picks set the next loads. Reported: total cluster watts for uniform
-//! (stock kube-proxy), `wao`, `marginal` (wao-lb's default), `planner` (the exact split over
+//! (stock kube-proxy), `wao`, `marginal`, `planner` (wao-lb's default: the exact split over
 //! the curves, `wao_lb::power::planner`, moved toward by its rate-limited mover) and the
 //! optimum under the same ceiling.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -16,9 +17,8 @@ use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 use wao_lb::dataplane::proxy::table::Table;
 use wao_lb::model::NodeName;
-use wao_lb::power::planner::{background, optimal_split, Curve, Mover, PlanNode, Traffic};
-use wao_lb::power::policy::Controller;
-use wao_lb::power::weights::{apply, NodeReport};
+use wao_lb::power::planner::{background, optimal_split, Curve, PlanNode, Traffic};
+use wao_lb::power::weights::{apply, wao_delta_watts, wao_scores, NodeReport, PolicyState};
 use wao_lb::settings::{Limits, Policy};
 
 pub use super::energy_mix::{Mix, SimNode, CEILING};
@@ -110,20 +110,22 @@ fn total_watts(nodes: &[SimNode], shares: &[f64], demand: f64) -> f64 {
 enum Sim {
     /// Every node the same (stock kube-proxy).
     Uniform,
-    /// A policy of `wao_lb::power::weights::apply`.
+    /// A policy of `wao_lb::power::weights::apply`, as the updater runs it.
     Policy(Policy),
-    /// `wao_lb::power::planner`: the exact split over the curves, approached by its mover.
-    Planner,
+    /// WAO's scores alone (`wao_scores` of whole-watt ΔW), without wao-lb's ceiling and
+    /// minimum share, which `Policy::Wao` adds.
+    WaoFormula,
     /// The optimal split (`optimum`), as fixed weights.
     Optimum,
 }
 
 impl Sim {
-    const ALL: [Sim; 4] = [
+    const ALL: [Sim; 5] = [
         Sim::Uniform,
+        Sim::WaoFormula,
         Sim::Policy(Policy::Wao),
         Sim::Policy(Policy::Marginal),
-        Sim::Planner,
+        Sim::Policy(Policy::Planner),
     ];
 
     fn name(self) -> &'static str {
@@ -131,7 +133,8 @@ impl Sim {
             Sim::Uniform => "uniform",
             Sim::Policy(Policy::Wao) => "wao",
             Sim::Policy(Policy::Marginal) => "marginal",
-            Sim::Planner => "planner",
+            Sim::Policy(Policy::Planner) => "planner",
+            Sim::WaoFormula => "wao-formula",
             Sim::Optimum => "optimum",
         }
     }
@@ -173,7 +176,7 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
     let mut rng = SmallRng::seed_from_u64(seed);
     // The noise has its own stream, so picks are the same with and without it.
     let mut noise_rng = SmallRng::seed_from_u64(seed ^ 0x6e6f697365);
-    let mut controller = Controller::default();
+    let mut state = PolicyState::default();
     let limits = Limits::default();
     // What the planner splits: the demand, over the picks of a tick or the open connections.
     let traffic = Traffic {
@@ -184,7 +187,6 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
             PICKS_PER_TICK as f64
         },
     };
-    let mut mover = Mover::default();
     let best = if sim == Sim::Optimum {
         optimum(mix)
     } else {
@@ -206,26 +208,22 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
         let weights: Vec<f64> = match sim {
             Sim::Uniform => vec![1.0; n],
             Sim::Optimum => best.clone(),
-            Sim::Planner => {
-                // As the updater does: each node's load without wao-lb's traffic is what it
-                // measured less what wao-lb sent it, both `lag` ticks old.
-                let seen_nodes: Vec<PlanNode> = nodes
+            Sim::WaoFormula => {
+                let whole: Vec<i64> = nodes
                     .iter()
-                    .zip(seen)
-                    .zip(&factors)
-                    .map(|((node, share), f)| PlanNode {
-                        curve: Curve {
-                            watts: node.curve.watts.map(|w| w * f),
-                        },
-                        background: background(
-                            load_percent(node, *share, demand),
-                            share * demand,
-                            node.cores,
-                        ),
-                        cores: node.cores,
+                    .enumerate()
+                    .map(|(i, node)| {
+                        let cpu = load_percent(node, seen[i], demand);
+                        let step = mix.cpu_per_connection / (node.cores * 1000.0) * 100.0;
+                        let delta =
+                            (node_watts(node, cpu + step) - node_watts(node, cpu)) * factors[i];
+                        wao_delta_watts(delta)
                     })
                     .collect();
-                mover.plan_and_step(&seen_nodes, traffic, limits)
+                wao_scores(&whole)
+                    .into_iter()
+                    .map(|s| f64::from(s.unwrap_or(0)))
+                    .collect()
             }
             Sim::Policy(policy) => {
                 let mut reports: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
@@ -234,15 +232,24 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
                     let step = mix.cpu_per_connection / (node.cores * 1000.0) * 100.0;
                     let before = node_watts(node, cpu) * factors[i];
                     let after = node_watts(node, cpu + step) * factors[i];
+                    // As the updater does: the node's curve under its inputs, and its load
+                    // without wao-lb's traffic (what it measured less what wao-lb sent it,
+                    // both `lag` ticks old).
+                    let curve = Curve {
+                        watts: node.curve.watts.map(|w| w * factors[i]),
+                    };
                     let report = NodeReport {
                         cpu_percent: Some(cpu),
                         watts: Some(before),
                         delta_watts: Some(after - before),
+                        background_percent: Some(background(cpu, seen[i] * demand, node.cores)),
+                        curve: Some(Arc::new(curve)),
+                        cores: node.cores,
                         ..NodeReport::default()
                     };
                     reports.insert(NodeName::from(format!("{i:03}")), report);
                 }
-                apply(policy, &mut reports, &mut controller, limits);
+                apply(policy, &mut reports, &mut state, limits, traffic);
                 reports.values().map(|r| r.weight.unwrap_or(0.0)).collect()
             }
         };
@@ -401,7 +408,7 @@ pub fn distribution(reports: &[MixReport]) -> String {
     let feasible: Vec<&MixReport> = reports.iter().filter(|r| r.uniform_feasible).collect();
     let mut out = format!(
         "{} clusters, {} with a feasible uniform split (the others overload a node under uniform picks)
-         {:<10} {:>8} {:>8} {:>8}
+         {:<12} {:>8} {:>8} {:>8}
 ",
         reports.len(),
         feasible.len(),
@@ -424,7 +431,7 @@ pub fn distribution(reports: &[MixReport]) -> String {
             }
         };
         out.push_str(&format!(
-            "{:<10} {:>7.1}% {:>7.1}% {:>7.1}%\n",
+            "{:<12} {:>7.1}% {:>7.1}% {:>7.1}%\n",
             sim.name(),
             100.0 * at(0.0),
             100.0 * at(0.05),
@@ -437,13 +444,15 @@ pub fn distribution(reports: &[MixReport]) -> String {
 /// The terminal table.
 pub fn table(reports: &[MixReport]) -> String {
     let mut out = format!(
-        "{:<24} {:>10} {:>9} {:>10} {:>9} {:>9}   {:>8} {:>8} {:>8}  {:>9} {:>13}\n",
+        "{:<24} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9}   {:>8} {:>8} {:>8} {:>8}  {:>9} {:>13}\n",
         "mix",
         "uniform W",
+        "formula W",
         "wao W",
         "marginal W",
         "planner W",
         "optimum W",
+        "formula",
         "wao",
         "marginal",
         "planner",
@@ -459,14 +468,16 @@ pub fn table(reports: &[MixReport]) -> String {
         let planner = r.outcome("planner");
         let (lo, hi) = planner.map_or((f64::NAN, f64::NAN), |o| o.busiest_share_range);
         out.push_str(&format!(
-            "{:<24} {:>9.1}{} {:>9.1} {:>10.1} {:>9.1} {:>9.1}   {:>8} {:>8} {:>8}  {:>8.1}% {:>6.2}–{:.2}\n",
+            "{:<24} {:>9.1}{} {:>9.1} {:>9.1} {:>10.1} {:>9.1} {:>9.1}   {:>8} {:>8} {:>8} {:>8}  {:>8.1}% {:>6.2}–{:.2}\n",
             r.mix,
             w("uniform"),
             if r.uniform_feasible { " " } else { "*" },
+            w("wao-formula"),
             w("wao"),
             w("marginal"),
             w("planner"),
             r.optimum_watts,
+            share("wao-formula"),
             share("wao"),
             share("marginal"),
             share("planner"),
@@ -476,7 +487,8 @@ pub fn table(reports: &[MixReport]) -> String {
         ));
     }
     out.push_str(
-        "shares of the optimal saving over uniform; * uniform overloads a node, so none is given;\n\
+        "formula: WAO's scores alone; wao: WAO's scores under wao-lb's ceiling and minimum share;\n\
+         shares of the optimal saving over uniform; * uniform overloads a node, so none is given;\n\
          peak load and busiest range (its share over the last 50 ticks) are the planner's\n",
     );
     out
@@ -632,7 +644,11 @@ mod tests {
             .collect();
         assert!(shares.len() >= 20, "{} feasible", shares.len());
         let short = shares.iter().filter(|s| **s < 0.95).count();
-        assert!(short * 20 <= shares.len(), "{short} of {} short", shares.len());
+        assert!(
+            short * 20 <= shares.len(),
+            "{short} of {} short",
+            shares.len()
+        );
         assert!(shares.iter().all(|s| *s >= 0.85), "{shares:?}");
         for r in &reports {
             let peak = r.outcome("planner").unwrap().max_load_percent;
@@ -677,7 +693,7 @@ mod tests {
         let r = run_mix(&mix, 1);
         let line: serde_json::Value = serde_json::from_str(&json_line(&r)).unwrap();
         assert_eq!(line["mix"], "two-arm-one-epyc");
-        assert_eq!(line["defaultPolicy"], "marginal");
+        assert_eq!(line["defaultPolicy"], "planner");
         assert_eq!(line["uniformFeasible"], r.uniform_feasible);
         for p in ["uniform", "wao", "marginal", "planner"] {
             let policy = &line["policies"][p];

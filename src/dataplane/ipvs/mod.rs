@@ -14,6 +14,7 @@ pub mod render;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,11 +22,12 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use self::client::{IpvsClient, IpvsError};
-use self::message::VirtualId;
+use self::message::{IpvsProtocol, VirtualId};
 use self::metrics::IpvsMetrics;
 use self::reconcile::{Reconciler, Table};
 use super::{Dataplane, DataplaneError, PickCounts};
 use crate::balance::plan::Plan;
+use crate::model::connections::{Counted, OpenConnections};
 use crate::model::Frontend;
 use crate::settings::{IpvsSettings, Settings};
 
@@ -47,6 +49,8 @@ pub struct Ipvs {
     /// The kernel's table as last read, for the weights view's picks.
     seen: Arc<ArcSwap<Table>>,
     resync: CancellationToken,
+    /// Where the destinations' counters of open connections are published.
+    open: OpenConnections,
 }
 
 /// The socket and what the reconciliation remembers.
@@ -61,6 +65,8 @@ struct Kernel {
     /// The metric labels (service, backend, node) of the destinations of services that
     /// have series of their own.
     labels: HashMap<(VirtualId, SocketAddr), [String; 3]>,
+    /// Every planned destination's count of open connections, set from the kernel's.
+    open: OpenCounters,
 }
 
 impl Ipvs {
@@ -69,6 +75,7 @@ impl Ipvs {
     pub async fn start(
         settings: &Settings,
         registry: &prometheus::Registry,
+        open: OpenConnections,
     ) -> Result<Ipvs, DataplaneError> {
         let client = IpvsClient::connect().map_err(ipvs_error)?;
         host::set_sysctls();
@@ -87,6 +94,7 @@ impl Ipvs {
             bound,
             metrics: IpvsMetrics::new(registry),
             labels: HashMap::new(),
+            open: HashMap::new(),
         }));
         let seen = Arc::new(ArcSwap::from_pointee(Table::new()));
         let resync = CancellationToken::new();
@@ -95,6 +103,7 @@ impl Ipvs {
             kernel,
             seen,
             resync,
+            open,
         })
     }
 }
@@ -139,6 +148,16 @@ impl Kernel {
             })
             .collect();
         self.metrics.destinations(counts);
+        for (id, e) in &current {
+            for d in e.dests.values() {
+                if let Some(open) = self.open.get(&(*id, d.addr)) {
+                    open.store(
+                        open_connections(id, d.active, d.inactive),
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+        }
         let grace = self.settings.grace_period;
         let mut reconciler = std::mem::take(&mut self.reconciler);
         let owned = |id: &VirtualId| self.owns(id);
@@ -217,6 +236,38 @@ fn series_labels(plan: &Plan) -> HashMap<(VirtualId, SocketAddr), [String; 3]> {
         .collect()
 }
 
+/// What counts as open on a destination: established TCP connections (IPVS keeps closed
+/// ones as inactive through TIME_WAIT), and every UDP or SCTP entry.
+fn open_connections(id: &VirtualId, active: u32, inactive: u32) -> i64 {
+    match id.protocol {
+        IpvsProtocol::Tcp => i64::from(active),
+        _ => i64::from(active) + i64::from(inactive),
+    }
+}
+
+/// A counter of open connections for every planned destination, and their `Counted` form.
+/// Each planned destination's counter of open connections.
+type OpenCounters = HashMap<(VirtualId, SocketAddr), Arc<AtomicI64>>;
+
+fn open_counters(plan: &Plan) -> (OpenCounters, Vec<Counted>) {
+    let mut by_dest = HashMap::new();
+    let mut counted = Vec::new();
+    for (frontend, p) in &plan.services {
+        let id = reconcile::id_of(frontend);
+        for b in &p.backends {
+            let open = Arc::new(AtomicI64::new(0));
+            by_dest.insert((id, b.backend.address), open.clone());
+            counted.push(Counted {
+                service: p.service.key.clone(),
+                node: b.backend.node.clone(),
+                cost: p.cost,
+                open,
+            });
+        }
+    }
+    (by_dest, counted)
+}
+
 /// The VIPs of `table`.
 fn vips(table: &Table) -> BTreeSet<IpAddr> {
     table.keys().map(|id| id.addr.ip()).collect()
@@ -245,6 +296,9 @@ impl Dataplane for Ipvs {
             k.bound = local.ours.iter().chain(&add).copied().collect();
             k.desired = desired;
             k.labels = series_labels(plan);
+            let (by_dest, counted) = open_counters(plan);
+            k.open = by_dest;
+            self.open.publish(counted);
         }
         sync(self.kernel.clone(), self.seen.clone())
             .await

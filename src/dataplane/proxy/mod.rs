@@ -34,6 +34,7 @@ use self::redirect::Redirect;
 use self::routes::Routes;
 use super::{Dataplane, DataplaneError, PickCounts};
 use crate::balance::plan::Plan;
+use crate::model::connections::OpenConnections;
 use crate::model::Frontend;
 use crate::settings::{ProxySettings, RedirectMode, Settings, TproxySettings, UdpSettings};
 
@@ -85,11 +86,13 @@ pub struct Proxy {
     /// TPROXY mode: its settings, and the rules once installed.
     tproxy: Option<TproxySettings>,
     redirect: Option<Redirect>,
+    /// Where the routes' counters of open connections are published.
+    open: OpenConnections,
 }
 
 impl Proxy {
     /// A proxy with no routes and nothing bound yet; the first `apply` opens the frontends.
-    pub fn new(settings: &Settings, registry: &Registry) -> Proxy {
+    pub fn new(settings: &Settings, registry: &Registry, open: OpenConnections) -> Proxy {
         let transparent = settings.redirect == RedirectMode::Tproxy;
         let ctx = ProxyContext {
             routes: ArcSwap::from_pointee(Routes::default()),
@@ -107,6 +110,7 @@ impl Proxy {
             listeners: Listeners::default(),
             tproxy: transparent.then_some(settings.tproxy),
             redirect: None,
+            open,
         }
     }
 
@@ -152,6 +156,7 @@ impl Dataplane for Proxy {
     async fn apply(&mut self, plan: &Arc<Plan>) -> Result<(), DataplaneError> {
         let previous = self.ctx.routes.load();
         let routes = Routes::build(plan, &previous, &self.ctx.metrics);
+        self.open.publish(routes.counted());
         self.ctx.routes.store(Arc::new(routes));
         match self.tproxy {
             Some(t) => self.sync_transparent(plan, t).await,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -17,11 +17,15 @@ use super::ejection::Ejection;
 use super::metrics::{ProxyMetrics, Refusal};
 use super::table::Table;
 use crate::balance::plan::{Plan, PlannedService};
-use crate::model::{Frontend, Protocol, Service};
+use crate::model::connections::Counted;
+use crate::model::{Frontend, NodeName, Protocol, Service};
 
 pub struct BackendEntry {
     pub address: SocketAddr,
+    pub node: NodeName,
     pub picks: Picks,
+    /// Its open connections (or UDP sessions), carried over rebuilds like the picks.
+    pub open: Arc<AtomicI64>,
     pub connect_failures: IntCounter,
     pub ejection: Arc<Ejection>,
     ejections: IntCounter,
@@ -146,6 +150,8 @@ fn unexported_gauge() -> IntGauge {
 
 pub struct ServiceEntry {
     pub service: Arc<Service>,
+    /// What one connection costs a node, in millicores.
+    pub cost: u32,
     pub backends: Box<[BackendEntry]>,
     /// Backend index by address, for affinity hits.
     by_address: HashMap<SocketAddr, usize>,
@@ -184,7 +190,9 @@ impl ServiceEntry {
                 };
                 BackendEntry {
                     address,
+                    node: b.backend.node.clone(),
                     picks,
+                    open: old.map(|o| o.open.clone()).unwrap_or_default(),
                     connect_failures: counter(&m.connect_failures, &[key, &label]),
                     ejection,
                     ejections: counter(&m.ejections, &[key, &label]),
@@ -194,6 +202,7 @@ impl ServiceEntry {
         let shares = planned.backends.iter().map(|b| b.share).collect();
         ServiceEntry {
             service: planned.service.clone(),
+            cost: planned.cost,
             by_address: backends
                 .iter()
                 .enumerate()
@@ -322,6 +331,21 @@ impl Routes {
             })
             .collect();
         Routes { by_frontend }
+    }
+
+    /// Every backend's counter of open connections, for `OpenConnections`.
+    pub fn counted(&self) -> Vec<Counted> {
+        self.by_frontend
+            .values()
+            .flat_map(|e| {
+                e.backends.iter().map(|b| Counted {
+                    service: e.service.key.clone(),
+                    node: b.node.clone(),
+                    cost: e.cost,
+                    open: b.open.clone(),
+                })
+            })
+            .collect()
     }
 
     /// How many picks `backend` of `frontend` has had.

@@ -3,6 +3,7 @@
 //! failed connect, then relay. A connection that cannot be served is reset, never half-served.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,6 +144,8 @@ pub async fn handle(
         return;
     };
     entry.counters.active.inc();
+    let open = &entry.backends[chosen].open;
+    open.fetch_add(1, Ordering::Relaxed);
     let relayed = relay(
         client,
         upstream,
@@ -154,6 +157,7 @@ pub async fn handle(
         cut,
     )
     .await;
+    open.fetch_sub(1, Ordering::Relaxed);
     entry.counters.active.dec();
     entry.counters.bytes_upstream.inc_by(relayed.upstream_bytes);
     entry

@@ -285,6 +285,7 @@ async fn open_session(
     lock(sessions).insert((client, frontend), session.clone());
     entry.counters.udp_sessions.inc();
     entry.counters.udp_sessions_active.inc();
+    backend.open.fetch_add(1, Ordering::Relaxed);
     ctx.tracker.spawn(replies(
         session.clone(),
         (client, frontend),
@@ -418,4 +419,7 @@ async fn replies(
         }
     }
     entry.counters.udp_sessions_active.dec();
+    if let Some(b) = entry.backends.get(session.backend) {
+        b.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
