@@ -337,6 +337,13 @@ impl Mover {
         if self.shares.len() != n || planned.shares.len() != n {
             self.shares = vec![1.0 / n.max(1) as f64; n];
             self.target = None;
+            // No split in use yet, nothing to protect from a swing: the first plan is
+            // taken as it is.
+            if planned.shares.len() == n {
+                self.shares = planned.shares.clone();
+                self.target = Some(planned.shares.clone());
+                return self.shares.clone();
+            }
         }
         if planned.shares.len() == n {
             let held = self.target.as_deref().unwrap_or(&self.shares);
@@ -552,8 +559,16 @@ mod tests {
         let d = Traffic::exact(60.0);
         let planned = optimal_split(&nodes, d, Limits::default());
         assert!(planned.watts < total_watts(&nodes, d, &[1.0 / 3.0; 3]) - 5.0);
+        // The first plan is taken as it is (no split in use yet); a later one is moved
+        // toward at most MAX_STEP a share per step.
         let mut mover = Mover::default();
-        let mut last = vec![1.0 / 3.0; 3];
+        let uniform = Split {
+            shares: vec![1.0 / 3.0; 3],
+            watts: total_watts(&nodes, d, &[1.0 / 3.0; 3]),
+            overload: 0.0,
+        };
+        let mut last = mover.step(&nodes, d, Limits::default(), &uniform);
+        assert_eq!(last, uniform.shares);
         for _ in 0..20 {
             let now = mover.step(&nodes, d, Limits::default(), &planned);
             for (a, b) in now.iter().zip(&last) {
@@ -569,17 +584,6 @@ mod tests {
             overload: 0.0,
         };
         assert_eq!(mover.step(&nodes, d, Limits::default(), &tiny), last);
-        let mut fresh = Mover::default();
-        let small = Split {
-            shares: vec![0.34, 0.33, 0.33],
-            watts: total_watts(&nodes, d, &[1.0 / 3.0; 3]) - 0.4,
-            overload: 0.0,
-        };
-        assert_eq!(
-            fresh.step(&nodes, d, Limits::default(), &small),
-            vec![1.0 / 3.0; 3],
-            "nor from uniform"
-        );
     }
 
     #[test]
@@ -679,7 +683,13 @@ mod tests {
         assert!(planned.feasible());
         assert!(planned.watts > total_watts(&nodes, traffic, &uniform));
         let mut mover = Mover::default();
-        let first = mover.step(&nodes, traffic, limits, &planned);
-        assert!(first[0] < 0.5, "{first:?}");
+        let held = Split {
+            shares: uniform.to_vec(),
+            watts: total_watts(&nodes, traffic, &uniform),
+            overload: total_overload(&nodes, traffic, &uniform, 80.0),
+        };
+        assert_eq!(mover.step(&nodes, traffic, limits, &held), uniform);
+        let next = mover.step(&nodes, traffic, limits, &planned);
+        assert!(next[0] < 0.5, "{next:?}");
     }
 }
