@@ -227,11 +227,17 @@ async fn a_failing_predictor_falls_back_to_last_good_then_neutral() {
         "    cpu: {{source: static, percent: 20}}\n    model: {{type: v2-inference, url: \"http://{addr}\", model: p, timeout: 300ms, staleAfter: 1500ms, cacheFor: 1ms}}\n"
     );
     let local = |cpu: u32| format!("    cpu: {{source: static, percent: {cpu}}}\n{CURVE}");
+    // `marginal` never starves a node, so every weight stays above 0 (the planner may
+    // give a node none: see the next test).
     let yaml = config(&[
         ("remote", remote),
         ("local", local(20)),
         ("local2", local(60)),
-    ]);
+    ])
+    .replace(
+        "power: {interval: 200ms}",
+        "power: {interval: 200ms, policy: marginal}",
+    );
     let lb = start(&yaml).await;
     for (m, what) in [
         (1, "down"),
@@ -292,6 +298,41 @@ async fn a_failing_predictor_falls_back_to_last_good_then_neutral() {
             "wao_lb_power_fallbacks_total{input=\"model\",kind=\"neutral\",node=\"remote\"}"
         ) >= 5.0,
         "{m}"
+    );
+    lb.stop().await;
+}
+
+/// The planner (the default) keeps a failing model's last curve with its last prediction:
+/// until `staleAfter` the node is weighed exactly as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planner_keeps_the_last_good_curve_of_a_failing_model() {
+    let (addr, mode) = switchable_predictor().await;
+    let remote = format!(
+        "    cpu: {{source: static, percent: 20}}\n    model: {{type: v2-inference, url: \"http://{addr}\", model: p, timeout: 300ms, staleAfter: 3s, cacheFor: 1ms}}\n"
+    );
+    let local = format!("    cpu: {{source: static, percent: 60}}\n{CURVE}");
+    let lb = start(&config(&[("remote", remote), ("local", local)])).await;
+    let ok = eventually(Duration::from_secs(5), async || {
+        row(&weights(&lb), "remote").reason.starts_with("ok")
+    })
+    .await;
+    assert!(ok, "{:?}", weights(&lb));
+    // Let the mover reach its plan.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = row(&weights(&lb), "remote").weight;
+    mode.store(1, Ordering::Relaxed);
+    let last = eventually(Duration::from_secs(3), async || {
+        row(&weights(&lb), "remote")
+            .reason
+            .contains("using last prediction")
+    })
+    .await;
+    let r = weights(&lb);
+    assert!(last, "{r:?}");
+    assert!(
+        (row(&r, "remote").weight - before).abs() < 1e-9,
+        "weighed as before: {before} → {:?}",
+        row(&r, "remote")
     );
     lb.stop().await;
 }

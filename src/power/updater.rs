@@ -62,7 +62,7 @@ struct NodeState {
     cells: [Arc<InputCell>; 3],
     predictor: Option<Predictor>,
     /// The last good (watts now, ΔW) per cost, and when it was predicted.
-    last_good: HashMap<u32, (f64, f64, Instant)>,
+    last_good: HashMap<u32, (Prediction, Instant)>,
 }
 
 /// What the inputs read from: the normal HTTP client, one that accepts self-signed
@@ -222,17 +222,7 @@ async fn compute(
             continue;
         };
         for cost in costs {
-            let mut report = node_report(
-                &name,
-                node,
-                &readings,
-                predicted.by_cost.get(cost),
-                *cost,
-                now,
-                metrics,
-            );
-            report.cores = node.spec.cores;
-            report.curve = predicted.curve.clone();
+            let mut report = node_report(&name, node, &readings, &predicted, *cost, now, metrics);
             let own = open_by_cost
                 .get(cost)
                 .and_then(|o| o.get(&name))
@@ -276,6 +266,14 @@ fn traffic(connections: u64, cost: u32) -> Traffic {
         cores: connections * f64::from(cost) / 1000.0,
         connections,
     }
+}
+
+/// A node's usable prediction for one cost: watts now, ΔW, and its curve when sampled.
+#[derive(Clone)]
+struct Prediction {
+    watts: f64,
+    delta: f64,
+    curve: Option<Arc<Curve>>,
 }
 
 /// What a node's model says: for each cost Ok((watts now, ΔW)) or why not, and its curve.
@@ -370,16 +368,21 @@ async fn sample_curve(predictor: &Predictor, inlet: f64, delta_p: f64) -> Option
     Some(Curve { watts })
 }
 
+/// The node's report for `cost`: its inputs, and its prediction (with its curve) fresh,
+/// else the last good one until the model's `staleAfter`, else none (neutral).
 fn node_report(
     name: &str,
     node: &mut NodeState,
     readings: &[(Quantity, Reading)],
-    predicted: Option<&Result<(f64, f64), String>>,
+    predicted: &Predicted,
     cost: u32,
     now: Instant,
     metrics: &PowerMetrics,
 ) -> NodeReport {
-    let mut report = NodeReport::default();
+    let mut report = NodeReport {
+        cores: node.spec.cores,
+        ..NodeReport::default()
+    };
     let mut notes: Vec<String> = Vec::new();
     let mut missing = false;
     for (q, r) in readings {
@@ -415,11 +418,20 @@ fn node_report(
         report.reason = "fixed weight from config".into();
         return report;
     };
-    match predicted {
+    let usable = |p: &Prediction, report: &mut NodeReport| {
+        report.watts = Some(p.watts);
+        report.delta_watts = Some(p.delta);
+        report.curve = p.curve.clone();
+    };
+    match predicted.by_cost.get(&cost) {
         Some(Ok((watts, delta))) if !missing => {
-            node.last_good.insert(cost, (*watts, *delta, now));
-            report.watts = Some(*watts);
-            report.delta_watts = Some(*delta);
+            let p = Prediction {
+                watts: *watts,
+                delta: *delta,
+                curve: predicted.curve.clone(),
+            };
+            usable(&p, &mut report);
+            node.last_good.insert(cost, (p, now));
         }
         other => {
             let why = match other {
@@ -434,13 +446,12 @@ fn node_report(
                 Predictor::Curve(_) => Duration::ZERO,
             };
             match node.last_good.get(&cost) {
-                Some((w, d, at)) if !missing && now.saturating_duration_since(*at) <= limit => {
+                Some((p, at)) if !missing && now.saturating_duration_since(*at) <= limit => {
                     notes.push(format!(
                         "{why}; using last prediction {}s old",
                         now.saturating_duration_since(*at).as_secs()
                     ));
-                    report.watts = Some(*w);
-                    report.delta_watts = Some(*d);
+                    usable(p, &mut report);
                 }
                 _ => {
                     metrics.fallback(name, "model", "neutral");
