@@ -75,7 +75,7 @@ impl Plan {
     }
 
     /// The metric label of a service: its key when it has series of its own, else "".
-    pub fn series_label<'a>(&self, key: &'a Arc<str>) -> &'a str {
+    pub fn series_label<'a>(&self, key: &'a str) -> &'a str {
         if self.series.contains(key) {
             key
         } else {
@@ -422,7 +422,7 @@ mod tests {
         let capped = build(true, 2);
         let keys: Vec<&str> = capped.series.iter().map(|k| &**k).collect();
         assert_eq!(keys, ["a", "b"], "the first two by key");
-        assert_eq!(capped.series_label(&Arc::from("c")), "");
+        assert_eq!(capped.series_label("c"), "");
         assert!(build(false, 100).series.is_empty());
         assert_eq!(build(true, 100).series.len(), 3);
     }

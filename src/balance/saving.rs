@@ -126,9 +126,8 @@ impl Collector for SavingGauges {
         self.per_service.reset();
         // Services without series of their own count into service="".
         for (service, watts) in &saving.services {
-            let key: Arc<str> = service.as_str().into();
             self.per_service
-                .with_label_values(&[plan.series_label(&key)])
+                .with_label_values(&[plan.series_label(service)])
                 .add(*watts);
         }
         let mut out = self.total.collect();

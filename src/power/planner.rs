@@ -14,8 +14,8 @@
 //!   and `JITTER_MARGIN` deviations stay under the ceiling plus `JITTER_TOLERANCE`. With N
 //!   unbounded (`Traffic::exact`) this is the plain optimum.
 //! - `Mover`: re-plans near its target (moving a share costs `STICKINESS` of the node's
-//!   watts), adopts a plan as its target only when it saves at least `HOLD_WATTS` over the
-//!   target in use (hysteresis), and moves the split in use toward the target along the
+//!   watts), adopts a new plan as its target only when it relieves an overload or saves at
+//!   least `HOLD_WATTS` over the target in use (hysteresis), and moves the split in use toward the target along the
 //!   line between them, no share more than `MAX_STEP` per step (rate limit), so stale or
 //!   noisy inputs cannot make it swing.
 
@@ -172,8 +172,8 @@ pub fn background(cpu_percent: f64, own_cores: f64, cores: f64) -> f64 {
     ((cpu_percent - own).max(0.0) * 100.0).round() / 100.0
 }
 
-/// A split of the demand: each node's share, the predicted total watts, and whether every
-/// node stays at or below the ceiling.
+/// A split of the demand: each node's share, the expected total watts, and how far the
+/// nodes are over their limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
     pub shares: Vec<f64>,
@@ -294,10 +294,10 @@ fn split_near(
 /// watts when re-planning (see `split_near`).
 pub const STICKINESS: f64 = 0.1;
 
-/// Moves the split in use toward a planned one, rate-limited and hysteretic: a plan is
-/// adopted as the target only when it saves at least the hold over the current target (or,
-/// at first, over the split in use); the split then moves toward the target until it is
-/// reached, at most `MAX_STEP` per share and step.
+/// Moves the split in use toward a planned one, rate-limited and hysteretic: the first plan
+/// is taken as it is; a later one is adopted as the target only when it relieves an
+/// overload or saves at least the hold over the current target; the split then moves
+/// toward the target until it is reached, at most `MAX_STEP` per share and step.
 #[derive(Debug, Clone, Default)]
 pub struct Mover {
     shares: Vec<f64>,
@@ -323,9 +323,9 @@ impl Mover {
         self.step(nodes, traffic, limits, &planned)
     }
 
-    /// The split to use now, toward `planned` for `nodes` carrying `traffic`. A plan that
-    /// overloads the nodes less is always adopted; one that overloads them as much only when
-    /// it saves the hold. A change in the number of nodes starts again from equal shares.
+    /// The split to use now, toward `planned` for `nodes` carrying `traffic`. The first
+    /// plan is taken as it is; after that, a plan that overloads the nodes less is always
+    /// adopted, one that overloads them as much only when it saves the hold.
     pub fn step(
         &mut self,
         nodes: &[PlanNode],
@@ -334,26 +334,25 @@ impl Mover {
         planned: &Split,
     ) -> Vec<f64> {
         let n = nodes.len();
-        if self.shares.len() != n || planned.shares.len() != n {
+        if planned.shares.len() != n {
+            // A plan for other nodes: equal shares until there is one for these.
             self.shares = vec![1.0 / n.max(1) as f64; n];
             self.target = None;
+            return self.shares.clone();
+        }
+        if self.shares.len() != n {
             // No split in use yet, nothing to protect from a swing: the first plan is
             // taken as it is.
-            if planned.shares.len() == n {
-                self.shares = planned.shares.clone();
-                self.target = Some(planned.shares.clone());
-                return self.shares.clone();
-            }
+            self.shares = planned.shares.clone();
+            self.target = Some(planned.shares.clone());
+            return self.shares.clone();
         }
-        if planned.shares.len() == n {
-            let held = self.target.as_deref().unwrap_or(&self.shares);
-            let over = total_overload(nodes, traffic, held, limits.ceiling_percent);
-            let relieves = planned.overload < over - 1e-6;
-            let same = planned.overload <= over + 1e-6;
-            if relieves || (same && total_watts(nodes, traffic, held) - planned.watts >= HOLD_WATTS)
-            {
-                self.target = Some(planned.shares.clone());
-            }
+        let held = self.target.as_deref().unwrap_or(&self.shares);
+        let over = total_overload(nodes, traffic, held, limits.ceiling_percent);
+        let relieves = planned.overload < over - 1e-6;
+        let same = planned.overload <= over + 1e-6;
+        if relieves || (same && total_watts(nodes, traffic, held) - planned.watts >= HOLD_WATTS) {
+            self.target = Some(planned.shares.clone());
         }
         let Some(target) = &self.target else {
             return self.shares.clone();

@@ -4,9 +4,10 @@
 //! (`wao_lb::power::weights::apply`) turns the nodes' current loads into weights, the real
 //! selection table (`wao_lb::dataplane::proxy::table::Table`) picks backends for a batch of
 //! connections, and the picks set the next loads. Reported: total cluster watts for uniform
-//! (stock kube-proxy), `wao`, `marginal`, `planner` (wao-lb's default: the exact split over
-//! the curves, `wao_lb::power::planner`, moved toward by its rate-limited mover) and the
-//! optimum under the same ceiling.
+//! (stock kube-proxy), `wao-formula` (WAO's scores alone), `wao` (the same under wao-lb's
+//! ceiling), `marginal`, `planner` (wao-lb's default: the exact split over the curves,
+//! `wao_lb::power::planner`, moved toward by its rate-limited mover) and the optimal split
+//! under the same ceiling, picked at random like the others.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -168,9 +169,20 @@ fn noise_factors(mix: &Mix, rng: &mut SmallRng) -> Vec<f64> {
         .collect()
 }
 
+/// What a policy sees of a node that carried `share` of the demand: its load (%), and its
+/// predicted watts there and with one more connection, times the noise `factor`.
+fn seen_node(mix: &Mix, node: &SimNode, share: f64, factor: f64) -> (f64, f64, f64) {
+    let cpu = load_percent(node, share, mix.demand_cores);
+    let step = mix.cpu_per_connection / (node.cores * 1000.0) * 100.0;
+    let before = node_watts(node, cpu) * factor;
+    let after = node_watts(node, cpu + step) * factor;
+    (cpu, before, after)
+}
+
 /// Runs one policy in closed loop and returns the settled outcome. The policies see the
-/// loads of `mix.lag_intervals` ticks ago, and predictions with the mix's noise.
-fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
+/// loads of `mix.lag_intervals` ticks ago, and predictions with the mix's noise; `best` is
+/// the optimal split (`Sim::Optimum`'s weights).
+fn closed_loop(mix: &Mix, sim: Sim, seed: u64, best: &[f64]) -> Outcome {
     let (nodes, demand) = (&mix.nodes, mix.demand_cores);
     let n = nodes.len();
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -187,11 +199,6 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
             PICKS_PER_TICK as f64
         },
     };
-    let best = if sim == Sim::Optimum {
-        optimum(mix)
-    } else {
-        Vec::new()
-    };
     let mut history: VecDeque<Vec<f64>> = VecDeque::from([vec![1.0 / n as f64; n]]);
     let (mut watts_sum, mut max_load, mut share_sum) = (0.0, 0.0f64, vec![0.0; n]);
     let mut recent: VecDeque<Vec<f64>> = VecDeque::new();
@@ -207,17 +214,14 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
         let factors = noise_factors(mix, &mut noise_rng);
         let weights: Vec<f64> = match sim {
             Sim::Uniform => vec![1.0; n],
-            Sim::Optimum => best.clone(),
+            Sim::Optimum => best.to_vec(),
             Sim::WaoFormula => {
                 let whole: Vec<i64> = nodes
                     .iter()
                     .enumerate()
                     .map(|(i, node)| {
-                        let cpu = load_percent(node, seen[i], demand);
-                        let step = mix.cpu_per_connection / (node.cores * 1000.0) * 100.0;
-                        let delta =
-                            (node_watts(node, cpu + step) - node_watts(node, cpu)) * factors[i];
-                        wao_delta_watts(delta)
+                        let (_, before, after) = seen_node(mix, node, seen[i], factors[i]);
+                        wao_delta_watts(after - before)
                     })
                     .collect();
                 wao_scores(&whole)
@@ -228,10 +232,7 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64) -> Outcome {
             Sim::Policy(policy) => {
                 let mut reports: BTreeMap<NodeName, NodeReport> = BTreeMap::new();
                 for (i, node) in nodes.iter().enumerate() {
-                    let cpu = load_percent(node, seen[i], demand);
-                    let step = mix.cpu_per_connection / (node.cores * 1000.0) * 100.0;
-                    let before = node_watts(node, cpu) * factors[i];
-                    let after = node_watts(node, cpu + step) * factors[i];
+                    let (cpu, before, after) = seen_node(mix, node, seen[i], factors[i]);
                     // As the updater does: the node's curve under its inputs, and its load
                     // without wao-lb's traffic (what it measured less what wao-lb sent it,
                     // both `lag` ticks old).
@@ -352,7 +353,7 @@ pub fn run_mix(mix: &Mix, seed: u64) -> MixReport {
         .nodes
         .iter()
         .all(|node| load_percent(node, 1.0 / n, mix.demand_cores) <= CEILING + 1e-9);
-    let picked = closed_loop(mix, Sim::Optimum, seed);
+    let picked = closed_loop(mix, Sim::Optimum, seed, &best);
     MixReport {
         mix: mix.name.clone(),
         demand_cores: mix.demand_cores,
@@ -362,7 +363,7 @@ pub fn run_mix(mix: &Mix, seed: u64) -> MixReport {
         optimum_exact_watts: total_watts(&mix.nodes, &best, mix.demand_cores),
         outcomes: Sim::ALL
             .iter()
-            .map(|sim| closed_loop(mix, *sim, seed))
+            .map(|sim| closed_loop(mix, *sim, seed, &best))
             .collect(),
     }
 }

@@ -245,10 +245,10 @@ fn open_connections(id: &VirtualId, active: u32, inactive: u32) -> i64 {
     }
 }
 
-/// A counter of open connections for every planned destination, and their `Counted` form.
 /// Each planned destination's counter of open connections.
 type OpenCounters = HashMap<(VirtualId, SocketAddr), Arc<AtomicI64>>;
 
+/// A counter of open connections for every planned destination, and their `Counted` form.
 fn open_counters(plan: &Plan) -> (OpenCounters, Vec<Counted>) {
     let mut by_dest = HashMap::new();
     let mut counted = Vec::new();
@@ -350,6 +350,17 @@ impl PickCounts for KernelPicks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_tcp_is_established_and_open_udp_is_every_entry() {
+        let id = |protocol| VirtualId {
+            protocol,
+            addr: "10.0.0.1:80".parse().unwrap(),
+        };
+        assert_eq!(open_connections(&id(IpvsProtocol::Tcp), 3, 40), 3);
+        assert_eq!(open_connections(&id(IpvsProtocol::Udp), 0, 7), 7);
+        assert_eq!(open_connections(&id(IpvsProtocol::Sctp), 2, 1), 3);
+    }
 
     #[test]
     fn large_tables_are_resynced_less_often() {
