@@ -40,6 +40,14 @@ fn row<'a>(rows: &'a [WeightRow], node: &str) -> &'a WeightRow {
         .unwrap_or_else(|| panic!("no row for {node}: {rows:?}"))
 }
 
+/// Whether `node`'s reason contains `text` within `limit`.
+async fn reason_within(lb: &wao_lb::app::Running, node: &str, text: &str, limit: Duration) -> bool {
+    eventually(limit, async || {
+        row(&weights(lb), node).reason.contains(text)
+    })
+    .await
+}
+
 /// A config with one TCP service whose backends sit on `nodes` (name, yaml).
 fn config(nodes: &[(&str, String)]) -> String {
     let frontend: SocketAddr = free_addr();
@@ -247,10 +255,7 @@ async fn a_failing_predictor_falls_back_to_last_good_then_neutral() {
         (5, "slow"),
     ] {
         mode.store(0, Ordering::Relaxed);
-        let ok = eventually(Duration::from_secs(5), async || {
-            row(&weights(&lb), "remote").reason.starts_with("ok")
-        })
-        .await;
+        let ok = reason_within(&lb, "remote", "ok, model", Duration::from_secs(5)).await;
         assert!(
             ok,
             "{what}: healthy first: {:?}",
@@ -259,11 +264,12 @@ async fn a_failing_predictor_falls_back_to_last_good_then_neutral() {
         let good = row(&weights(&lb), "remote").watts;
         mode.store(m, Ordering::Relaxed);
         // First the last good prediction, with the same weight...
-        let last = eventually(Duration::from_secs(3), async || {
-            row(&weights(&lb), "remote")
-                .reason
-                .contains("using last prediction")
-        })
+        let last = reason_within(
+            &lb,
+            "remote",
+            "using last prediction",
+            Duration::from_secs(3),
+        )
         .await;
         let r = weights(&lb);
         assert!(last, "{what}: last good value: {:?}", row(&r, "remote"));
@@ -272,12 +278,7 @@ async fn a_failing_predictor_falls_back_to_last_good_then_neutral() {
             "{what}: the last good prediction is used"
         );
         // ...then, past staleAfter, a neutral weight: the mean of the other nodes.
-        let neutral = eventually(Duration::from_secs(5), async || {
-            row(&weights(&lb), "remote")
-                .reason
-                .contains("neutral weight")
-        })
-        .await;
+        let neutral = reason_within(&lb, "remote", "neutral weight", Duration::from_secs(5)).await;
         let r = weights(&lb);
         assert!(neutral, "{what}: neutral: {:?}", row(&r, "remote"));
         let others = (row(&r, "local").weight + row(&r, "local2").weight) / 2.0;
@@ -312,20 +313,18 @@ async fn the_planner_keeps_the_last_good_curve_of_a_failing_model() {
     );
     let local = format!("    cpu: {{source: static, percent: 60}}\n{CURVE}");
     let lb = start(&config(&[("remote", remote), ("local", local)])).await;
-    let ok = eventually(Duration::from_secs(5), async || {
-        row(&weights(&lb), "remote").reason.starts_with("ok")
-    })
-    .await;
+    let ok = reason_within(&lb, "remote", "ok, model", Duration::from_secs(5)).await;
     assert!(ok, "{:?}", weights(&lb));
     // Let the mover reach its plan.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = row(&weights(&lb), "remote").weight;
     mode.store(1, Ordering::Relaxed);
-    let last = eventually(Duration::from_secs(3), async || {
-        row(&weights(&lb), "remote")
-            .reason
-            .contains("using last prediction")
-    })
+    let last = reason_within(
+        &lb,
+        "remote",
+        "using last prediction",
+        Duration::from_secs(3),
+    )
     .await;
     let r = weights(&lb);
     assert!(last, "{r:?}");
@@ -399,10 +398,7 @@ async fn a_missing_input_neither_favours_nor_starves_its_node() {
     );
     let healthy = format!("    cpu: {{source: static, percent: 40}}\n{CURVE}");
     let lb = start(&config(&[("broken", broken), ("healthy", healthy)])).await;
-    let settled = eventually(Duration::from_secs(5), async || {
-        row(&weights(&lb), "broken").reason.contains("no cpu")
-    })
-    .await;
+    let settled = reason_within(&lb, "broken", "no cpu", Duration::from_secs(5)).await;
     let r = weights(&lb);
     assert!(settled, "{r:?}");
     // Two nodes, one unknown: it gets the other's weight, so traffic splits evenly.
@@ -590,11 +586,12 @@ async fn a_stale_input_keeps_its_last_value_then_turns_neutral() {
         .await
     );
     up.store(false, Ordering::Relaxed);
-    let stale = eventually(Duration::from_secs(3), async || {
-        row(&weights(&lb), "a")
-            .reason
-            .contains("stale delta_p, using last value")
-    })
+    let stale = reason_within(
+        &lb,
+        "a",
+        "stale delta_p, using last value",
+        Duration::from_secs(3),
+    )
     .await;
     let r = weights(&lb);
     assert!(stale, "{r:?}");
@@ -607,10 +604,7 @@ async fn a_stale_input_keeps_its_last_value_then_turns_neutral() {
         row(&r, "a").watts.is_some(),
         "still predicted from the last value"
     );
-    let missing = eventually(Duration::from_secs(5), async || {
-        row(&weights(&lb), "a").reason.contains("no delta_p")
-    })
-    .await;
+    let missing = reason_within(&lb, "a", "no delta_p", Duration::from_secs(5)).await;
     let r = weights(&lb);
     assert!(missing, "{r:?}");
     assert_eq!(
