@@ -315,11 +315,17 @@ fn bench(cli: Cli) -> std::io::Result<()> {
         written.push(s.name());
     }
     bar.finish_and_clear();
-    println!(
+    let wrote = format!(
         "wrote {} .json (and .svg) to {}",
         written.join(", "),
         cli.out.display()
     );
+    // With --json, stdout carries only the JSON lines others script against.
+    if cli.json {
+        eprintln!("{wrote}");
+    } else {
+        println!("{wrote}");
+    }
     match failed {
         Some(why) => Err(std::io::Error::other(why)),
         None => Ok(()),

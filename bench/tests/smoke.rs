@@ -162,3 +162,40 @@ fn a_small_kube_scale_run_syncs_and_follows_changes() {
     assert!(report["metrics_series"].as_u64().unwrap_or(0) > 0, "{json}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `energy --json` is a contract others script against: stdout is one JSON object per
+/// line and mix, with the issue's keys, and nothing else.
+#[test]
+fn energy_json_prints_only_the_contract_lines() {
+    let (stdout, out) = run_smoke(&["energy", "--json"], "energy-json");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "one line per shipped mix: {stdout}");
+    for line in lines {
+        let mix: serde_json::Value = serde_json::from_str(line).expect(line);
+        assert!(mix["mix"].is_string(), "{line}");
+        assert_eq!(mix["defaultPolicy"], "planner", "{line}");
+        assert!(mix["uniformFeasible"].is_boolean(), "{line}");
+        assert!(
+            mix["optimumWatts"].as_f64().is_some_and(|w| w > 0.0),
+            "{line}"
+        );
+        for policy in ["uniform", "wao", "wao-formula", "marginal", "planner"] {
+            let p = &mix["policies"][policy];
+            assert!(
+                p["watts"].as_f64().is_some_and(|w| w > 0.0),
+                "{policy}: {line}"
+            );
+            assert!(
+                p["shareOfOptimalSaving"].is_number() || p["shareOfOptimalSaving"].is_null(),
+                "{policy}: {line}"
+            );
+            assert!(p["peakUtilisation"].is_number(), "{policy}: {line}");
+            assert_eq!(
+                p["busiestShareRange"].as_array().map(Vec::len),
+                Some(2),
+                "{line}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

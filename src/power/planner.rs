@@ -31,8 +31,13 @@ pub const HOLD_WATTS: f64 = 0.5;
 
 /// A node's jitter may take it this many points over the ceiling, briefly...
 pub const JITTER_TOLERANCE: f64 = 2.0;
-/// ...as far as this many deviations of its jitter go.
-pub const JITTER_MARGIN: f64 = 2.0;
+/// ...as far as this many deviations of its jitter go: 4σ is passed once in 30,000
+/// intervals per node, so over hours of picks a node's load stays within the tolerance
+/// (at 2σ, one interval in 40 went over it).
+pub const JITTER_MARGIN: f64 = 4.0;
+/// A point of mean load over the ceiling weighs as much as this many points of jitter over
+/// the tolerance.
+const MEAN_FIRST: f64 = 1000.0;
 
 /// What is split: wao-lb's demand in cores, made of `connections` connections picked at
 /// random (unbounded: a split followed exactly).
@@ -149,14 +154,16 @@ impl PlanNode {
             .sum()
     }
 
-    /// How far (points) it is over its limit when planned at `share`: its mean over the
-    /// ceiling (or over its own background load if that is higher), or its jitter over the
-    /// tolerance above that.
+    /// How far it is over its limit when planned at `share`: the points its mean is over the
+    /// ceiling (or over its own background load if that is higher), each counting
+    /// `MEAN_FIRST` times, plus the points its jitter is over the tolerance. Where no split
+    /// keeps the jitter within the tolerance (few large connections on small nodes), means
+    /// still stay under the ceiling, and the jitter is spread rather than piled up.
     fn overload(&self, traffic: Traffic, share: f64, ceiling: f64) -> f64 {
         let (mean, deviation) = self.spread(traffic, share);
         let limit = ceiling.max(self.background);
         let jitter = mean + JITTER_MARGIN * deviation - (limit + JITTER_TOLERANCE);
-        (mean - limit).max(jitter).max(0.0)
+        MEAN_FIRST * (mean - limit).max(0.0) + jitter.max(0.0)
     }
 }
 
@@ -591,7 +598,7 @@ mod tests {
         // cluster of the bench): the exact optimum puts seven nodes just under the 80 %
         // kink, where jitter of a point costs the steep segment above it. The plan for
         // random picks expects fewer watts under that jitter and keeps every node's mean
-        // under the ceiling and two deviations under the ceiling's tolerance.
+        // under the ceiling and four deviations under the ceiling's tolerance.
         let e13 = [
             157.0, 265.0, 314.0, 362.0, 412.0, 461.0, 503.0, 544.0, 587.0, 661.0, 800.0,
         ];
@@ -631,6 +638,34 @@ mod tests {
         };
         let (_, more) = nodes[0].spread(many, 0.5);
         assert!(few > 1.0 && more < 1e-2, "{few} {more}");
+    }
+
+    #[test]
+    fn where_no_split_tames_the_jitter_means_still_keep_the_ceiling() {
+        // Eight 8-core nodes at 9 %, 33 cores in 328 connections (a generated cluster of
+        // the bench with realistic picks): a connection is 1.25 points, so any node with
+        // a share jitters far past the tolerance. Summed jitter is least with the load on
+        // one node, but no node's mean may pass the ceiling for it.
+        let node = PlanNode {
+            curve: Curve {
+                watts: [
+                    166.0, 179.0, 191.0, 200.0, 212.0, 224.0, 235.0, 245.0, 252.0, 259.0, 265.0,
+                ],
+            },
+            background: 8.8,
+            cores: 8.0,
+        };
+        let nodes = vec![node; 8];
+        let picks = Traffic {
+            cores: 32.8,
+            connections: 328.0,
+        };
+        let planned = optimal_split(&nodes, picks, Limits::default());
+        assert!(!planned.feasible());
+        for (n, s) in nodes.iter().zip(&planned.shares) {
+            let (mean, _) = n.spread(picks, *s);
+            assert!(mean <= 80.0 + 1e-9, "{:?}", planned.shares);
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 use wao_lb::dataplane::proxy::table::Table;
 use wao_lb::model::NodeName;
-use wao_lb::power::planner::{background, optimal_split, Curve, PlanNode, Traffic};
+use wao_lb::power::planner::{background, optimal_split, total_overload, Curve, PlanNode, Traffic};
 use wao_lb::power::weights::{apply, wao_delta_watts, wao_scores, NodeReport, PolicyState};
 use wao_lb::settings::{Limits, Policy};
 
@@ -46,9 +46,11 @@ pub struct MixReport {
     pub demand_cores: f64,
     /// Whether uniform picks keep every node at or below the ceiling.
     pub uniform_feasible: bool,
-    /// Watts of the optimal split, picked at random like every policy's.
+    /// Watts of the optimal split for random picks (the best that keeps the ceiling under
+    /// their jitter), picked at random like every policy's.
     pub optimum_watts: f64,
-    /// Watts of the optimal split, followed exactly (a bound no random picks reach).
+    /// Watts of the optimal split if picks followed it exactly (a bound no random picks
+    /// reach).
     pub optimum_exact_watts: f64,
     /// The highest utilisation a node reached under the optimal split's random picks.
     pub optimum_peak_percent: f64,
@@ -190,15 +192,7 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64, best: &[f64]) -> Outcome {
     let mut noise_rng = SmallRng::seed_from_u64(seed ^ 0x6e6f697365);
     let mut state = PolicyState::default();
     let limits = Limits::default();
-    // What the planner splits: the demand, over the picks of a tick or the open connections.
-    let traffic = Traffic {
-        cores: demand,
-        connections: if mix.realistic_picks {
-            (demand * 1000.0 / mix.cpu_per_connection).round().max(1.0)
-        } else {
-            PICKS_PER_TICK as f64
-        },
-    };
+    let traffic = picked_traffic(mix);
     let mut history: VecDeque<Vec<f64>> = VecDeque::from([vec![1.0 / n as f64; n]]);
     let (mut watts_sum, mut max_load, mut share_sum) = (0.0, 0.0f64, vec![0.0; n]);
     let mut recent: VecDeque<Vec<f64>> = VecDeque::new();
@@ -331,28 +325,47 @@ fn closed_loop(mix: &Mix, sim: Sim, seed: u64, best: &[f64]) -> Outcome {
     }
 }
 
-/// The split of the demand that minimises total watts with every node at or below the
-/// ceiling: the planner's exact dynamic programming (`wao_lb::power::planner`).
-fn optimum(mix: &Mix) -> Vec<f64> {
+/// What is split each tick: the demand, over the picks of a tick or the open connections.
+fn picked_traffic(mix: &Mix) -> Traffic {
+    Traffic {
+        cores: mix.demand_cores,
+        connections: if mix.realistic_picks {
+            (mix.demand_cores * 1000.0 / mix.cpu_per_connection)
+                .round()
+                .max(1.0)
+        } else {
+            PICKS_PER_TICK as f64
+        },
+    }
+}
+
+/// The split of `traffic` that minimises total watts with every node within the ceiling,
+/// by the planner's exact dynamic programming (`wao_lb::power::planner`), with the true
+/// loads and curves and no minimum share.
+fn optimum(mix: &Mix, traffic: Traffic) -> Vec<f64> {
     let limits = Limits {
         ceiling_percent: CEILING,
         min_share: 0.0,
     };
-    optimal_split(
-        &plan_nodes(&mix.nodes),
-        Traffic::exact(mix.demand_cores),
-        limits,
-    )
-    .shares
+    optimal_split(&plan_nodes(&mix.nodes), traffic, limits).shares
 }
 
+/// The reference every policy is measured against is the best split whose random picks
+/// keep the ceiling (the exact optimum, followed by random picks, passes it by up to 8
+/// points); the exact optimum followed exactly is reported as a bound.
 pub fn run_mix(mix: &Mix, seed: u64) -> MixReport {
-    let best = optimum(mix);
+    let best = optimum(mix, picked_traffic(mix));
+    let exact = optimum(mix, Traffic::exact(mix.demand_cores));
     let n = mix.nodes.len() as f64;
-    let uniform_feasible = mix
-        .nodes
-        .iter()
-        .all(|node| load_percent(node, 1.0 / n, mix.demand_cores) <= CEILING + 1e-9);
+    // Uniform is held to the planner's rule: its mean within the ceiling, its jitter
+    // under random picks within the tolerance.
+    let uniform = vec![1.0 / n; mix.nodes.len()];
+    let uniform_feasible = total_overload(
+        &plan_nodes(&mix.nodes),
+        picked_traffic(mix),
+        &uniform,
+        CEILING,
+    ) <= 1e-9;
     let picked = closed_loop(mix, Sim::Optimum, seed, &best);
     MixReport {
         mix: mix.name.clone(),
@@ -360,7 +373,7 @@ pub fn run_mix(mix: &Mix, seed: u64) -> MixReport {
         uniform_feasible,
         optimum_watts: picked.watts,
         optimum_peak_percent: picked.max_load_percent,
-        optimum_exact_watts: total_watts(&mix.nodes, &best, mix.demand_cores),
+        optimum_exact_watts: total_watts(&mix.nodes, &exact, mix.demand_cores),
         outcomes: Sim::ALL
             .iter()
             .map(|sim| closed_loop(mix, *sim, seed, &best))
@@ -583,7 +596,7 @@ mod tests {
     #[test]
     fn the_optimum_respects_the_ceiling_and_no_policy_under_it_beats_it() {
         for mix in shipped().unwrap() {
-            let best = optimum(&mix);
+            let best = optimum(&mix, picked_traffic(&mix));
             for (n, s) in mix.nodes.iter().zip(&best) {
                 assert!(
                     load_percent(n, *s, mix.demand_cores) <= CEILING + 1e-9,
@@ -610,7 +623,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            optimum(&mix)[0] > 0.9,
+            optimum(&mix, picked_traffic(&mix))[0] > 0.9,
             "the Arm node is far cheaper per core"
         );
     }
@@ -634,9 +647,8 @@ mod tests {
     #[test]
     fn the_planner_is_near_optimal_on_generated_clusters() {
         // 60 generated clusters (seed 5): of those with a feasible uniform split, at least
-        // 95 % reach 95 % of the optimal saving and none falls below 85 %; the plan's mean
-        // never passes the ceiling, so the busiest node stays within the optimum's own peak
-        // under the same random picks (or two points over the ceiling).
+        // 95 % reach 95 % of the optimal saving and none falls below 85 %; under random
+        // picks no node passes the ceiling by more than two points.
         let mixes = super::super::energy_mix::generate(60, 5).unwrap();
         let reports = run_all(&mixes, 5);
         let shares: Vec<f64> = reports
@@ -653,8 +665,7 @@ mod tests {
         assert!(shares.iter().all(|s| *s >= 0.85), "{shares:?}");
         for r in &reports {
             let peak = r.outcome("planner").unwrap().max_load_percent;
-            let allowed = r.optimum_peak_percent.max(CEILING + 2.0);
-            assert!(peak <= allowed + 1e-9, "{}: {peak}", r.mix);
+            assert!(peak <= CEILING + 2.0, "{}: {peak}", r.mix);
         }
     }
 
