@@ -5,6 +5,7 @@
 //! a JSON report and an SVG chart per scenario.
 
 mod backends;
+mod floor;
 mod measure;
 mod netns;
 mod report;
@@ -32,7 +33,7 @@ struct Cli {
     #[arg(value_enum, default_value = "all")]
     scenarios: Vec<Scenario>,
     /// Targets to measure, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["direct", "wao-lb", "wao-lb-tproxy", "haproxy", "nginx", "dnat"])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["direct", "floor", "wao-lb", "wao-lb-tproxy", "haproxy", "nginx", "dnat"])]
     targets: Vec<Target>,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5.0)]
@@ -95,6 +96,13 @@ struct Cli {
     /// The echo resets its connections when it dies.
     #[arg(long, hide = true)]
     echo_resets: bool,
+    /// Run the floor proxy (`tcp` or `udp`) from `--floor-listen` to `--floor-backend`.
+    #[arg(long, hide = true)]
+    serve_floor: Option<String>,
+    #[arg(long, hide = true)]
+    floor_listen: Option<std::net::SocketAddr>,
+    #[arg(long, hide = true)]
+    floor_backend: Option<std::net::SocketAddr>,
 }
 
 /// The clusters the energy scenario runs: the mix files given, else generated ones, else
@@ -142,6 +150,21 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(proto) = &cli.serve_floor {
+        let (Some(listen), Some(backend)) = (cli.floor_listen, cli.floor_backend) else {
+            eprintln!("--serve-floor needs --floor-listen and --floor-backend");
+            return ExitCode::FAILURE;
+        };
+        let served = match proto.as_str() {
+            "tcp" => floor::serve_tcp(listen, backend),
+            "udp" => floor::serve_udp(listen, backend),
+            other => Err(std::io::Error::other(format!("no floor for {other}"))),
+        };
+        if let Err(e) = served {
+            eprintln!("floor: {e}");
+        }
+        return ExitCode::FAILURE;
+    }
     if cli.serve_echo {
         let closing = if cli.echo_resets {
             backends::Closing::ResetOnDeath

@@ -16,6 +16,8 @@ use tokio::net::{TcpStream, UdpSocket};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
     Direct,
+    /// The floor (`floor.rs`): the least a userspace proxy spends.
+    Floor,
     WaoLb,
     WaoLbTproxy,
     Haproxy,
@@ -27,6 +29,7 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
+            Target::Floor => "floor",
             Target::WaoLb => "wao-lb",
             Target::WaoLbTproxy => "wao-lb-tproxy",
             Target::Haproxy => "haproxy",
@@ -39,7 +42,7 @@ impl Target {
     pub fn has_process(self) -> bool {
         matches!(
             self,
-            Target::WaoLb | Target::WaoLbTproxy | Target::Haproxy | Target::Nginx
+            Target::Floor | Target::WaoLb | Target::WaoLbTproxy | Target::Haproxy | Target::Nginx
         )
     }
 }
@@ -368,6 +371,26 @@ impl Target {
                 })
             }
             Target::Dnat => return start_dnat(listen, backend, proto).await,
+            Target::Floor => {
+                let me = std::env::current_exe()
+                    .map_err(|e| Skip(format!("cannot find wao-bench itself: {e}")))?;
+                let proto = match proto {
+                    Proto::Tcp => "tcp",
+                    Proto::Udp => "udp",
+                };
+                (
+                    me.to_string_lossy().into_owned(),
+                    vec![
+                        "--serve-floor".into(),
+                        proto.into(),
+                        "--floor-listen".into(),
+                        listen.to_string(),
+                        "--floor-backend".into(),
+                        backend.to_string(),
+                    ],
+                    setup.work.join("floor.log"),
+                )
+            }
             Target::WaoLb | Target::WaoLbTproxy => {
                 if !setup.wao_lb.is_file() {
                     return Err(Skip(format!(

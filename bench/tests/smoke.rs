@@ -39,7 +39,7 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
         &[
             "all",
             "--targets",
-            "direct,wao-lb,wao-lb-tproxy,haproxy,nginx,dnat",
+            "direct,floor,wao-lb,wao-lb-tproxy,haproxy,nginx,dnat",
         ],
         "smoke",
     );
@@ -61,6 +61,13 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
             .filter(|r| r["target"] == "wao-lb" || r["target"] == "wao-lb-tproxy")
             .collect();
         assert_eq!(lb.len(), 2 * variants, "{scenario}: {json}");
+        // The floor is built in: it always runs, and moves the same traffic.
+        let floor: Vec<_> = rows.iter().filter(|r| r["target"] == "floor").collect();
+        assert_eq!(floor.len(), variants, "{scenario}: {json}");
+        assert!(
+            floor.iter().all(|r| r["values"][key].as_f64().unwrap_or(-1.0) >= 0.0),
+            "{scenario}: {json}"
+        );
         for r in &lb {
             let v = r["values"][key].as_f64().unwrap_or(-1.0);
             // Idle memory may not grow at all for 50 connections; rates must be positive.
@@ -86,6 +93,7 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
         // Every target is either measured or skipped with a reason: never silently absent.
         for target in [
             "direct",
+            "floor",
             "wao-lb",
             "wao-lb-tproxy",
             "haproxy",

@@ -287,6 +287,11 @@ impl ServiceEntry {
         ranges.is_empty() || ranges.iter().any(|r| r.contains(client))
     }
 
+    /// Whether `address` is one of this entry's backends.
+    pub fn has_backend(&self, address: SocketAddr) -> bool {
+        self.by_address.contains_key(&address)
+    }
+
     /// After a failed connect the client's stickiness to that backend ends.
     pub fn forget_client(&self, client: IpAddr) {
         if let Some(aff) = &self.affinity {
@@ -299,6 +304,9 @@ impl ServiceEntry {
 #[derive(Default)]
 pub struct Routes {
     pub by_frontend: HashMap<Frontend, Arc<ServiceEntry>>,
+    /// Different in every build (0: none yet): a UDP session resolved under this
+    /// generation need not look its route up again until it changes.
+    pub generation: u64,
 }
 
 impl Routes {
@@ -330,7 +338,11 @@ impl Routes {
                 (*frontend, Arc::new(entry))
             })
             .collect();
-        Routes { by_frontend }
+        static BUILDS: AtomicU64 = AtomicU64::new(0);
+        Routes {
+            by_frontend,
+            generation: BUILDS.fetch_add(1, Ordering::Relaxed) + 1,
+        }
     }
 
     /// Every backend's counter of open connections, for `OpenConnections`.

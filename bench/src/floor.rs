@@ -1,0 +1,370 @@
+//! The floor: the least a userspace proxy can spend doing wao-lb's job for one fixed
+//! backend, to measure every proxy against. One thread, non-blocking sockets on raw
+//! edge-triggered epoll, no runtime, no pick, no metrics, no timers. TCP relays by
+//! read/write, and by splice(2) through a pipe once a direction has moved 64 KiB (as
+//! wao-lb does); UDP keeps one connected upstream socket per client.
+//!
+//! `wao-bench --serve-floor tcp|udp --floor-listen ADDR --floor-backend ADDR` runs it (the
+//! harness starts it like any peer, alone on the proxy core).
+
+use std::collections::HashMap;
+use std::io;
+use std::mem::size_of;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Socket, Type};
+
+/// Bytes a direction copies before it switches to splice.
+const SPLICE_AFTER: u64 = 64 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn check_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers; the new fd is owned here.
+        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` was just returned to us and is owned by nothing else.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `fd` edge-triggered for input, output and hang-ups, tagged with `fd`.
+    fn add(&self, fd: RawFd) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: the event lives on our stack for the call; both fds are open.
+        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })
+            .map(drop)
+    }
+
+    fn wait(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+        // SAFETY: the kernel writes at most `events.len()` entries into the slice.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                -1,
+            )
+        };
+        match check(n) {
+            Ok(n) => Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One direction of a TCP connection: bytes from `src` to `dst`.
+#[derive(Default)]
+struct Direction {
+    moved: u64,
+    /// Bytes read but not yet written: copied ones in `held`, spliced ones in the pipe.
+    held: Vec<u8>,
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    in_pipe: usize,
+    eof: bool,
+    done: bool,
+}
+
+impl Direction {
+    /// Moves what it can; Ok(()) when it must wait for readiness or is done.
+    fn pump(&mut self, src: RawFd, dst: RawFd, buf: &mut [u8]) -> io::Result<()> {
+        loop {
+            if self.done {
+                return Ok(());
+            }
+            if !self.held.is_empty() {
+                match write(dst, &self.held) {
+                    Ok(n) => {
+                        self.held.drain(..n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.in_pipe > 0 {
+                let (r, _) = self
+                    .pipe
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("no pipe"))?;
+                match splice(r.as_raw_fd(), dst, self.in_pipe) {
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.eof {
+                // SAFETY: shutdown(2) on our own open socket.
+                unsafe { libc::shutdown(dst, libc::SHUT_WR) };
+                self.done = true;
+                return Ok(());
+            }
+            let read = if self.moved >= SPLICE_AFTER {
+                if self.pipe.is_none() {
+                    self.pipe = Some(pipe()?);
+                }
+                let (_, w) = self
+                    .pipe
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("no pipe"))?;
+                splice(src, w.as_raw_fd(), CHUNK).inspect(|n| self.in_pipe = *n)
+            } else {
+                read(src, buf).and_then(|n| {
+                    let written = match write(dst, &buf[..n]) {
+                        Ok(w) => w,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                        Err(e) => return Err(e),
+                    };
+                    self.held.extend_from_slice(&buf[written..n]);
+                    Ok(n)
+                })
+            };
+            match read {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.moved += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    check_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
+    check_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: splice(2) moves bytes between two of our open fds; no user memory.
+    check_size(unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    })
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array, which we then own.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: both fds were just returned to us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+struct Connection {
+    client: TcpStream,
+    upstream: Socket,
+    up: Direction,
+    down: Direction,
+}
+
+impl Connection {
+    fn pump(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let (c, u) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
+        self.up.pump(c, u, buf)?;
+        self.down.pump(u, c, buf)?;
+        Ok(self.up.done && self.down.done)
+    }
+}
+
+/// Serves TCP on `listen`, relaying each connection to `backend`, until killed.
+pub fn serve_tcp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let epoll = Epoll::new()?;
+    epoll.add(listener.as_raw_fd())?;
+    // Connections by either of their fds' number.
+    let mut by_fd: HashMap<RawFd, RawFd> = HashMap::new();
+    let mut connections: HashMap<RawFd, Connection> = HashMap::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = epoll.wait(&mut events)?;
+        for event in &events[..n] {
+            let fd = event.u64 as RawFd;
+            if fd == listener.as_raw_fd() {
+                while let Ok(client) = accept(&listener) {
+                    let Ok(upstream) = open_upstream(&client, backend) else {
+                        reset(client.as_raw_fd());
+                        continue;
+                    };
+                    let key = client.as_raw_fd();
+                    if epoll.add(key).is_err() || epoll.add(upstream.as_raw_fd()).is_err() {
+                        continue;
+                    }
+                    by_fd.insert(upstream.as_raw_fd(), key);
+                    connections.insert(
+                        key,
+                        Connection {
+                            client,
+                            upstream,
+                            up: Direction::default(),
+                            down: Direction::default(),
+                        },
+                    );
+                }
+                continue;
+            }
+            let key = by_fd.get(&fd).copied().unwrap_or(fd);
+            let Some(conn) = connections.get_mut(&key) else {
+                continue;
+            };
+            let finished = match conn.pump(&mut buf) {
+                Ok(done) => done,
+                Err(_) => {
+                    reset(conn.client.as_raw_fd());
+                    reset(conn.upstream.as_raw_fd());
+                    true
+                }
+            };
+            if finished {
+                if let Some(conn) = connections.remove(&key) {
+                    by_fd.remove(&conn.upstream.as_raw_fd());
+                }
+            }
+        }
+    }
+}
+
+/// A connection, non-blocking from the start (accept4).
+fn accept(listener: &TcpListener) -> io::Result<TcpStream> {
+    // SAFETY: accept4 with null address pointers writes nothing of ours; the new fd is
+    // owned by the stream.
+    let fd = check(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just returned to us.
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+fn open_upstream(client: &TcpStream, backend: SocketAddr) -> io::Result<Socket> {
+    client.set_nodelay(true)?;
+    let s = Socket::new(
+        Domain::for_address(backend),
+        Type::STREAM.nonblocking(),
+        None,
+    )?;
+    s.set_nodelay(true)?;
+    match s.connect(&backend.into()) {
+        Ok(()) => Ok(s),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+        Err(e) => Err(e),
+    }
+}
+
+/// SO_LINGER 0: the close that follows sends RST.
+fn reset(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads a linger struct from our stack.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Serves UDP on `listen`: each client gets a connected upstream socket to `backend`, and
+/// its replies go back through the listener. Sessions never expire (the floor has no
+/// timers); a run is short.
+pub fn serve_udp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
+    let listener = UdpSocket::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let epoll = Epoll::new()?;
+    epoll.add(listener.as_raw_fd())?;
+    let mut upstream_of: HashMap<SocketAddr, UdpSocket> = HashMap::new();
+    let mut client_of: HashMap<RawFd, SocketAddr> = HashMap::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = epoll.wait(&mut events)?;
+        for event in &events[..n] {
+            let fd = event.u64 as RawFd;
+            if fd == listener.as_raw_fd() {
+                while let Ok((len, client)) = listener.recv_from(&mut buf) {
+                    let upstream = match upstream_of.entry(client) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            let Ok(s) = connect_udp(backend) else {
+                                continue;
+                            };
+                            if epoll.add(s.as_raw_fd()).is_err() {
+                                continue;
+                            }
+                            client_of.insert(s.as_raw_fd(), client);
+                            v.insert(s)
+                        }
+                    };
+                    let _ = upstream.send(&buf[..len]);
+                }
+                continue;
+            }
+            let Some(client) = client_of.get(&fd).copied() else {
+                continue;
+            };
+            let Some(upstream) = upstream_of.get(&client) else {
+                continue;
+            };
+            while let Ok(len) = upstream.recv(&mut buf) {
+                let _ = listener.send_to(&buf[..len], client);
+            }
+        }
+    }
+}
+
+fn connect_udp(backend: SocketAddr) -> io::Result<UdpSocket> {
+    let any: SocketAddr = if backend.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = UdpSocket::bind(any)?;
+    s.set_nonblocking(true)?;
+    s.connect(backend)?;
+    Ok(s)
+}
