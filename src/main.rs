@@ -91,7 +91,9 @@ fn main() -> ExitCode {
         Command::Nft { config } => nft(&config),
         Command::Ipvs { config } => ipvs(&config),
         command => {
+            let workers = runtime_workers(&command);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
                 .enable_all()
                 .build()
             {
@@ -129,6 +131,30 @@ async fn async_main(command: Command) -> ExitCode {
         },
         Command::Check { .. } | Command::Nft { .. } | Command::Ipvs { .. } => ExitCode::FAILURE,
     }
+}
+
+/// The runtime's worker threads: `proxy.workers` when `run`'s config sets it, else as
+/// many CPUs as this process may use (std reads the cgroup's CPU quota, v1 or v2, and the
+/// affinity mask), so a DaemonSet with a CPU limit of 2 runs 2 on a 64-core node. A
+/// config that cannot be read here gets the default; `run` then reports its errors.
+fn runtime_workers(command: &Command) -> usize {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let configured = match command {
+        Command::Run { config } => FileConfig::load(config)
+            .ok()
+            .and_then(|c| c.settings.proxy.workers),
+        _ => None,
+    };
+    let workers = configured.unwrap_or(available);
+    let source = if configured.is_some() {
+        "proxy.workers"
+    } else {
+        "the CPUs this process may use"
+    };
+    if matches!(command, Command::Run { .. }) {
+        tracing::info!(workers, available, "runtime workers from {source}");
+    }
+    workers
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

@@ -63,6 +63,7 @@ fn broken_files_name_the_bad_key() {
             &["proxy.connectTimeout: duration \"10000000000000000000s10000000000000000000s\" is too long"],
         ),
         ("bad attempts", "proxy: {connectAttempts: 0}\n", &["proxy.connectAttempts: 0 is outside 1..16"]),
+        ("bad workers", "proxy: {workers: 0}\n", &["proxy.workers: 0 is outside 1..1024"]),
         ("bad quantity", "power: {cpuPerConnection: lots}\n", &["power.cpuPerConnection: invalid CPU quantity \"lots\""]),
         ("bad policy", "power: {policy: greedy}\n", &["power.policy: unknown variant `greedy`"]),
         ("bad admin", "admin: {listen: localhost}\n", &["admin.listen: invalid socket address \"localhost\""]),

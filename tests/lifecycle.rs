@@ -543,3 +543,96 @@ async fn sampled_connections_are_logged_when_they_close() {
         assert_eq!(f["ending"], "Closed");
     }
 }
+
+/// A cgroup of the `cpu` controller (v2 if it has one, else v1) limited to `cpus` CPUs;
+/// removed on drop.
+struct CpuCgroup(std::path::PathBuf);
+
+impl CpuCgroup {
+    fn limited_to(cpus: u32) -> CpuCgroup {
+        let name = format!("wao-lb-test-{}", std::process::id());
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let v2_cpu = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"));
+        let dir = if v2_cpu {
+            let dir = v2.join(&name);
+            std::fs::create_dir_all(&dir).expect("create a v2 cgroup (root)");
+            std::fs::write(dir.join("cpu.max"), format!("{} 100000", cpus * 100_000))
+                .expect("cpu.max");
+            dir
+        } else {
+            let dir = v2.join("cpu").join(&name);
+            std::fs::create_dir_all(&dir).expect("create a v1 cpu cgroup (root)");
+            std::fs::write(dir.join("cpu.cfs_period_us"), "100000").expect("period");
+            std::fs::write(dir.join("cpu.cfs_quota_us"), (cpus * 100_000).to_string())
+                .expect("quota");
+            dir
+        };
+        CpuCgroup(dir)
+    }
+}
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+async fn workers(admin: SocketAddr) -> Option<f64> {
+    let (_, m) = http_get(admin, "/metrics").await;
+    metric(&m, "wao_lb_workers")
+}
+
+/// The runtime's threads follow `proxy.workers`, else the CPU quota of the process's
+/// cgroup (a DaemonSet's CPU limit), not the node's core count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_follow_the_config_else_the_cgroup_cpu_quota() {
+    let echo = echo_server().await;
+    let dir = TempDir::new("workers");
+    let one = |web| service_yaml("web", "tcp", web, &[(echo.addr, "a")]);
+
+    // Set: exactly that many, whatever the machine.
+    let admin = free_addr();
+    let text = format!(
+        "admin: {{listen: \"{admin}\"}}\nproxy: {{workers: 3}}\nservices:\n{}",
+        one(free_addr())
+    );
+    let mut lb = Process::run(&dir.file("set.yaml", &text));
+    assert!(admin_up(admin).await);
+    assert_eq!(workers(admin).await, Some(3.0));
+    lb.signal("TERM");
+    assert!(lb.wait_exit(Duration::from_secs(10)).is_some());
+
+    // Unset, in a cgroup limited to one CPU on a machine with more: one.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cores >= 2, "this test needs a machine with at least 2 CPUs");
+    let cgroup = CpuCgroup::limited_to(1);
+    let admin = free_addr();
+    let path = dir.file("unset.yaml", &config_text(admin, &one(free_addr())));
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {BIN} run --config {}",
+        cgroup.0.display(),
+        path.display()
+    );
+    let child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn wao-lb in the cgroup");
+    let mut lb = Process { child };
+    assert!(admin_up(admin).await);
+    assert_eq!(workers(admin).await, Some(1.0));
+    lb.signal("TERM");
+    assert!(lb.wait_exit(Duration::from_secs(10)).is_some());
+    drop(cgroup);
+
+    // Unset, outside: every CPU.
+    let admin = free_addr();
+    let path = dir.file("free.yaml", &config_text(admin, &one(free_addr())));
+    let mut lb = Process::run(&path);
+    assert!(admin_up(admin).await);
+    assert_eq!(workers(admin).await, Some(cores as f64));
+    lb.signal("TERM");
+    assert!(lb.wait_exit(Duration::from_secs(10)).is_some());
+}

@@ -87,8 +87,12 @@ struct Direction {
 }
 
 impl Direction {
-    /// Moves what it can; Ok(()) when it must wait for readiness or is done.
-    fn pump(&mut self, src: RawFd, dst: RawFd, buf: &mut [u8]) -> io::Result<()> {
+    /// Moves what it can; Ok(()) when it must wait for readiness or is done. A read that
+    /// came back short drained the socket: no further read that could only say EAGAIN (a
+    /// new edge comes with new bytes). At end of stream the write side is shut down, unless
+    /// `other_done`: then the close that follows ends both ways.
+    fn pump(&mut self, src: RawFd, dst: RawFd, buf: &mut [u8], other_done: bool) -> io::Result<()> {
+        let mut drained = false;
         loop {
             if self.done {
                 return Ok(());
@@ -118,9 +122,14 @@ impl Direction {
                 }
             }
             if self.eof {
-                // SAFETY: shutdown(2) on our own open socket.
-                unsafe { libc::shutdown(dst, libc::SHUT_WR) };
+                if !other_done {
+                    // SAFETY: shutdown(2) on our own open socket.
+                    unsafe { libc::shutdown(dst, libc::SHUT_WR) };
+                }
                 self.done = true;
+                return Ok(());
+            }
+            if drained {
                 return Ok(());
             }
             let read = if self.moved >= SPLICE_AFTER {
@@ -145,7 +154,10 @@ impl Direction {
             };
             match read {
                 Ok(0) => self.eof = true,
-                Ok(n) => self.moved += n as u64,
+                Ok(n) => {
+                    self.moved += n as u64;
+                    drained = n < CHUNK;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
@@ -188,15 +200,21 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 struct Connection {
     client: TcpStream,
     upstream: Socket,
+    /// The upstream connect completed (its first writable edge): until then nothing is
+    /// read, so no write can find it unconnected.
+    connected: bool,
     up: Direction,
     down: Direction,
 }
 
 impl Connection {
     fn pump(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if !self.connected {
+            return Ok(false);
+        }
         let (c, u) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
-        self.up.pump(c, u, buf)?;
-        self.down.pump(u, c, buf)?;
+        self.up.pump(c, u, buf, self.down.done)?;
+        self.down.pump(u, c, buf, self.up.done)?;
         Ok(self.up.done && self.down.done)
     }
 }
@@ -232,6 +250,7 @@ pub fn serve_tcp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
                         Connection {
                             client,
                             upstream,
+                            connected: false,
                             up: Direction::default(),
                             down: Direction::default(),
                         },
@@ -243,6 +262,10 @@ pub fn serve_tcp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
             let Some(conn) = connections.get_mut(&key) else {
                 continue;
             };
+            if fd != key && event.events & (libc::EPOLLOUT | libc::EPOLLERR) as u32 != 0 {
+                // Connected, or failed: the pump's first call on it says which.
+                conn.connected = true;
+            }
             let finished = match conn.pump(&mut buf) {
                 Ok(done) => done,
                 Err(_) => {

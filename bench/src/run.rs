@@ -196,6 +196,10 @@ pub async fn scenario(
     if matches!(scenario, Scenario::Rr | Scenario::Udp) {
         added_p99(&mut rows);
     }
+    let mut columns = columns;
+    if cpu_over_floor(&mut rows, &columns) {
+        columns.push(Column::new(CPU_OVER_FLOOR, "CPU ×floor"));
+    }
     Ok(Report {
         scenario: scenario.name(),
         setup: description,
@@ -206,23 +210,61 @@ pub async fn scenario(
     })
 }
 
+/// The key of a row's proxy CPU as a multiple of the floor's under the same variant.
+pub const CPU_OVER_FLOOR: &str = "cpu_over_floor";
+
+/// Sets each row's `cpu_over_floor`: its proxy CPU (the scenario's `proxy_cpu*` column)
+/// divided by the floor's under the same variant. False when there is nothing to divide
+/// by (no floor row with CPU, or no CPU column).
+pub fn cpu_over_floor(rows: &mut [Row], columns: &[Column]) -> bool {
+    let Some(key) = columns
+        .iter()
+        .map(|c| c.key)
+        .find(|k| k.starts_with("proxy_cpu"))
+    else {
+        return false;
+    };
+    relative_to(rows, Target::Floor, key, CPU_OVER_FLOOR, |cpu, floor| {
+        (floor > 0.0).then(|| cpu / floor)
+    })
+}
+
 /// Sets each row's `added_p99_us`: its p99 minus direct's p99 under the same variant, the
 /// latency the target itself adds. Without a direct row there is nothing to subtract.
 pub fn added_p99(rows: &mut [Row]) {
-    let direct: Vec<(String, f64)> = rows
+    relative_to(
+        rows,
+        Target::Direct,
+        "p99_us",
+        "added_p99_us",
+        |p99, direct| Some(p99 - direct),
+    );
+}
+
+/// Sets `out` on each row that has `key`, from its value and `base`'s row under the same
+/// variant; whether `base` has any row with `key`.
+fn relative_to(
+    rows: &mut [Row],
+    base: Target,
+    key: &str,
+    out: &'static str,
+    combine: impl Fn(f64, f64) -> Option<f64>,
+) -> bool {
+    let bases: Vec<(String, f64)> = rows
         .iter()
-        .filter(|r| r.target == Target::Direct.name())
-        .filter_map(|r| Some((r.variant.clone(), r.get("p99_us")?)))
+        .filter(|r| r.target == base.name())
+        .filter_map(|r| Some((r.variant.clone(), r.get(key)?)))
         .collect();
     for row in rows.iter_mut() {
-        let base = direct
-            .iter()
-            .find(|(v, _)| *v == row.variant)
-            .map(|(_, p)| *p);
-        if let (Some(base), Some(p99)) = (base, row.get("p99_us")) {
-            row.values.insert("added_p99_us", p99 - base);
+        let of_variant = bases.iter().find(|(v, _)| *v == row.variant);
+        if let Some(value) = of_variant
+            .zip(row.get(key))
+            .and_then(|((_, b), own)| combine(own, *b))
+        {
+            row.values.insert(out, value);
         }
     }
+    !bases.is_empty()
 }
 
 async fn measure(
@@ -288,5 +330,24 @@ mod tests {
         let mut alone = vec![Row::new("wao-lb", "max").set("p99_us", Some(1.0))];
         added_p99(&mut alone);
         assert_eq!(alone[0].get("added_p99_us"), None);
+    }
+
+    #[test]
+    fn cpu_is_given_over_the_floor_of_the_same_variant() {
+        let columns = [Column::new("rate", "r"), Column::new("proxy_cpu_us", "c")];
+        let mut rows = vec![
+            Row::new("floor", "max").set("proxy_cpu_us", Some(8.0)),
+            Row::new("wao-lb", "max").set("proxy_cpu_us", Some(10.0)),
+            Row::new("wao-lb", "paced").set("proxy_cpu_us", Some(10.0)),
+            Row::new("direct", "max"),
+        ];
+        assert!(cpu_over_floor(&mut rows, &columns));
+        assert_eq!(rows[0].get(CPU_OVER_FLOOR), Some(1.0));
+        assert_eq!(rows[1].get(CPU_OVER_FLOOR), Some(1.25));
+        assert_eq!(rows[2].get(CPU_OVER_FLOOR), None);
+        assert_eq!(rows[3].get(CPU_OVER_FLOOR), None);
+        let mut no_floor = vec![Row::new("wao-lb", "max").set("proxy_cpu_us", Some(1.0))];
+        assert!(!cpu_over_floor(&mut no_floor, &columns));
+        assert_eq!(no_floor[0].get(CPU_OVER_FLOOR), None);
     }
 }

@@ -65,7 +65,9 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
         let floor: Vec<_> = rows.iter().filter(|r| r["target"] == "floor").collect();
         assert_eq!(floor.len(), variants, "{scenario}: {json}");
         assert!(
-            floor.iter().all(|r| r["values"][key].as_f64().unwrap_or(-1.0) >= 0.0),
+            floor
+                .iter()
+                .all(|r| r["values"][key].as_f64().unwrap_or(-1.0) >= 0.0),
             "{scenario}: {json}"
         );
         for r in &lb {

@@ -125,8 +125,9 @@ impl<D: Dataplane> Control<D> {
         }
         if new.settings.admin != self.settings.admin
             || new.settings.dataplane != self.settings.dataplane
+            || new.settings.proxy.workers != self.settings.proxy.workers
         {
-            tracing::warn!("admin and dataplane changes take effect on restart");
+            tracing::warn!("admin, dataplane and proxy.workers changes take effect on restart");
         }
         if new.kubernetes != self.kubernetes {
             tracing::warn!("discovery changes take effect on restart");

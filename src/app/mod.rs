@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -103,6 +103,16 @@ fn reload_counter(registry: &Registry) -> IntCounterVec {
     c
 }
 
+/// `wao_lb_workers`: the threads the runtime serves on (`proxy.workers`, or the CPUs the
+/// process may use), as the runtime itself counts them.
+fn register_workers(registry: &Registry) {
+    let g = IntGauge::new("wao_lb_workers", "Runtime threads serving connections")
+        .unwrap_or_else(|e| unreachable!("metric is well-formed: {e}"));
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    g.set(i64::try_from(workers).unwrap_or(i64::MAX));
+    let _ = registry.register(Box::new(g));
+}
+
 /// Logs a config's warnings, at start and on each reload that applies.
 fn log_warnings(warnings: &[ConfigError]) {
     for w in warnings {
@@ -124,6 +134,7 @@ pub async fn start(config: FileConfig, path: Option<PathBuf>) -> Result<Running,
     } = config;
     log_warnings(&warnings);
     let registry = Registry::new();
+    register_workers(&registry);
     let ready = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
     let background = CancellationToken::new();

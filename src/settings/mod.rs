@@ -152,6 +152,9 @@ pub struct ProxySettings {
     /// The fraction of connections logged when they close (target `wao_lb::connections`);
     /// 0, the default, logs none.
     pub connection_log_sample: f64,
+    /// Threads that serve connections; None: as many CPUs as the process may use (its
+    /// cgroup's CPU quota and affinity, else the cores). Read at start only.
+    pub workers: Option<usize>,
 }
 
 impl Default for ProxySettings {
@@ -163,6 +166,7 @@ impl Default for ProxySettings {
             drain_timeout: Duration::from_secs(30),
             splice_after_bytes: 64 * 1024,
             connection_log_sample: 0.0,
+            workers: None,
         }
     }
 }
@@ -293,6 +297,7 @@ pub struct RawProxy {
     drain_timeout: Option<String>,
     splice_after_bytes: Option<u64>,
     connection_log_sample: Option<f64>,
+    workers: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -394,6 +399,9 @@ fn tproxy(v: &mut Validator, raw: &RawTproxy) -> TproxySettings {
     t
 }
 
+/// More threads than this is a typo, not a machine.
+const MAX_WORKERS: u64 = 1024;
+
 fn proxy(v: &mut Validator, raw: &RawProxy) -> ProxySettings {
     let d = ProxySettings::default();
     let connect_attempts = match raw.connect_attempts {
@@ -427,6 +435,14 @@ fn proxy(v: &mut Validator, raw: &RawProxy) -> ProxySettings {
             .map_or(d.connection_log_sample, |f| {
                 v.number_in("proxy.connectionLogSample", f, 0.0, 1.0, "")
             }),
+        workers: match raw.workers {
+            None => d.workers,
+            Some(n @ 1..=MAX_WORKERS) => Some(n as usize),
+            Some(n) => {
+                v.err("proxy.workers", format!("{n} is outside 1..{MAX_WORKERS}"));
+                d.workers
+            }
+        },
     }
 }
 
