@@ -56,6 +56,24 @@ impl Epoll {
             .map(drop)
     }
 
+    /// Watches `listener`, then hands every event to `handle` (the epoll, the event's fd
+    /// and flags, a scratch buffer) until an error.
+    fn serve(
+        listener: RawFd,
+        mut handle: impl FnMut(&Epoll, RawFd, u32, &mut [u8]),
+    ) -> io::Result<()> {
+        let epoll = Epoll::new()?;
+        epoll.add(listener)?;
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = epoll.wait(&mut events)?;
+            for event in &events[..n] {
+                handle(&epoll, event.u64 as RawFd, event.events, &mut buf);
+            }
+        }
+    }
+
     fn wait(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
         // SAFETY: the kernel writes at most `events.len()` entries into the slice.
         let n = unsafe {
@@ -223,64 +241,56 @@ impl Connection {
 pub fn serve_tcp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
     let listener = TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
-    let epoll = Epoll::new()?;
-    epoll.add(listener.as_raw_fd())?;
     // Connections by either of their fds' number.
     let mut by_fd: HashMap<RawFd, RawFd> = HashMap::new();
     let mut connections: HashMap<RawFd, Connection> = HashMap::new();
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = epoll.wait(&mut events)?;
-        for event in &events[..n] {
-            let fd = event.u64 as RawFd;
-            if fd == listener.as_raw_fd() {
-                while let Ok(client) = accept(&listener) {
-                    let Ok(upstream) = open_upstream(&client, backend) else {
-                        reset(client.as_raw_fd());
-                        continue;
-                    };
-                    let key = client.as_raw_fd();
-                    if epoll.add(key).is_err() || epoll.add(upstream.as_raw_fd()).is_err() {
-                        continue;
-                    }
-                    by_fd.insert(upstream.as_raw_fd(), key);
-                    connections.insert(
-                        key,
-                        Connection {
-                            client,
-                            upstream,
-                            connected: false,
-                            up: Direction::default(),
-                            down: Direction::default(),
-                        },
-                    );
+    Epoll::serve(listener.as_raw_fd(), |epoll, fd, flags, buf| {
+        if fd == listener.as_raw_fd() {
+            while let Ok(client) = accept(&listener) {
+                let Ok(upstream) = open_upstream(&client, backend) else {
+                    reset(client.as_raw_fd());
+                    continue;
+                };
+                let key = client.as_raw_fd();
+                if epoll.add(key).is_err() || epoll.add(upstream.as_raw_fd()).is_err() {
+                    continue;
                 }
-                continue;
+                by_fd.insert(upstream.as_raw_fd(), key);
+                connections.insert(
+                    key,
+                    Connection {
+                        client,
+                        upstream,
+                        connected: false,
+                        up: Direction::default(),
+                        down: Direction::default(),
+                    },
+                );
             }
-            let key = by_fd.get(&fd).copied().unwrap_or(fd);
-            let Some(conn) = connections.get_mut(&key) else {
-                continue;
-            };
-            if fd != key && event.events & (libc::EPOLLOUT | libc::EPOLLERR) as u32 != 0 {
-                // Connected, or failed: the pump's first call on it says which.
-                conn.connected = true;
+            return;
+        }
+        let key = by_fd.get(&fd).copied().unwrap_or(fd);
+        let Some(conn) = connections.get_mut(&key) else {
+            return;
+        };
+        if fd != key && flags & (libc::EPOLLOUT | libc::EPOLLERR) as u32 != 0 {
+            // Connected, or failed: the pump's first call on it says which.
+            conn.connected = true;
+        }
+        let finished = match conn.pump(buf) {
+            Ok(done) => done,
+            Err(_) => {
+                reset(conn.client.as_raw_fd());
+                reset(conn.upstream.as_raw_fd());
+                true
             }
-            let finished = match conn.pump(&mut buf) {
-                Ok(done) => done,
-                Err(_) => {
-                    reset(conn.client.as_raw_fd());
-                    reset(conn.upstream.as_raw_fd());
-                    true
-                }
-            };
-            if finished {
-                if let Some(conn) = connections.remove(&key) {
-                    by_fd.remove(&conn.upstream.as_raw_fd());
-                }
+        };
+        if finished {
+            if let Some(conn) = connections.remove(&key) {
+                by_fd.remove(&conn.upstream.as_raw_fd());
             }
         }
-    }
+    })
 }
 
 /// A connection, non-blocking from the start (accept4).
@@ -338,46 +348,38 @@ fn reset(fd: RawFd) {
 pub fn serve_udp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
     let listener = UdpSocket::bind(listen)?;
     listener.set_nonblocking(true)?;
-    let epoll = Epoll::new()?;
-    epoll.add(listener.as_raw_fd())?;
     let mut upstream_of: HashMap<SocketAddr, UdpSocket> = HashMap::new();
     let mut client_of: HashMap<RawFd, SocketAddr> = HashMap::new();
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = epoll.wait(&mut events)?;
-        for event in &events[..n] {
-            let fd = event.u64 as RawFd;
-            if fd == listener.as_raw_fd() {
-                while let Ok((len, client)) = listener.recv_from(&mut buf) {
-                    let upstream = match upstream_of.entry(client) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            let Ok(s) = connect_udp(backend) else {
-                                continue;
-                            };
-                            if epoll.add(s.as_raw_fd()).is_err() {
-                                continue;
-                            }
-                            client_of.insert(s.as_raw_fd(), client);
-                            v.insert(s)
+    Epoll::serve(listener.as_raw_fd(), |epoll, fd, _, buf| {
+        if fd == listener.as_raw_fd() {
+            while let Ok((len, client)) = listener.recv_from(buf) {
+                let upstream = match upstream_of.entry(client) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let Ok(s) = connect_udp(backend) else {
+                            continue;
+                        };
+                        if epoll.add(s.as_raw_fd()).is_err() {
+                            continue;
                         }
-                    };
-                    let _ = upstream.send(&buf[..len]);
-                }
-                continue;
+                        client_of.insert(s.as_raw_fd(), client);
+                        v.insert(s)
+                    }
+                };
+                let _ = upstream.send(&buf[..len]);
             }
-            let Some(client) = client_of.get(&fd).copied() else {
-                continue;
-            };
-            let Some(upstream) = upstream_of.get(&client) else {
-                continue;
-            };
-            while let Ok(len) = upstream.recv(&mut buf) {
-                let _ = listener.send_to(&buf[..len], client);
-            }
+            return;
         }
-    }
+        let Some(&client) = client_of.get(&fd) else {
+            return;
+        };
+        let Some(upstream) = upstream_of.get(&client) else {
+            return;
+        };
+        while let Ok(len) = upstream.recv(buf) {
+            let _ = listener.send_to(&buf[..len], client);
+        }
+    })
 }
 
 fn connect_udp(backend: SocketAddr) -> io::Result<UdpSocket> {

@@ -145,26 +145,17 @@ fn original_dst(h: &libc::msghdr) -> Option<SocketAddr> {
             let data = libc::CMSG_DATA(c);
             let holds =
                 |size: usize| (*c).cmsg_len as usize >= libc::CMSG_LEN(size as u32) as usize;
-            let found = if level == libc::SOL_IP
-                && kind == libc::IP_ORIGDSTADDR
-                && holds(size_of::<libc::sockaddr_in>())
-            {
+            let size = match (level, kind) {
+                (libc::SOL_IP, libc::IP_ORIGDSTADDR) => size_of::<libc::sockaddr_in>(),
+                (libc::SOL_IPV6, libc::IPV6_ORIGDSTADDR) => size_of::<libc::sockaddr_in6>(),
+                _ => 0,
+            };
+            let found = if size > 0 && holds(size) {
                 let mut a: libc::sockaddr_storage = zeroed();
                 std::ptr::copy_nonoverlapping(
                     data,
                     (&mut a as *mut libc::sockaddr_storage).cast(),
-                    size_of::<libc::sockaddr_in>(),
-                );
-                socket_addr(&a)
-            } else if level == libc::SOL_IPV6
-                && kind == libc::IPV6_ORIGDSTADDR
-                && holds(size_of::<libc::sockaddr_in6>())
-            {
-                let mut a: libc::sockaddr_storage = zeroed();
-                std::ptr::copy_nonoverlapping(
-                    data,
-                    (&mut a as *mut libc::sockaddr_storage).cast(),
-                    size_of::<libc::sockaddr_in6>(),
+                    size,
                 );
                 socket_addr(&a)
             } else {
