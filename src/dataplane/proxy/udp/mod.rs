@@ -1,21 +1,23 @@
 //! UDP: per-client sessions. The first datagram from a client address picks a backend and
 //! opens an upstream socket connected to it; replies go back from the address the client
-//! sent to: the service's own socket (`listen`), or in transparent mode a socket of the
-//! flow's own, bound to the VIP and connected to the client. Sessions end after the idle
-//! timeout, after the service's `udp.responses` replies, when the backend is unreachable
-//! (ICMP; the backend is then ejected, and the client's next datagram picks another), or at
-//! stop. A new flow needs a slot of the descriptor budget and room under `maxSessions`;
-//! when there is none, the least recently active session idle for `EVICTABLE_IDLE` makes
-//! room, and only if none has idled is the new flow's datagram dropped (counted, and
-//! logged at most once per period).
+//! sent to: the service's own socket (`listen`), or in transparent mode the frontend's
+//! reply socket, bound to the VIP and port and shared by all of that frontend's flows. All
+//! of a client's datagrams arrive on the listener (TPROXY picks an unconnected socket only
+//! as the listener), so a flow costs one socket, its upstream one. Sessions end after the
+//! idle timeout, after the service's `udp.responses` replies, when the backend is
+//! unreachable (ICMP; the backend is then ejected, and the client's next datagram picks
+//! another), when their route no longer holds, or at stop. A new flow needs a slot of the
+//! descriptor budget and room under `maxSessions`; when there is none, the least recently
+//! active session idle for `EVICTABLE_IDLE` makes room, and only if none has idled is the
+//! new flow's datagram dropped (counted, and logged at most once per period).
 //!
-//! A flow's own socket can receive another client's datagram: the kernel's TPROXY lookup
-//! races the socket's connect. Such a stray goes back to the listener's loop, which serves
-//! it like any datagram, so it is never relayed as the wrong client's.
+//! A datagram that reaches a reply socket anyway (it is bound to the VIP) goes back to the
+//! listener's loop, which serves it like any datagram.
 
 mod batch;
 mod sessions;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::pin;
@@ -40,9 +42,12 @@ use crate::model::{Frontend, Protocol};
 /// A session silent for this long may be evicted to make room for a new flow.
 const EVICTABLE_IDLE: Duration = Duration::from_secs(2);
 
-/// A datagram a flow's own socket received from another client: its bytes, its client,
-/// and the frontend address it was sent to.
+/// A datagram a reply socket received: its bytes, its client, and the frontend address it
+/// was sent to.
 type Stray = (Vec<u8>, SocketAddr, SocketAddr);
+
+/// Transparent mode: each frontend's reply socket, and the token that stops its reader.
+type ReplySockets = Mutex<HashMap<SocketAddr, (Arc<UdpSocket>, CancellationToken)>>;
 
 /// Strays waiting for the listener's loop; past this many, they are dropped and counted.
 const STRAYS_QUEUED: usize = 256;
@@ -54,6 +59,7 @@ struct Shared {
     destination: Destination,
     sessions: Arc<Sessions<Session>>,
     strays: mpsc::Sender<Stray>,
+    reply_sockets: Arc<ReplySockets>,
     ctx: Arc<ProxyContext>,
     stop: CancellationToken,
     /// Warnings about dropped flows, at most one per period.
@@ -128,10 +134,12 @@ pub async fn serve(
         destination,
         sessions: Arc::default(),
         strays,
+        reply_sockets: Arc::default(),
         ctx,
         stop,
         drops: Arc::default(),
     };
+    let mut generation = 0;
     let mut blocked = Vec::new();
     let stop = shared.stop.clone();
     let mut stopped = pin!(stop.cancelled());
@@ -158,6 +166,82 @@ pub async fn serve(
         // Datagrams whose upstream socket was full wait for it here, in order.
         for (session, datagram) in blocked.drain(..) {
             send_upstream(&session, &datagram).await;
+        }
+        let routes = shared.ctx.routes.load();
+        if routes.generation != generation {
+            generation = routes.generation;
+            drop_reply_sockets_without_route(&shared, &routes);
+        }
+    }
+}
+
+fn lock(
+    sockets: &ReplySockets,
+) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (Arc<UdpSocket>, CancellationToken)>> {
+    sockets.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Transparent mode: the reply socket of `frontend` (its VIP and port), made on its first
+/// flow; a task hands what it receives back to the listener's loop.
+fn reply_socket(shared: &Shared, frontend: SocketAddr) -> io::Result<Arc<UdpSocket>> {
+    let mut sockets = lock(&shared.reply_sockets);
+    if let Some((socket, _)) = sockets.get(&frontend) {
+        return Ok(socket.clone());
+    }
+    let socket = transparent_reply_socket(frontend)?;
+    // Replies are wao-lb's own traffic: the mark lets them past the redirect rules at
+    // once, as the upstream sockets' packets.
+    if let Some(m) = shared.ctx.upstream_mark {
+        socket2::SockRef::from(&socket).set_mark(m)?;
+    }
+    let socket = Arc::new(socket);
+    // A child of the listener's stop: it ends with the listener, or with its route.
+    let reader = shared.stop.child_token();
+    shared.ctx.tracker.spawn(hand_back(
+        socket.clone(),
+        frontend,
+        shared.strays.clone(),
+        reader.clone(),
+    ));
+    sockets.insert(frontend, (socket.clone(), reader));
+    Ok(socket)
+}
+
+/// Closes the reply sockets of frontends that are gone (their flows' sessions hold theirs
+/// until they end).
+fn drop_reply_sockets_without_route(shared: &Shared, routes: &Routes) {
+    lock(&shared.reply_sockets).retain(|frontend, (_, reader)| {
+        let key = Frontend {
+            protocol: Protocol::Udp,
+            address: *frontend,
+        };
+        let kept = routes.get(&key).is_some();
+        if !kept {
+            reader.cancel();
+        }
+        kept
+    });
+}
+
+/// Hands what a reply socket receives to the listener's loop, until `stop`.
+async fn hand_back(
+    socket: Arc<UdpSocket>,
+    frontend: SocketAddr,
+    strays: mpsc::Sender<Stray>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            r = socket.readable() => {
+                let received = r.and_then(|()| batch::receive(&socket, |d| {
+                    // A full queue drops it: the listener's loop is far behind.
+                    let _ = strays.try_send((d.bytes.to_vec(), d.from, frontend));
+                }));
+                if received.is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock) {
+                    return;
+                }
+            }
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -227,15 +311,6 @@ fn unreachable_backend(session: &Session, e: &io::Error, client: SocketAddr) {
     session.ended.cancel();
 }
 
-/// Transparent mode: a socket bound to the VIP and connected to the client. It sends the
-/// replies from the VIP, and because the kernel matches the exact flow to it, it also
-/// receives the client's further datagrams; the listener only sees each flow's first one.
-fn client_socket(vip: SocketAddr, client: SocketAddr) -> io::Result<Arc<UdpSocket>> {
-    let s = transparent_reply_socket(vip)?;
-    socket2::SockRef::from(&s).connect(&client.into())?;
-    Ok(Arc::new(s))
-}
-
 /// Opens a session for a new flow under `routes`, or None when its datagram is refused
 /// (unknown frontend, source not allowed) or dropped (session limit, no backend, no
 /// socket; counted and logged at most once per period).
@@ -277,7 +352,7 @@ fn new_session(
     let slot = admit(shared, settings.max_sessions)?;
     let reply = match shared.destination {
         Destination::Bound(_) => shared.listener.clone(),
-        _ => match client_socket(frontend, client) {
+        _ => match reply_socket(shared, frontend) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%frontend, error = %e, "cannot bind a reply socket");
@@ -384,37 +459,6 @@ fn forward_replies(
     }
 }
 
-/// Forwards what the client sent on its own socket (transparent mode) to the backend, and
-/// what another client sent to it back to the listener's loop.
-fn forward_requests(
-    session: &Session,
-    from_client: &UdpSocket,
-    (client, frontend): Flow,
-    strays: &mpsc::Sender<Stray>,
-) -> io::Result<()> {
-    let counters = &session.entry.counters;
-    let received = batch::receive(from_client, |d| {
-        if d.from != client {
-            if strays
-                .try_send((d.bytes.to_vec(), d.from, frontend))
-                .is_err()
-            {
-                counters.udp_datagrams_dropped.inc();
-            }
-        } else if session.upstream.try_send(d.bytes).is_ok() {
-            counters.udp_datagrams_upstream.inc();
-        }
-    });
-    match received {
-        Ok(_) => {
-            session.touch();
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Carries the backend's replies to the client until the session idles out or fails.
 async fn replies(
     session: Arc<Session>,
@@ -425,9 +469,6 @@ async fn replies(
 ) {
     let (client, _) = flow;
     let entry = session.entry.clone();
-    // A connected reply socket is the session's own (transparent mode); the shared listener
-    // socket is read by `serve`.
-    let owns_reply = reply.peer_addr().is_ok();
     let responses = entry.service.udp_responses.map(u64::from);
     let mut blocked = Vec::new();
     // Made once, not per datagram: the idle timer is re-armed only when it fires.
@@ -448,11 +489,6 @@ async fn replies(
                     if reply.send_to(&datagram, client).await.is_ok() {
                         entry.counters.udp_datagrams_downstream.inc();
                     }
-                }
-            }
-            r = reply.readable(), if owns_reply => {
-                if r.and_then(|()| forward_requests(&session, &reply, flow, &shared.strays)).is_err() {
-                    break;
                 }
             }
             () = &mut idle => {
