@@ -4,8 +4,15 @@
 //! read/write, and by splice(2) through a pipe once a direction has moved 64 KiB (as
 //! wao-lb does); UDP keeps one connected upstream socket per client.
 //!
-//! `wao-bench --serve-floor tcp|udp --floor-listen ADDR --floor-backend ADDR` runs it (the
-//! harness starts it like any peer, alone on the proxy core).
+//! The transparent floor (`--floor-transparent`) sits behind wao-lb's own TPROXY rules,
+//! installed by the harness: TCP from the node arrives redirected on a plain listener, UDP
+//! on a transparent one that reports each datagram's original destination; replies leave
+//! from that destination through one transparent socket per frontend, and its sockets
+//! carry wao-lb's upstream mark, as wao-lb's do.
+//!
+//! `wao-bench --serve-floor tcp|udp --floor-listen ADDR --floor-backend ADDR
+//! [--floor-transparent --floor-mark MARK]` runs it (the harness starts it like any peer,
+//! alone on the proxy core).
 
 use std::collections::HashMap;
 use std::io;
@@ -238,7 +245,7 @@ impl Connection {
 }
 
 /// Serves TCP on `listen`, relaying each connection to `backend`, until killed.
-pub fn serve_tcp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
+pub fn serve_tcp(listen: SocketAddr, backend: SocketAddr, mark: Option<u32>) -> io::Result<()> {
     let listener = TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
     // Connections by either of their fds' number.
@@ -247,7 +254,7 @@ pub fn serve_tcp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
     Epoll::serve(listener.as_raw_fd(), |epoll, fd, flags, buf| {
         if fd == listener.as_raw_fd() {
             while let Ok(client) = accept(&listener) {
-                let Ok(upstream) = open_upstream(&client, backend) else {
+                let Ok(upstream) = open_upstream(&client, backend, mark) else {
                     reset(client.as_raw_fd());
                     continue;
                 };
@@ -309,7 +316,7 @@ fn accept(listener: &TcpListener) -> io::Result<TcpStream> {
     Ok(unsafe { TcpStream::from_raw_fd(fd) })
 }
 
-fn open_upstream(client: &TcpStream, backend: SocketAddr) -> io::Result<Socket> {
+fn open_upstream(client: &TcpStream, backend: SocketAddr, mark: Option<u32>) -> io::Result<Socket> {
     client.set_nodelay(true)?;
     let s = Socket::new(
         Domain::for_address(backend),
@@ -317,6 +324,9 @@ fn open_upstream(client: &TcpStream, backend: SocketAddr) -> io::Result<Socket> 
         None,
     )?;
     s.set_nodelay(true)?;
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
     match s.connect(&backend.into()) {
         Ok(()) => Ok(s),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
@@ -343,27 +353,46 @@ fn reset(fd: RawFd) {
 }
 
 /// Serves UDP on `listen`: each client gets a connected upstream socket to `backend`, and
-/// its replies go back through the listener. Sessions never expire (the floor has no
-/// timers); a run is short.
-pub fn serve_udp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
-    let listener = UdpSocket::bind(listen)?;
-    listener.set_nonblocking(true)?;
-    let mut upstream_of: HashMap<SocketAddr, UdpSocket> = HashMap::new();
+/// its replies go back through the listener, or (transparent) through the reply socket of
+/// the address it sent to. Sessions never expire (the floor has no timers); a run is short.
+pub fn serve_udp(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    transparent: bool,
+    mark: Option<u32>,
+) -> io::Result<()> {
+    let listener = Socket::new(Domain::for_address(listen), Type::DGRAM.nonblocking(), None)?;
+    if transparent {
+        set_int(&listener, libc::SOL_IP, libc::IP_TRANSPARENT)?;
+        set_int(&listener, libc::SOL_IP, libc::IP_RECVORIGDSTADDR)?;
+    }
+    listener.bind(&listen.into())?;
+    let listener: UdpSocket = listener.into();
+    // Per client: its upstream socket and the address it sent to.
+    let mut upstream_of: HashMap<SocketAddr, (UdpSocket, SocketAddr)> = HashMap::new();
     let mut client_of: HashMap<RawFd, SocketAddr> = HashMap::new();
+    let mut reply_of: HashMap<SocketAddr, UdpSocket> = HashMap::new();
     Epoll::serve(listener.as_raw_fd(), |epoll, fd, _, buf| {
         if fd == listener.as_raw_fd() {
-            while let Ok((len, client)) = listener.recv_from(buf) {
-                let upstream = match upstream_of.entry(client) {
+            while let Ok((len, client, dst)) = receive(&listener, buf) {
+                let dst = dst.unwrap_or(listen);
+                let (upstream, _) = match upstream_of.entry(client) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
-                        let Ok(s) = connect_udp(backend) else {
+                        let Ok(s) = connect_udp(backend, mark) else {
                             continue;
                         };
                         if epoll.add(s.as_raw_fd()).is_err() {
                             continue;
                         }
+                        if transparent && !reply_of.contains_key(&dst) {
+                            let Ok(r) = reply_socket(dst, mark) else {
+                                continue;
+                            };
+                            reply_of.insert(dst, r);
+                        }
                         client_of.insert(s.as_raw_fd(), client);
-                        v.insert(s)
+                        v.insert((s, dst))
                     }
                 };
                 let _ = upstream.send(&buf[..len]);
@@ -373,23 +402,98 @@ pub fn serve_udp(listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
         let Some(&client) = client_of.get(&fd) else {
             return;
         };
-        let Some(upstream) = upstream_of.get(&client) else {
+        let Some((upstream, dst)) = upstream_of.get(&client) else {
             return;
         };
+        let from = reply_of.get(dst).unwrap_or(&listener);
         while let Ok(len) = upstream.recv(buf) {
-            let _ = listener.send_to(&buf[..len], client);
+            let _ = from.send_to(&buf[..len], client);
         }
     })
 }
 
-fn connect_udp(backend: SocketAddr) -> io::Result<UdpSocket> {
-    let any: SocketAddr = if backend.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+fn set_int(socket: &Socket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from our stack.
+    check(unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// A transparent socket bound to `vip` (not a local address), to send replies from it.
+fn reply_socket(vip: SocketAddr, mark: Option<u32>) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(vip), Type::DGRAM.nonblocking(), None)?;
+    set_int(&s, libc::SOL_IP, libc::IP_TRANSPARENT)?;
+    s.set_reuse_address(true)?;
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
+    s.bind(&vip.into())?;
+    Ok(s.into())
+}
+
+/// One datagram with its source and, if the socket reports it, its original destination
+/// (IPv4 only: the bench's addresses are).
+fn receive(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<SocketAddr>)> {
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut from: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
-    let s = UdpSocket::bind(any)?;
-    s.set_nonblocking(true)?;
-    s.connect(backend)?;
-    Ok(s)
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<[u64; 8]>() as _;
+    // SAFETY: the kernel writes within the name, data and control buffers `msg` points to,
+    // each with its length; all outlive the call.
+    let len = check_size(unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) })?;
+    let v4 = |a: &libc::sockaddr_in| {
+        SocketAddr::from((
+            std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+            u16::from_be(a.sin_port),
+        ))
+    };
+    let mut dst = None;
+    // SAFETY: the CMSG walkers stay within the control buffer the kernel filled; an
+    // IP_ORIGDSTADDR message holds a sockaddr_in.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_IP && (*c).cmsg_type == libc::IP_ORIGDSTADDR {
+                let a = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::sockaddr_in>());
+                dst = Some(v4(&a));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((len, v4(&from), dst))
+}
+
+fn connect_udp(backend: SocketAddr, mark: Option<u32>) -> io::Result<UdpSocket> {
+    let s = Socket::new(
+        Domain::for_address(backend),
+        Type::DGRAM.nonblocking(),
+        None,
+    )?;
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
+    s.connect(&backend.into())?;
+    Ok(s.into())
 }

@@ -33,7 +33,7 @@ struct Cli {
     #[arg(value_enum, default_value = "all")]
     scenarios: Vec<Scenario>,
     /// Targets to measure, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["direct", "floor", "wao-lb", "wao-lb-tproxy", "haproxy", "nginx", "dnat"])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["direct", "floor", "floor-tproxy", "wao-lb", "wao-lb-tproxy", "haproxy", "nginx", "dnat"])]
     targets: Vec<Target>,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5.0)]
@@ -103,6 +103,12 @@ struct Cli {
     floor_listen: Option<std::net::SocketAddr>,
     #[arg(long, hide = true)]
     floor_backend: Option<std::net::SocketAddr>,
+    /// The floor sits behind the TPROXY rules.
+    #[arg(long, hide = true)]
+    floor_transparent: bool,
+    /// SO_MARK of the floor's upstream (and reply) sockets.
+    #[arg(long, hide = true)]
+    floor_mark: Option<u32>,
 }
 
 /// The clusters the energy scenario runs: the mix files given, else generated ones, else
@@ -156,8 +162,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         let served = match proto.as_str() {
-            "tcp" => floor::serve_tcp(listen, backend),
-            "udp" => floor::serve_udp(listen, backend),
+            "tcp" => floor::serve_tcp(listen, backend, cli.floor_mark),
+            "udp" => floor::serve_udp(listen, backend, cli.floor_transparent, cli.floor_mark),
             other => Err(std::io::Error::other(format!("no floor for {other}"))),
         };
         if let Err(e) = served {

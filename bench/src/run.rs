@@ -214,8 +214,9 @@ pub async fn scenario(
 pub const CPU_OVER_FLOOR: &str = "cpu_over_floor";
 
 /// Sets each row's `cpu_over_floor`: its proxy CPU (the scenario's `proxy_cpu*` column)
-/// divided by the floor's under the same variant. False when there is nothing to divide
-/// by (no floor row with CPU, or no CPU column).
+/// divided by its matching floor's under the same variant: the transparent floor's for the
+/// transparent targets, the floor's for the others. False when no floor ran (or there is no
+/// CPU column).
 pub fn cpu_over_floor(rows: &mut [Row], columns: &[Column]) -> bool {
     let Some(key) = columns
         .iter()
@@ -224,7 +225,14 @@ pub fn cpu_over_floor(rows: &mut [Row], columns: &[Column]) -> bool {
     else {
         return false;
     };
-    relative_to(rows, Target::Floor, key, CPU_OVER_FLOOR, |cpu, floor| {
+    let floor_of = |target: &str| {
+        if target.ends_with("-tproxy") {
+            Target::FloorTproxy
+        } else {
+            Target::Floor
+        }
+    };
+    relative_to(rows, floor_of, key, CPU_OVER_FLOOR, |cpu, floor| {
         (floor > 0.0).then(|| cpu / floor)
     })
 }
@@ -234,37 +242,41 @@ pub fn cpu_over_floor(rows: &mut [Row], columns: &[Column]) -> bool {
 pub fn added_p99(rows: &mut [Row]) {
     relative_to(
         rows,
-        Target::Direct,
+        |_| Target::Direct,
         "p99_us",
         "added_p99_us",
         |p99, direct| Some(p99 - direct),
     );
 }
 
-/// Sets `out` on each row that has `key`, from its value and `base`'s row under the same
-/// variant; whether `base` has any row with `key`.
+/// Sets `out` on each row that has `key`, from its value and that of its base's row
+/// (`base_of` its target) under the same variant; whether any base row has `key`.
 fn relative_to(
     rows: &mut [Row],
-    base: Target,
+    base_of: impl Fn(&str) -> Target,
     key: &str,
     out: &'static str,
     combine: impl Fn(f64, f64) -> Option<f64>,
 ) -> bool {
-    let bases: Vec<(String, f64)> = rows
+    let bases: Vec<(String, String, f64)> = rows
         .iter()
-        .filter(|r| r.target == base.name())
-        .filter_map(|r| Some((r.variant.clone(), r.get(key)?)))
+        .filter_map(|r| Some((r.target.clone(), r.variant.clone(), r.get(key)?)))
         .collect();
+    let mut any = false;
     for row in rows.iter_mut() {
-        let of_variant = bases.iter().find(|(v, _)| *v == row.variant);
+        let base = base_of(&row.target).name();
+        let of_variant = bases
+            .iter()
+            .find(|(t, v, _)| t == base && *v == row.variant);
+        any |= of_variant.is_some();
         if let Some(value) = of_variant
             .zip(row.get(key))
-            .and_then(|((_, b), own)| combine(own, *b))
+            .and_then(|((_, _, b), own)| combine(own, *b))
         {
             row.values.insert(out, value);
         }
     }
-    !bases.is_empty()
+    any
 }
 
 async fn measure(
@@ -346,6 +358,15 @@ mod tests {
         assert_eq!(rows[1].get(CPU_OVER_FLOOR), Some(1.25));
         assert_eq!(rows[2].get(CPU_OVER_FLOOR), None);
         assert_eq!(rows[3].get(CPU_OVER_FLOOR), None);
+        // The transparent path against the transparent floor only.
+        let mut transparent = vec![
+            Row::new("floor", "max").set("proxy_cpu_us", Some(8.0)),
+            Row::new("floor-tproxy", "max").set("proxy_cpu_us", Some(10.0)),
+            Row::new("wao-lb-tproxy", "max").set("proxy_cpu_us", Some(11.0)),
+        ];
+        assert!(cpu_over_floor(&mut transparent, &columns));
+        assert_eq!(transparent[1].get(CPU_OVER_FLOOR), Some(1.0));
+        assert_eq!(transparent[2].get(CPU_OVER_FLOOR), Some(1.1));
         let mut no_floor = vec![Row::new("wao-lb", "max").set("proxy_cpu_us", Some(1.0))];
         assert!(!cpu_over_floor(&mut no_floor, &columns));
         assert_eq!(no_floor[0].get(CPU_OVER_FLOOR), None);

@@ -18,6 +18,8 @@ pub enum Target {
     Direct,
     /// The floor (`floor.rs`): the least a userspace proxy spends.
     Floor,
+    /// The floor behind wao-lb's TPROXY rules: the least the transparent path spends.
+    FloorTproxy,
     WaoLb,
     WaoLbTproxy,
     Haproxy,
@@ -30,6 +32,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Floor => "floor",
+            Target::FloorTproxy => "floor-tproxy",
             Target::WaoLb => "wao-lb",
             Target::WaoLbTproxy => "wao-lb-tproxy",
             Target::Haproxy => "haproxy",
@@ -42,7 +45,12 @@ impl Target {
     pub fn has_process(self) -> bool {
         matches!(
             self,
-            Target::Floor | Target::WaoLb | Target::WaoLbTproxy | Target::Haproxy | Target::Nginx
+            Target::Floor
+                | Target::FloorTproxy
+                | Target::WaoLb
+                | Target::WaoLbTproxy
+                | Target::Haproxy
+                | Target::Nginx
         )
     }
 }
@@ -353,7 +361,7 @@ impl Target {
         setup: &Setup,
     ) -> Result<Running, Skip> {
         let ip = match self {
-            Target::WaoLbTproxy => TPROXY_VIP,
+            Target::WaoLbTproxy | Target::FloorTproxy => TPROXY_VIP,
             _ => std::net::Ipv4Addr::LOCALHOST,
         };
         let listen = free_addr(ip, proto).map_err(|e| Skip(format!("no free port: {e}")))?;
@@ -371,25 +379,21 @@ impl Target {
                 })
             }
             Target::Dnat => return start_dnat(listen, backend, proto).await,
-            Target::Floor => {
-                let me = std::env::current_exe()
-                    .map_err(|e| Skip(format!("cannot find wao-bench itself: {e}")))?;
-                let proto = match proto {
-                    Proto::Tcp => "tcp",
-                    Proto::Udp => "udp",
+            Target::Floor => floor_command(proto, listen, backend, None, setup)?,
+            Target::FloorTproxy => {
+                let ports = tproxy_ports()?;
+                let config = write(
+                    "floor-tproxy.yaml",
+                    wao_lb_tproxy_config(listen, backend, proto, ports),
+                )?;
+                install_redirect(&setup.wao_lb, &config)?;
+                // TCP from the node arrives redirected on the local port, UDP by TPROXY.
+                let port = match proto {
+                    Proto::Tcp => ports.1,
+                    Proto::Udp => ports.0,
                 };
-                (
-                    me.to_string_lossy().into_owned(),
-                    vec![
-                        "--serve-floor".into(),
-                        proto.into(),
-                        "--floor-listen".into(),
-                        listen.to_string(),
-                        "--floor-backend".into(),
-                        backend.to_string(),
-                    ],
-                    setup.work.join("floor.log"),
-                )
+                let at = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+                floor_command(proto, at, backend, Some(listen), setup)?
             }
             Target::WaoLb | Target::WaoLbTproxy => {
                 if !setup.wao_lb.is_file() {
@@ -401,11 +405,7 @@ impl Target {
                 let text = if self == Target::WaoLb {
                     wao_lb_config(listen, backend, proto)
                 } else {
-                    let port = |p| free_addr(std::net::Ipv4Addr::LOCALHOST, p).map(|a| a.port());
-                    let ports = port(Proto::Tcp)
-                        .and_then(|a| Ok((a, port(Proto::Tcp)?)))
-                        .map_err(|e| Skip(format!("no free port: {e}")))?;
-                    wao_lb_tproxy_config(listen, backend, proto, ports)
+                    wao_lb_tproxy_config(listen, backend, proto, tproxy_ports()?)
                 };
                 let config = write(&format!("{}.yaml", self.name()), text)?;
                 (
@@ -477,6 +477,113 @@ impl Target {
     }
 }
 
+/// Free ports for the TPROXY listener and the local-redirect one.
+fn tproxy_ports() -> Result<(u16, u16), Skip> {
+    let port = |p| free_addr(std::net::Ipv4Addr::LOCALHOST, p).map(|a| a.port());
+    port(Proto::Tcp)
+        .and_then(|a| Ok((a, port(Proto::Tcp)?)))
+        .map_err(|e| Skip(format!("no free port: {e}")))
+}
+
+/// `wao-bench --serve-floor` on `listen`; `vip` makes it the transparent floor, serving
+/// the redirected traffic of that VIP with wao-lb's upstream mark.
+fn floor_command(
+    proto: Proto,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    vip: Option<SocketAddr>,
+    setup: &Setup,
+) -> Result<(String, Vec<String>, PathBuf), Skip> {
+    let me =
+        std::env::current_exe().map_err(|e| Skip(format!("cannot find wao-bench itself: {e}")))?;
+    let proto = match proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    };
+    let mut args: Vec<String> = vec![
+        "--serve-floor".into(),
+        proto.into(),
+        "--floor-listen".into(),
+        listen.to_string(),
+        "--floor-backend".into(),
+        backend.to_string(),
+    ];
+    if vip.is_some() {
+        let mark = wao_lb::settings::TproxySettings::default().upstream_mark;
+        args.extend([
+            "--floor-transparent".into(),
+            "--floor-mark".into(),
+            mark.to_string(),
+        ]);
+    }
+    let log = if vip.is_some() {
+        "floor-tproxy.log"
+    } else {
+        "floor.log"
+    };
+    Ok((
+        me.to_string_lossy().into_owned(),
+        args,
+        setup.work.join(log),
+    ))
+}
+
+/// Feeds `ruleset` to `nft -f -`; Err with what nft said.
+fn nft_apply(ruleset: &str) -> Result<(), String> {
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = nft.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(ruleset.as_bytes());
+    }
+    let out = nft.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Installs the TPROXY rules and policy routing wao-lb would for `config`, as `wao-lb nft`
+/// prints them, into this (fresh) namespace.
+fn install_redirect(wao_lb: &Path, config: &str) -> Result<(), Skip> {
+    if !installed("nft") {
+        return Err(Skip("nft not installed (apt-get install nftables)".into()));
+    }
+    let out = Command::new(wao_lb)
+        .args(["nft", "--config", config])
+        .output()
+        .map_err(|e| Skip(format!("{}: {e}", wao_lb.display())))?;
+    if !out.status.success() {
+        return Err(Skip(format!(
+            "wao-lb nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    nft_apply(&text).map_err(|e| Skip(format!("nft -f: {e}")))?;
+    for line in text.lines() {
+        let Some(command) = line.strip_prefix("#   ip ") else {
+            continue;
+        };
+        let args: Vec<&str> = command.split_whitespace().collect();
+        let ok = Command::new("ip")
+            .args(&args)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        // IPv6 may be off in this namespace; the bench's VIP is IPv4.
+        if !ok && args.first() == Some(&"-4") {
+            return Err(Skip(format!("ip {command} failed")));
+        }
+    }
+    Ok(())
+}
+
 const TABLE_PREFIX: &str = "wao_bench_";
 
 /// The DNAT tables of earlier runs whose harness died before removing them.
@@ -516,25 +623,11 @@ async fn start_dnat(
     remove_stale_tables();
     let table = format!("{TABLE_PREFIX}{}", std::process::id());
     let ruleset = dnat_ruleset(&table, listen, backend, proto);
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Skip(format!("nft: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        let _ = stdin.write_all(ruleset.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Skip(format!("nft: {e}")))?;
-    if !out.status.success() {
-        return Err(Skip(format!(
-            "nft -f refused the DNAT rule (root and nf_nat needed): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    nft_apply(&ruleset).map_err(|e| {
+        Skip(format!(
+            "nft -f refused the DNAT rule (root and nf_nat needed): {e}"
+        ))
+    })?;
     let running = Running {
         addr: listen,
         pid: None,

@@ -39,7 +39,7 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
         &[
             "all",
             "--targets",
-            "direct,floor,wao-lb,wao-lb-tproxy,haproxy,nginx,dnat",
+            "direct,floor,floor-tproxy,wao-lb,wao-lb-tproxy,haproxy,nginx,dnat",
         ],
         "smoke",
     );
@@ -61,9 +61,13 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
             .filter(|r| r["target"] == "wao-lb" || r["target"] == "wao-lb-tproxy")
             .collect();
         assert_eq!(lb.len(), 2 * variants, "{scenario}: {json}");
-        // The floor is built in: it always runs, and moves the same traffic.
-        let floor: Vec<_> = rows.iter().filter(|r| r["target"] == "floor").collect();
-        assert_eq!(floor.len(), variants, "{scenario}: {json}");
+        // The floors are built in: they always run (the transparent one behind wao-lb's
+        // rules, as root with nftables like wao-lb-tproxy), and move the same traffic.
+        let floor: Vec<_> = rows
+            .iter()
+            .filter(|r| r["target"] == "floor" || r["target"] == "floor-tproxy")
+            .collect();
+        assert_eq!(floor.len(), 2 * variants, "{scenario}: {json}");
         assert!(
             floor
                 .iter()
@@ -96,6 +100,7 @@ fn every_scenario_measures_wao_lb_and_accounts_for_every_target() {
         for target in [
             "direct",
             "floor",
+            "floor-tproxy",
             "wao-lb",
             "wao-lb-tproxy",
             "haproxy",
