@@ -38,6 +38,10 @@ struct Cli {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Threads (wao-lb, HAProxy) or worker processes (nginx) per proxy. Above 1, nothing is
+    /// pinned: proxies and load share the cores.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Connections (rr, crr, soak) or sockets (udp) in parallel.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -235,7 +239,11 @@ fn bench(cli: Cli) -> std::io::Result<()> {
     // Fairness on two cores: the proxy alone on core 1, the harness (load and backends)
     // on core 0. Children started with taskset move; everything else inherits core 0.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let proxy_core = if cores >= 2 {
+    let workers = cli.workers.max(1);
+    let proxy_core = if workers > 1 {
+        println!("{workers} workers per proxy: proxies and load share every core, unpinned");
+        None
+    } else if cores >= 2 {
         pin_to_core(0)?;
         Some(1)
     } else {
@@ -257,6 +265,7 @@ fn bench(cli: Cli) -> std::io::Result<()> {
         work,
         proxy_core,
         open_files,
+        workers,
     };
 
     let total: u64 = scenarios.iter().map(|s| run::steps(*s, &targets)).sum();

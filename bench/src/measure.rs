@@ -6,11 +6,19 @@ use hdrhistogram::Histogram;
 /// Clock ticks per second of `/proc/PID/stat` (USER_HZ; 100 on every Linux ABI we run on).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// utime + stime of process `pid` in seconds, all threads; 0 if it is gone.
+/// utime + stime of process `pid` and its live descendants (nginx's workers under its
+/// master) in seconds, all threads; 0 if it is gone.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| cpu_seconds_of_stat(&s))
-        .unwrap_or(0.0)
+        .unwrap_or(0.0);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    own + children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .map(cpu_seconds)
+        .sum::<f64>()
 }
 
 /// utime + stime (fields 14 and 15) of one `/proc/PID/stat` line, in seconds. The command

@@ -88,6 +88,10 @@ impl Backend {
 fn describe(scenario: Scenario, sizes: &Sizes, setup: &Setup) -> (String, Vec<Column>) {
     let pinning = match setup.proxy_core {
         Some(c) => format!("proxy alone on core {c}, load and backend on the other"),
+        None if setup.workers > 1 => format!(
+            "{} workers per proxy, proxies and load sharing the cores",
+            setup.workers
+        ),
         None => "no pinning (one core)".into(),
     };
     let s = sizes.seconds;

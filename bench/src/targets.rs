@@ -70,6 +70,8 @@ pub struct Setup {
     pub proxy_core: Option<usize>,
     /// The open-files limit the peers inherit from the harness.
     pub open_files: u64,
+    /// Threads or worker processes each proxy runs (the floor is one thread by design).
+    pub workers: usize,
 }
 
 /// A target serving at `addr`. `pid` is the proxy's process, if it has one.
@@ -192,27 +194,29 @@ pub fn wao_lb_tproxy_config(
     )
 }
 
-/// HAProxy 2.x in TCP mode with one thread and kernel splicing, as an operator would run it.
-/// HAProxy refuses to start unless `maxconn` sockets, two per connection, and its splice
-/// pipes fit the open-files limit, so the pipes get what the connections leave.
+/// HAProxy 2.x in TCP mode with `threads` threads and kernel splicing, as an operator would
+/// run it. HAProxy refuses to start unless `maxconn` sockets, two per connection, and its
+/// splice pipes fit the open-files limit, so the pipes get what the connections leave.
 pub fn haproxy_config(
     listen: SocketAddr,
     backend: SocketAddr,
     max_connections: usize,
     open_files: u64,
+    threads: usize,
 ) -> String {
     let maxconn = max_connections.max(64);
     let spare = (open_files as usize).saturating_sub(2 * maxconn + 200) / 2;
     let maxpipes = (maxconn / 4).min(spare).max(1);
     format!(
-        "global\n  nbthread 1\n  maxconn {maxconn}\n  maxpipes {maxpipes}\n\
+        "global\n  nbthread {threads}\n  maxconn {maxconn}\n  maxpipes {maxpipes}\n\
          defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  option splice-auto\n\
          listen bench\n  bind {listen}\n  maxconn {maxconn}\n  server s1 {backend} maxconn {maxconn}\n"
     )
 }
 
-/// nginx `stream` with one worker process (`master_process off`, so the measured pid is the
-/// worker itself). The stream module is loaded from Debian's path when it is dynamic.
+/// nginx `stream` with `workers` worker processes: one with `master_process off`, so the
+/// measured pid is the worker itself; more under a master, whose process tree is measured.
+/// The stream module is loaded from Debian's path when it is dynamic.
 pub fn nginx_config(
     listen: SocketAddr,
     backend: SocketAddr,
@@ -220,7 +224,13 @@ pub fn nginx_config(
     work: &Path,
     max_connections: usize,
     stream_module: Option<&Path>,
+    workers: usize,
 ) -> String {
+    let processes = if workers > 1 {
+        format!("worker_processes {workers};")
+    } else {
+        "master_process off;\nworker_processes 1;".to_string()
+    };
     let load = stream_module.map_or(String::new(), |m| format!("load_module {};\n", m.display()));
     let (listen_opts, proxy_opts) = match proto {
         Proto::Tcp => ("", ""),
@@ -229,7 +239,7 @@ pub fn nginx_config(
     let connections = 2 * max_connections + 64;
     let w = work.display();
     format!(
-        "{load}daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {connections};\n\
+        "{load}daemon off;\n{processes}\nworker_rlimit_nofile {connections};\n\
          pid {w}/nginx.pid;\nerror_log {w}/nginx-error.log warn;\n\
          events {{ worker_connections {connections}; multi_accept on; }}\n\
          stream {{\n  server {{\n    listen {listen}{listen_opts};\n    proxy_pass {backend};\n{proxy_opts}  }}\n}}\n"
@@ -407,6 +417,7 @@ impl Target {
                 } else {
                     wao_lb_tproxy_config(listen, backend, proto, tproxy_ports()?)
                 };
+                let text = format!("proxy: {{workers: {}}}\n{text}", setup.workers);
                 let config = write(&format!("{}.yaml", self.name()), text)?;
                 (
                     setup.wao_lb.to_string_lossy().into_owned(),
@@ -425,7 +436,13 @@ impl Target {
                 }
                 let config = write(
                     "haproxy.cfg",
-                    haproxy_config(listen, backend, max_connections, setup.open_files),
+                    haproxy_config(
+                        listen,
+                        backend,
+                        max_connections,
+                        setup.open_files,
+                        setup.workers,
+                    ),
                 )?;
                 (
                     "haproxy".into(),
@@ -447,6 +464,7 @@ impl Target {
                         &setup.work,
                         max_connections,
                         module.is_file().then_some(module),
+                        setup.workers,
                     ),
                 )?;
                 let errors = setup.work.join("nginx-error.log");
@@ -678,7 +696,7 @@ mod tests {
     #[test]
     fn haproxy_config_is_tcp_one_thread_spliced() {
         let (l, b) = addrs();
-        let hp = haproxy_config(l, b, 4_000, 20_000);
+        let hp = haproxy_config(l, b, 4_000, 20_000, 1);
         for line in [
             "nbthread 1",
             "mode tcp",
@@ -691,20 +709,23 @@ mod tests {
             assert!(hp.contains(line), "{line} missing:\n{hp}");
         }
         // 9,950 idle connections leave almost no files for pipes under a 20,000 limit.
-        assert!(haproxy_config(l, b, 9_950, 20_000).contains("maxpipes 1\n"));
+        assert!(haproxy_config(l, b, 9_950, 20_000, 1).contains("maxpipes 1\n"));
+        assert!(haproxy_config(l, b, 4_000, 20_000, 2).contains("nbthread 2\n"));
     }
 
     #[test]
     fn nginx_config_is_one_worker_stream_proxy() {
         let (l, b) = addrs();
         let work = Path::new("/tmp/w");
-        let tcp = nginx_config(l, b, Proto::Tcp, work, 10_000, None);
+        let tcp = nginx_config(l, b, Proto::Tcp, work, 10_000, None, 1);
         assert!(tcp.contains("worker_processes 1;") && tcp.contains("master_process off;"));
+        let two = nginx_config(l, b, Proto::Tcp, work, 10_000, None, 2);
+        assert!(two.contains("worker_processes 2;") && !two.contains("master_process off;"));
         assert!(
             tcp.contains("listen 127.0.0.1:1000;") && tcp.contains("proxy_pass 127.0.0.1:2000;")
         );
         assert!(tcp.contains("worker_connections 20064;") && !tcp.contains("load_module"));
-        let udp = nginx_config(l, b, Proto::Udp, work, 10, Some(Path::new("/m.so")));
+        let udp = nginx_config(l, b, Proto::Udp, work, 10, Some(Path::new("/m.so")), 1);
         assert!(
             udp.starts_with("load_module /m.so;")
                 && udp.contains("listen 127.0.0.1:1000 udp reuseport;")
@@ -743,15 +764,22 @@ mod tests {
         std::fs::create_dir_all(&work).unwrap();
         if installed("haproxy") {
             let p = work.join("haproxy.cfg");
-            std::fs::write(&p, haproxy_config(l, b, 1000, 20_000)).unwrap();
+            std::fs::write(&p, haproxy_config(l, b, 1000, 20_000, 1)).unwrap();
             assert_accepts(Command::new("haproxy").arg("-c").arg("-f").arg(&p));
         }
         if installed("nginx") {
             let module = Path::new(NGINX_STREAM_MODULE);
             for proto in [Proto::Tcp, Proto::Udp] {
                 let p = work.join("nginx.conf");
-                let text =
-                    nginx_config(l, b, proto, &work, 100, module.is_file().then_some(module));
+                let text = nginx_config(
+                    l,
+                    b,
+                    proto,
+                    &work,
+                    100,
+                    module.is_file().then_some(module),
+                    1,
+                );
                 std::fs::write(&p, text).unwrap();
                 let log = work.join("e.log");
                 assert_accepts(
