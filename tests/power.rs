@@ -798,3 +798,34 @@ async fn the_planner_plans_for_open_connections_and_says_what_it_saves() {
     drop(open);
     lb.stop().await;
 }
+
+/// `/score` is WAO's cluster score: the sum of the predicted watts of the nodes that have a
+/// prediction; a node whose model is down is left out (and counted as such).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_score_sums_the_predicted_watts_of_predicted_nodes() {
+    let node = |cpu: u32| format!("    cpu: {{source: static, percent: {cpu}}}\n{CURVE}");
+    let dead = closed_port_addr();
+    let down = format!(
+        "    cpu: {{source: static, percent: 50}}\n    model: {{type: v2-inference, url: \"http://{dead}\", model: p, timeout: 300ms}}\n"
+    );
+    let lb = start(&config(&[("a", node(20)), ("b", node(60)), ("c", down)])).await;
+    let predicted = eventually(Duration::from_secs(5), async || {
+        let r = weights(&lb);
+        row(&r, "a").watts.is_some() && row(&r, "b").watts.is_some()
+    })
+    .await;
+    assert!(predicted, "{:?}", weights(&lb));
+    let r = weights(&lb);
+    let expected = row(&r, "a").watts.unwrap() + row(&r, "b").watts.unwrap();
+    assert_eq!(row(&r, "c").watts, None, "{r:?}");
+    let (code, body) = http_get(lb.admin_addr, "/score").await;
+    assert_eq!(code, 200, "{body}");
+    let score: Value = serde_json::from_str(&body).expect(&body);
+    assert!(
+        (score["score"].as_f64().unwrap_or(0.0) - expected).abs() < 1e-6,
+        "{score} vs {expected}"
+    );
+    assert_eq!(score["nodes"], 2, "{score}");
+    assert_eq!(score["withoutPrediction"], 1, "{score}");
+    lb.stop().await;
+}

@@ -1,6 +1,6 @@
 //! The admin HTTP API (read-only; binds to loopback by default): `/metrics`, `/healthz`,
-//! `/readyz` (200 once rules and tables are in place), `/weights`, `/services` and
-//! `/saving` (JSON).
+//! `/readyz` (200 once rules and tables are in place), `/weights`, `/services`, `/saving`
+//! and `/score` (JSON).
 //! Its connections are capped and timed out, so it holds a bounded share of descriptors.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,12 +21,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::render;
+use super::score::ClusterScore;
 use super::weights_view::rows;
 use crate::balance::plan::Plan;
 use crate::balance::saving::Saving;
 use crate::dataplane::PickCounts;
 use crate::model::connections::OpenConnections;
 use crate::model::Service;
+use crate::power::weights::NodeWeights;
 
 /// What the admin API reads.
 pub struct AdminState {
@@ -35,6 +37,8 @@ pub struct AdminState {
     pub registry: prometheus::Registry,
     pub ready: Arc<AtomicBool>,
     pub open: OpenConnections,
+    /// The power side's latest weights, for `/score`.
+    pub weights: tokio::sync::watch::Receiver<Arc<NodeWeights>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -45,6 +49,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/weights", get(weights))
         .route("/services", get(services))
         .route("/saving", get(saving))
+        .route("/score", get(score))
         .with_state(state)
 }
 
@@ -131,6 +136,11 @@ async fn weights(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 
 async fn saving(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     Json(Saving::of(&s.plan.load(), &s.open.by_service()))
+}
+
+async fn score(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let weights = s.weights.borrow().clone();
+    Json(ClusterScore::of(&weights))
 }
 
 async fn services(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
