@@ -6,8 +6,9 @@ use hdrhistogram::Histogram;
 /// Clock ticks per second of `/proc/PID/stat` (USER_HZ; 100 on every Linux ABI we run on).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// utime + stime of process `pid` and its live descendants (nginx's workers under its
-/// master) in seconds, all threads; 0 if it is gone.
+/// utime + stime of process `pid` and its live descendants that its main thread started
+/// (nginx's workers under its master) in seconds, all threads; 0 if it is gone. A child
+/// that already exited is not counted.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| cpu_seconds_of_stat(&s))

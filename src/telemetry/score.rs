@@ -3,6 +3,8 @@
 //! side's `NodeWeights`. Another cluster's wao-lb (or WAO) reads it to weigh this cluster
 //! (`weight_c = Σs − s_c`).
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::model::NodeName;
@@ -24,25 +26,23 @@ impl ClusterScore {
     /// The score of the nodes in `weights`. A node appears once per per-connection cost;
     /// its predicted watts now are the same under each, so it is counted once.
     pub fn of(weights: &NodeWeights) -> ClusterScore {
-        let mut seen: Vec<(&NodeName, Option<f64>)> = Vec::new();
-        for reports in weights.by_cost.values() {
-            for (node, report) in reports {
-                if !seen.iter().any(|(n, _)| *n == node) {
-                    seen.push((node, report.watts.filter(|w| w.is_finite())));
-                }
-            }
+        let mut watts: BTreeMap<&NodeName, Option<f64>> = BTreeMap::new();
+        for (node, report) in weights.by_cost.values().flatten() {
+            watts
+                .entry(node)
+                .or_insert(report.watts.filter(|w| w.is_finite()));
         }
+        let predicted: Vec<f64> = watts.values().flatten().copied().collect();
         ClusterScore {
-            score: seen.iter().filter_map(|(_, w)| *w).sum(),
-            nodes: seen.iter().filter(|(_, w)| w.is_some()).count(),
-            without_prediction: seen.iter().filter(|(_, w)| w.is_none()).count(),
+            score: predicted.iter().sum(),
+            nodes: predicted.len(),
+            without_prediction: watts.len() - predicted.len(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use super::*;

@@ -40,7 +40,8 @@ struct Batch {
     controls: [[u64; CONTROL_WORDS]; BATCH],
     iovs: [libc::iovec; BATCH],
     headers: [libc::mmsghdr; BATCH],
-    received: Vec<(usize, SocketAddr, Option<SocketAddr>)>,
+    /// Per datagram: its slot, length, source and original destination.
+    received: Vec<(usize, usize, SocketAddr, Option<SocketAddr>)>,
 }
 
 impl Batch {
@@ -59,8 +60,9 @@ impl Batch {
         })
     }
 
-    /// One `recvmmsg`; fills `received`.
-    fn receive(&mut self, socket: &UdpSocket) -> io::Result<()> {
+    /// One `recvmmsg`; fills `received` and returns how many slots the kernel filled
+    /// (a datagram from a non-IP source fills one but cannot be answered: it is skipped).
+    fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.received.clear();
         for i in 0..BATCH {
             self.iovs[i] = libc::iovec {
@@ -93,16 +95,16 @@ impl Batch {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        for i in 0..(n as usize).min(BATCH) {
+        let filled = (n as usize).min(BATCH);
+        for i in 0..filled {
             let h = &self.headers[i].msg_hdr;
-            // A datagram from a non-IP source cannot be answered: it is skipped.
             let Some(from) = socket_addr(&self.names[i]) else {
                 continue;
             };
             let len = (self.headers[i].msg_len as usize).min(SCRATCH_BYTES);
-            self.received.push((len, from, original_dst(h)));
+            self.received.push((i, len, from, original_dst(h)));
         }
-        Ok(())
+        Ok(filled)
     }
 }
 
@@ -190,8 +192,7 @@ pub fn receive(socket: &UdpSocket, mut each: impl FnMut(Datagram<'_>)) -> io::Re
         // remain to be handed on again.
         batch.received.clear();
         let drained = match socket.try_io(Interest::READABLE, || {
-            batch.receive(socket)?;
-            if batch.received.len() < BATCH {
+            if batch.receive(socket)? < BATCH {
                 // Short: drained. Saying WouldBlock from inside try_io lets tokio clear
                 // exactly the readiness this call consumed, not a newer one.
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -205,8 +206,8 @@ pub fn receive(socket: &UdpSocket, mut each: impl FnMut(Datagram<'_>)) -> io::Re
         if drained && batch.received.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        for (i, &(len, from, original_dst)) in batch.received.iter().enumerate() {
-            let start = i * SCRATCH_BYTES;
+        for &(slot, len, from, original_dst) in &batch.received {
+            let start = slot * SCRATCH_BYTES;
             let bytes = batch.buf.get(start..start + len).unwrap_or_default();
             each(Datagram {
                 bytes,

@@ -47,7 +47,8 @@ const EVICTABLE_IDLE: Duration = Duration::from_secs(2);
 type Stray = (Vec<u8>, SocketAddr, SocketAddr);
 
 /// Transparent mode: each frontend's reply socket, and the token that stops its reader.
-type ReplySockets = Mutex<HashMap<SocketAddr, (Arc<UdpSocket>, CancellationToken)>>;
+type ReplySocketMap = HashMap<SocketAddr, (Arc<UdpSocket>, CancellationToken)>;
+type ReplySockets = Mutex<ReplySocketMap>;
 
 /// Strays waiting for the listener's loop; past this many, they are dropped and counted.
 const STRAYS_QUEUED: usize = 256;
@@ -175,9 +176,7 @@ pub async fn serve(
     }
 }
 
-fn lock(
-    sockets: &ReplySockets,
-) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (Arc<UdpSocket>, CancellationToken)>> {
+fn lock(sockets: &ReplySockets) -> std::sync::MutexGuard<'_, ReplySocketMap> {
     sockets.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -6,6 +6,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,14 +19,22 @@ type Shard<S> = HashMap<Flow, Arc<S>>;
 
 pub struct Sessions<S> {
     shards: Box<[Mutex<Shard<S>>]>,
+    /// Sessions in all shards: a new flow checks the limit without locking each shard.
+    count: AtomicUsize,
 }
 
 impl<S> Default for Sessions<S> {
     fn default() -> Self {
         Sessions {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            count: AtomicUsize::new(0),
         }
     }
+}
+
+/// A panic elsewhere cannot leave a shard half-changed: each call is one operation.
+fn locked<S>(shard: &Mutex<Shard<S>>) -> MutexGuard<'_, Shard<S>> {
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<S> Sessions<S> {
@@ -33,8 +42,7 @@ impl<S> Sessions<S> {
         let mut h = DefaultHasher::new();
         flow.hash(&mut h);
         let i = (h.finish() as usize) % self.shards.len();
-        // A panic elsewhere cannot leave a map half-changed: each call is one operation.
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.shards[i])
     }
 
     pub fn get(&self, flow: &Flow) -> Option<Arc<S>> {
@@ -42,7 +50,9 @@ impl<S> Sessions<S> {
     }
 
     pub fn insert(&self, flow: Flow, session: Arc<S>) {
-        self.shard(&flow).insert(flow, session);
+        if self.shard(&flow).insert(flow, session).is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Removes `flow` if it still maps to `session` (an evicted session's flow may already
@@ -51,14 +61,12 @@ impl<S> Sessions<S> {
         let mut shard = self.shard(flow);
         if shard.get(flow).is_some_and(|s| Arc::ptr_eq(s, session)) {
             shard.remove(flow);
+            self.count.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Removes and returns the session idle longest (by `idle_for`), if it has idled at
@@ -72,8 +80,7 @@ impl<S> Sessions<S> {
             .shards
             .iter()
             .filter_map(|s| {
-                let shard = s.lock().unwrap_or_else(|p| p.into_inner());
-                shard
+                locked(s)
                     .iter()
                     .map(|(flow, session)| (idle_for(session), *flow))
                     .max_by_key(|(idle, _)| *idle)
@@ -88,7 +95,9 @@ impl<S> Sessions<S> {
         if idle_for(session) < min_idle {
             return None;
         }
-        shard.remove(&flow)
+        let evicted = shard.remove(&flow);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        evicted
     }
 }
 
