@@ -6,8 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use super::clusters;
 use crate::health::{Health, HealthTable};
-use crate::model::{Backend, Frontend, Service, ServiceTable};
+use crate::model::{Backend, Frontend, Service, ServiceKind, ServiceTable};
+use crate::power::clusters::ClusterScore;
 use crate::power::weights::{NodeReport, NodeWeights};
 use crate::settings::MetricsSettings;
 
@@ -23,6 +25,9 @@ pub struct PlannedBackend {
     pub report: Option<Arc<NodeReport>>,
     /// What the service's health checks say; None when it has none.
     pub health: Option<Health>,
+    /// What chose this backend: the service, a policy, its fallback, or another cluster;
+    /// named in the connection log.
+    pub selected_by: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,19 +59,29 @@ impl Plan {
     ) -> Plan {
         let series = series_keys(services, metrics);
         let mut reasons = Reasons::default();
+        let local_score = ClusterScore::of(weights).usable();
         let services = services
             .services
             .iter()
             .map(|(frontend, service)| {
                 let cost = service.cpu_per_connection.unwrap_or(default_cost);
+                let mut weigh = |backends: &[Backend]| {
+                    checked(
+                        planned_backends(backends, weights, cost, &mut reasons),
+                        &service.key,
+                        health,
+                    )
+                };
+                let local = local_group(service, &mut weigh);
+                let backends = if service.clusters.is_empty() {
+                    local
+                } else {
+                    clusters::split(local, local_score, &service.clusters, &weights.clusters)
+                };
                 let planned = PlannedService {
                     service: service.clone(),
                     cost,
-                    backends: checked(
-                        planned_backends(service, weights, cost, &mut reasons),
-                        &service.key,
-                        health,
-                    ),
+                    backends,
                 };
                 (*frontend, Arc::new(planned))
             })
@@ -82,6 +97,47 @@ impl Plan {
             ""
         }
     }
+}
+
+/// This cluster's backends of `service`, weighed by `weigh`: a redirect's while any of
+/// them is up, else the service's own (the fallback).
+fn local_group(
+    service: &Service,
+    weigh: &mut impl FnMut(&[Backend]) -> Vec<PlannedBackend>,
+) -> Vec<PlannedBackend> {
+    let (backends, by) = match &service.redirect {
+        None => (weigh(&service.backends), service.origin()),
+        Some(redirect) => {
+            let local = weigh(&redirect.backends);
+            let down = |b: &PlannedBackend| b.health.as_ref().is_some_and(Health::is_down);
+            if !local.is_empty() && !local.iter().all(down) {
+                (local, redirect.by.to_string())
+            } else {
+                let why = if local.is_empty() {
+                    "no ready local backend"
+                } else {
+                    "every local backend is down"
+                };
+                // The fallback is the service's own backends, whatever redirects it.
+                let own = match service.kind {
+                    ServiceKind::Static => format!("service {}", service.name),
+                    _ => format!("Service {}", service.name),
+                };
+                (
+                    weigh(&service.backends),
+                    format!("{own} (fallback of {}: {why})", redirect.by),
+                )
+            }
+        }
+    };
+    let by: Arc<str> = by.into();
+    backends
+        .into_iter()
+        .map(|b| PlannedBackend {
+            selected_by: by.clone(),
+            ..b
+        })
+        .collect()
 }
 
 /// The reasons of backends whose node has no usable weight, made once per node and
@@ -124,22 +180,20 @@ impl Reasons {
 /// When fewer than half the backends have a weight, the policy knows too little and every
 /// backend gets the same.
 fn planned_backends(
-    service: &Service,
+    backends: &[Backend],
     weights: &NodeWeights,
     cost: u32,
     reasons: &mut Reasons,
 ) -> Vec<PlannedBackend> {
     let reports = weights.for_cost(cost);
     let report_of = |b: &Backend| reports.and_then(|r| r.get(&b.node));
-    let known: Vec<f64> = service
-        .backends
+    let known: Vec<f64> = backends
         .iter()
         .filter_map(|b| report_of(b).and_then(|r| r.weight))
         .filter(|w| w.is_finite())
         .collect();
-    let neutral = neutral_weight(&known, service.backends.len());
-    let weighed: Vec<(f64, Arc<str>)> = service
-        .backends
+    let neutral = neutral_weight(&known, backends.len());
+    let weighed: Vec<(f64, Arc<str>)> = backends
         .iter()
         .map(|b| {
             let report = report_of(b);
@@ -151,8 +205,7 @@ fn planned_backends(
         })
         .collect();
     let raw: Vec<f64> = weighed.iter().map(|(w, _)| *w).collect();
-    service
-        .backends
+    backends
         .iter()
         .zip(weighed)
         .zip(shares(&raw))
@@ -163,6 +216,7 @@ fn planned_backends(
             reason,
             report: report_of(b).cloned(),
             health: None,
+            selected_by: Arc::from(""),
         })
         .collect()
 }
@@ -279,29 +333,20 @@ mod tests {
 
     /// As `plan_of`, with the health of the first backends.
     fn plan_checked(nodes: &[(&str, Option<f64>)], states: &[Health]) -> PlannedService {
-        let service = Service {
-            key: "web".into(),
-            name: "web".into(),
-            frontend: Frontend {
-                protocol: crate::model::Protocol::Tcp,
-                address: "127.0.0.1:80".parse().unwrap(),
-            },
-            backends: nodes
-                .iter()
-                .enumerate()
-                .map(|(i, (n, _))| Backend {
-                    address: ([127, 0, 0, 1], 9000 + i as u16).into(),
-                    node: (*n).into(),
-                    pod: None,
-                })
-                .collect(),
-            affinity: None,
-            cpu_per_connection: None,
-            udp_responses: None,
-            health_check: None,
-            when_empty: crate::model::WhenEmpty::Reject,
-            source_ranges: Vec::new(),
+        let backends = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| Backend {
+                address: ([127, 0, 0, 1], 9000 + i as u16).into(),
+                node: (*n).into(),
+                pod: None,
+            })
+            .collect();
+        let frontend = Frontend {
+            protocol: crate::model::Protocol::Tcp,
+            address: "127.0.0.1:80".parse().unwrap(),
         };
+        let service = Service::plain(ServiceKind::Static, "web".into(), frontend, backends);
         let reports = nodes
             .iter()
             .map(|(n, w)| {
@@ -315,6 +360,7 @@ mod tests {
             .collect();
         let weights = NodeWeights {
             by_cost: BTreeMap::from([(100, reports)]),
+            ..NodeWeights::default()
         };
         let mut table = ServiceTable::default();
         table
@@ -425,5 +471,81 @@ mod tests {
         assert_eq!(capped.series_label("c"), "");
         assert!(build(false, 100).series.is_empty());
         assert_eq!(build(true, 100).series.len(), 3);
+    }
+
+    /// A service whose first `local` backends (of `nodes`) are its redirect, the rest its
+    /// own; the health of the redirect's backends as given; every node weighted 1.
+    fn redirected(local: usize, nodes: usize, states: &[Health]) -> PlannedService {
+        let base = plan_of(&vec![("n", Some(1.0)); nodes]);
+        let mut service = (*base.service).clone();
+        let own = service.backends.split_off(local);
+        let redirect = std::mem::replace(&mut service.backends, own);
+        service.redirect = Some(crate::model::Redirect {
+            by: "LocalRedirectPolicy ns/dns".into(),
+            backends: redirect,
+        });
+        let health = HealthTable {
+            backends: service
+                .all_backends()
+                .zip(states)
+                .map(|(b, h)| ((service.key.clone(), b.address), h.clone()))
+                .collect(),
+        };
+        let mut table = ServiceTable::default();
+        table
+            .services
+            .insert(service.frontend, Arc::new(service.clone()));
+        let weights = NodeWeights {
+            by_cost: BTreeMap::from([(
+                100,
+                BTreeMap::from([(
+                    "n".into(),
+                    Arc::new(NodeReport {
+                        weight: Some(1.0),
+                        ..NodeReport::default()
+                    }),
+                )]),
+            )]),
+            ..NodeWeights::default()
+        };
+        let plan = Plan::build(&table, &weights, &health, 100, MetricsSettings::default());
+        (*plan.services[&service.frontend]).clone()
+    }
+
+    fn ports(p: &PlannedService) -> Vec<u16> {
+        p.backends
+            .iter()
+            .map(|b| b.backend.address.port())
+            .collect()
+    }
+
+    #[test]
+    fn a_redirect_takes_everything_while_a_local_backend_is_up() {
+        let up = Health::Up;
+        let p = redirected(2, 4, &[up.clone(), Health::Down("refused".into())]);
+        assert_eq!(ports(&p), [9000, 9001], "only the local backends");
+        assert_eq!(shares_of(&p), [1.0, 0.0], "the down one gets nothing");
+        assert_eq!(&*p.backends[0].selected_by, "LocalRedirectPolicy ns/dns");
+    }
+
+    #[test]
+    fn a_redirect_falls_back_when_no_local_backend_is_up_or_there() {
+        let down = Health::Down("refused".into());
+        let p = redirected(2, 4, &[down.clone(), down]);
+        assert_eq!(ports(&p), [9002, 9003], "the service's own backends");
+        assert_eq!(shares_of(&p), [0.5, 0.5]);
+        assert_eq!(
+            &*p.backends[0].selected_by,
+            "service web (fallback of LocalRedirectPolicy ns/dns: every local backend is down)"
+        );
+        let p = redirected(0, 2, &[]);
+        assert_eq!(ports(&p), [9000, 9001]);
+        assert!(
+            p.backends[0]
+                .selected_by
+                .ends_with("no ready local backend)"),
+            "{}",
+            p.backends[0].selected_by
+        );
     }
 }

@@ -140,7 +140,7 @@ impl Collector for SavingGauges {
 mod tests {
     use super::*;
     use crate::balance::plan::PlannedBackend;
-    use crate::model::{Backend, Frontend, Protocol, Service};
+    use crate::model::{Backend, Frontend, Protocol, Service, ServiceKind};
     use crate::power::planner::Curve;
 
     /// Two identical nodes whose curve is concave from 20 % on: loading one saves.
@@ -176,20 +176,15 @@ mod tests {
                 reason: "test".into(),
                 report: Some(report(*cpu)),
                 health: None,
+                selected_by: "service web".into(),
             })
             .collect();
-        let service = Service {
-            key: "web".into(),
-            name: "web".into(),
+        let service = Service::plain(
+            ServiceKind::Static,
+            "web".into(),
             frontend,
-            backends: backends.iter().map(|b| b.backend.clone()).collect(),
-            affinity: None,
-            cpu_per_connection: None,
-            udp_responses: None,
-            health_check: None,
-            when_empty: Default::default(),
-            source_ranges: Vec::new(),
-        };
+            backends.iter().map(|b| b.backend.clone()).collect(),
+        );
         PlannedService {
             service: Arc::new(service),
             cost: 1000,

@@ -49,7 +49,7 @@ impl Checker {
         let mut wanted: HashMap<Key, HealthCheck> = HashMap::new();
         for service in services.services.values() {
             if let Some(check) = service.health_check {
-                for b in &service.backends {
+                for b in service.all_backends() {
                     wanted.insert((service.key.clone(), b.address), check);
                 }
             }

@@ -87,6 +87,126 @@ pub struct Service {
     /// The clients this frontend serves (a load-balancer IP's `loadBalancerSourceRanges`);
     /// others are dropped. Empty: every client.
     pub source_ranges: Vec<cidr::Cidr>,
+    /// What made it: a static service, a Kubernetes Service, or one of wao-lb's policies.
+    pub kind: ServiceKind,
+    /// The policy that made or reshaped it (`namespace/name`), for logs and views.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Arc<str>>,
+    /// A local redirect: while any of its backends is up they take every connection, and
+    /// `backends` only while none is (the fallback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Other clusters that take a share of the connections by their power score, as WAO's
+    /// multi-cluster endpoint proxy splits them; `backends` are this cluster's group.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<RemoteCluster>,
+}
+
+impl Service {
+    /// A service of `kind` with only its frontend and backends; every option unset.
+    pub fn plain(
+        kind: ServiceKind,
+        key: Arc<str>,
+        frontend: Frontend,
+        backends: Vec<Backend>,
+    ) -> Service {
+        Service {
+            name: key.clone(),
+            key,
+            frontend,
+            backends,
+            affinity: None,
+            cpu_per_connection: None,
+            udp_responses: None,
+            health_check: None,
+            when_empty: WhenEmpty::Reject,
+            source_ranges: Vec::new(),
+            kind,
+            policy: None,
+            redirect: None,
+            clusters: Vec::new(),
+        }
+    }
+
+    /// What it is to an operator, as the connection log names it: `service web`,
+    /// `Service ns/web:http`, `BalancingPolicy ns/split`.
+    pub fn origin(&self) -> String {
+        match (&self.kind, &self.policy) {
+            (ServiceKind::Static, _) => format!("service {}", self.name),
+            (kind, Some(policy)) => format!("{kind} {policy}"),
+            (kind, None) => format!("{kind} {}", self.name),
+        }
+    }
+
+    /// Whether any connection could be served: it has a backend of some group.
+    pub fn has_backends(&self) -> bool {
+        !self.backends.is_empty()
+            || !self.clusters.is_empty()
+            || self
+                .redirect
+                .as_ref()
+                .is_some_and(|r| !r.backends.is_empty())
+    }
+
+    /// Every backend of this cluster it names: the redirect's, then its own.
+    pub fn all_backends(&self) -> impl Iterator<Item = &Backend> {
+        self.redirect
+            .iter()
+            .flat_map(|r| r.backends.iter())
+            .chain(self.backends.iter())
+    }
+}
+
+/// What made a service; shown in `/services`, `/weights` and `wao-lb weights`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum ServiceKind {
+    /// A `services:` entry of the config file.
+    #[default]
+    #[serde(rename = "static")]
+    Static,
+    /// A Kubernetes Service opted in to wao-lb.
+    Service,
+    LocalRedirectPolicy,
+    BalancingPolicy,
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceKind::Static => "static",
+            ServiceKind::Service => "Service",
+            ServiceKind::LocalRedirectPolicy => "LocalRedirectPolicy",
+            ServiceKind::BalancingPolicy => "BalancingPolicy",
+        })
+    }
+}
+
+/// Node-local backends that take a frontend's connections while any of them is up.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Redirect {
+    /// Who asked for it (`LocalRedirectPolicy ns/name`, or `localRedirect` in the file).
+    pub by: Arc<str>,
+    pub backends: Vec<Backend>,
+}
+
+/// Another cluster as one backend group: its frontend `address` takes the share its power
+/// score earns, read from `score_url` (another wao-lb's `/score`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteCluster {
+    pub name: Arc<str>,
+    pub score_url: url::HttpUrl,
+    pub address: SocketAddr,
+    #[serde(skip)]
+    pub timing: node::Timing,
+}
+
+impl RemoteCluster {
+    /// The node name its connections are counted under: never a real node's (a Node's
+    /// name cannot hold a `/`).
+    pub fn node(&self) -> NodeName {
+        Arc::from(format!("cluster/{}", self.name))
+    }
 }
 
 /// What a frontend does with a connection while it has no backend, as kube-proxy: reject

@@ -29,7 +29,7 @@ pub struct Input {
     pub timing: Timing,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Timing {
     pub interval: Duration,
     pub timeout: Duration,

@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// An `http://` or `https://` URL, without a trailing slash.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HttpUrl(String);
 
 impl HttpUrl {
@@ -35,6 +35,13 @@ impl HttpUrl {
 impl fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&redact(&self.0))
+    }
+}
+
+impl serde::Serialize for HttpUrl {
+    /// Shown as Display shows it: without credentials.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

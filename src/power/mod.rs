@@ -1,6 +1,7 @@
 //! Power: per-node inputs → predicted watts → the added watts of one more connection → weights.
 //! Never touches sockets; publishes `NodeWeights` that balance turns into selection tables.
 
+pub mod clusters;
 mod http;
 pub mod inputs;
 pub mod metrics;

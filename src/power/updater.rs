@@ -15,17 +15,19 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::clusters;
 use super::inputs::{self, InputCell, Reading};
 use super::metrics::PowerMetrics;
 use super::planner::{background, Curve, Traffic};
 use super::predict::Predictor;
 use super::remote::RemotePredictor;
-use super::weights::{apply, NodeReport, NodeWeights, PolicyState};
+use super::weights::{apply, NodeReport, NodeWeights, PolicyState, RemoteScore};
 use crate::model::connections::OpenConnections;
 use crate::model::node::{
-    Input, ModelLocation, NodeSpec, NodeWeighting, Quantity, RemoteModelSpec, Source,
+    Input, ModelLocation, NodeSpec, NodeWeighting, Quantity, RemoteModelSpec, Source, Timing,
 };
 use crate::model::published::Board;
+use crate::model::url::HttpUrl;
 use crate::model::{Desired, NodeName};
 use crate::settings::PowerSettings;
 
@@ -35,6 +37,8 @@ use crate::settings::PowerSettings;
 pub struct Demand {
     pub nodes: BTreeMap<NodeName, NodeSpec>,
     pub costs: BTreeSet<u32>,
+    /// The other clusters' score URLs that services list, read on their timing.
+    pub clusters: BTreeMap<HttpUrl, Timing>,
     pub settings: PowerSettings,
 }
 
@@ -47,9 +51,18 @@ impl Demand {
             .filter_map(|s| s.cpu_per_connection)
             .collect();
         costs.insert(settings.cpu_per_connection);
+        let mut clusters = BTreeMap::new();
+        for c in desired.services.services.values().flat_map(|s| &s.clusters) {
+            // A URL listed twice is read once, on the quicker timing.
+            let timing: &mut Timing = clusters.entry(c.score_url.clone()).or_insert(c.timing);
+            if c.timing.interval < timing.interval {
+                *timing = c.timing;
+            }
+        }
         Demand {
             nodes: desired.nodes.clone(),
             costs,
+            clusters,
             settings: settings.clone(),
         }
     }
@@ -152,11 +165,14 @@ pub async fn run(
     let mut current = demand.borrow_and_update().clone();
     let mut inputs_stop = stop.child_token();
     let mut nodes = start_nodes(&current.nodes, &clients, &inputs_stop);
+    let mut scores_stop = stop.child_token();
+    let mut scores = start_scores(&current.clusters, &clients, &scores_stop);
     let mut states: HashMap<u32, PolicyState> = HashMap::new();
     // Give freshly started inputs a moment to answer before the first weights.
     tokio::time::sleep(Duration::from_millis(200)).await;
     loop {
-        let fresh = compute(&current, &mut nodes, &mut states, &open, &metrics).await;
+        let mut fresh = compute(&current, &mut nodes, &mut states, &open, &metrics).await;
+        fresh.clusters = read_scores(&current.clusters, &scores);
         out.send_if_modified(|w| {
             let changed = **w != fresh;
             if changed {
@@ -177,12 +193,48 @@ pub async fn run(
                     nodes = start_nodes(&next.nodes, &clients, &inputs_stop);
                     states.clear();
                 }
+                if next.clusters != current.clusters {
+                    scores_stop.cancel();
+                    scores_stop = stop.child_token();
+                    scores = start_scores(&next.clusters, &clients, &scores_stop);
+                }
                 current = next;
             }
             _ = stop.cancelled() => break,
         }
     }
     inputs_stop.cancel();
+    scores_stop.cancel();
+}
+
+/// One refresh task per other cluster's score URL.
+fn start_scores(
+    clusters: &BTreeMap<HttpUrl, Timing>,
+    clients: &Clients,
+    stop: &CancellationToken,
+) -> BTreeMap<HttpUrl, Arc<InputCell>> {
+    clusters
+        .iter()
+        .map(|(url, timing)| {
+            let cell = clusters::spawn(url.clone(), *timing, clients.normal.clone(), stop.clone());
+            (url.clone(), cell)
+        })
+        .collect()
+}
+
+/// Every other cluster's score as read now.
+fn read_scores(
+    clusters: &BTreeMap<HttpUrl, Timing>,
+    cells: &BTreeMap<HttpUrl, Arc<InputCell>>,
+) -> BTreeMap<HttpUrl, RemoteScore> {
+    let now = Instant::now();
+    clusters
+        .iter()
+        .filter_map(|(url, timing)| {
+            let cell = cells.get(url)?;
+            Some((url.clone(), RemoteScore::of(cell.read(now, timing))))
+        })
+        .collect()
 }
 
 /// The weights for every cost from the nodes' inputs and models, now.
@@ -255,7 +307,10 @@ async fn compute(
             (cost, shared)
         })
         .collect();
-    NodeWeights { by_cost }
+    NodeWeights {
+        by_cost,
+        clusters: BTreeMap::new(),
+    }
 }
 
 /// What wao-lb's `connections` of `cost` millicores add: planned as at least one, so a

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::inputs::Reading;
 use super::planner::{Curve, Mover, PlanNode, Traffic};
 use super::policy::{limit_weights, Controller, Signal};
+use crate::model::url::HttpUrl;
 use crate::model::NodeName;
 use crate::settings::{Limits, Policy};
 
@@ -45,6 +47,35 @@ pub struct NodeReport {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct NodeWeights {
     pub by_cost: BTreeMap<u32, BTreeMap<NodeName, Arc<NodeReport>>>,
+    /// The other clusters' scores that services list, by score URL.
+    pub clusters: BTreeMap<HttpUrl, RemoteScore>,
+}
+
+/// Another cluster's score as read now: its value, or why there is none.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteScore {
+    pub score: Option<f64>,
+    pub reason: Arc<str>,
+}
+
+impl RemoteScore {
+    pub fn of(reading: Reading) -> RemoteScore {
+        match reading {
+            Reading::Fresh(v) => RemoteScore {
+                score: Some(v),
+                reason: "score read".into(),
+            },
+            Reading::Last { value, age, error } => RemoteScore {
+                score: Some(value),
+                reason: format!("last score, {}s old: {error}", age.as_secs()).into(),
+            },
+            Reading::Missing { reason } => RemoteScore {
+                score: None,
+                reason: reason.into(),
+            },
+        }
+    }
 }
 
 impl NodeWeights {

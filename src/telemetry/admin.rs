@@ -21,13 +21,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::render;
-use super::score::ClusterScore;
 use super::weights_view::rows;
 use crate::balance::plan::Plan;
 use crate::balance::saving::Saving;
 use crate::dataplane::PickCounts;
 use crate::model::connections::OpenConnections;
 use crate::model::Service;
+use crate::power::clusters::ClusterScore;
 use crate::power::weights::NodeWeights;
 
 /// What the admin API reads.

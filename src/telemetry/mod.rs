@@ -7,5 +7,4 @@ pub mod admin;
 pub mod health_node_ports;
 pub mod logging;
 pub mod registry;
-pub mod score;
 pub mod weights_view;

@@ -14,6 +14,12 @@ use crate::dataplane::PickCounts;
 #[serde(rename_all = "camelCase")]
 pub struct WeightRow {
     pub service: String,
+    /// What made the service: `static`, `Service`, `LocalRedirectPolicy`, `BalancingPolicy`.
+    #[serde(default)]
+    pub kind: String,
+    /// What chose this backend: the service, a policy, its fallback, or another cluster.
+    #[serde(default)]
+    pub selected_by: String,
     pub frontend: String,
     pub backend: String,
     pub node: String,
@@ -58,6 +64,8 @@ pub fn rows(plan: &Plan, picks: Option<&dyn PickCounts>) -> Vec<WeightRow> {
             let r = b.report.as_ref();
             out.push(WeightRow {
                 service: e.service.name.to_string(),
+                kind: e.service.kind.to_string(),
+                selected_by: b.selected_by.to_string(),
                 frontend: frontend.to_string(),
                 backend: b.backend.address.to_string(),
                 node: b.backend.node.to_string(),
@@ -90,14 +98,29 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 /// An aligned, readable table of `rows`.
 pub fn render_table(rows: &[WeightRow]) -> String {
     let header = [
-        "SERVICE", "BACKEND", "NODE", "CPU%", "INLET°C", "ΔP Pa", "WATTS", "ΔW", "WEIGHT", "SHARE",
-        "PICKS", "PICKED", "HEALTH", "REASON",
+        "SERVICE",
+        "KIND",
+        "BACKEND",
+        "NODE",
+        "CPU%",
+        "INLET°C",
+        "ΔP Pa",
+        "WATTS",
+        "ΔW",
+        "WEIGHT",
+        "SHARE",
+        "PICKS",
+        "PICKED",
+        "HEALTH",
+        "SELECTED BY",
+        "REASON",
     ];
-    let cells: Vec<[String; 14]> = rows
+    let cells: Vec<[String; 16]> = rows
         .iter()
         .map(|r| {
             [
                 r.service.clone(),
+                r.kind.clone(),
                 r.backend.clone(),
                 r.node.clone(),
                 opt(r.cpu_percent, 1),
@@ -110,6 +133,7 @@ pub fn render_table(rows: &[WeightRow]) -> String {
                 r.picks.to_string(),
                 format!("{:.1}%", r.picked_share * 100.0),
                 r.health.clone().unwrap_or_else(|| "-".into()),
+                r.selected_by.clone(),
                 match r.affinity_seconds {
                     Some(secs) => format!(
                         "{} (ClientIP affinity {secs}s: picks follow clients)",
@@ -132,7 +156,7 @@ pub fn render_table(rows: &[WeightRow]) -> String {
         for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
             let pad = w - c.chars().count();
             // Text columns left-aligned, numbers right-aligned, no trailing blanks.
-            let numeric = (3..=11).contains(&i);
+            let numeric = (4..=12).contains(&i);
             if i == last {
                 out.push_str(c);
             } else if numeric {
@@ -192,6 +216,8 @@ mod tests {
     fn table_columns_align() {
         let row = |service: &str, backend: &str, weight: f64| WeightRow {
             service: service.into(),
+            kind: "static".into(),
+            selected_by: format!("service {service}"),
             frontend: "127.0.0.1:80/tcp".into(),
             backend: backend.into(),
             node: "n".into(),
@@ -220,6 +246,9 @@ mod tests {
             col(lines[2]),
             "reason column aligned:\n{text}"
         );
-        assert!(lines[2].starts_with("database  [::1]:9002"), "{text}");
+        assert!(
+            lines[2].starts_with("database  static  [::1]:9002"),
+            "{text}"
+        );
     }
 }

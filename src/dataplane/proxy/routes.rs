@@ -23,6 +23,10 @@ use crate::model::{Frontend, NodeName, Protocol, Service};
 pub struct BackendEntry {
     pub address: SocketAddr,
     pub node: NodeName,
+    /// The pod behind it, for Kubernetes endpoints.
+    pub pod: Option<Arc<str>>,
+    /// What chose it (the service, a policy, a fallback, another cluster).
+    pub selected_by: Arc<str>,
     pub picks: Picks,
     /// Its open connections (or UDP sessions), carried over rebuilds like the picks.
     pub open: Arc<AtomicI64>,
@@ -191,6 +195,8 @@ impl ServiceEntry {
                 BackendEntry {
                     address,
                     node: b.backend.node.clone(),
+                    pod: b.backend.pod.clone(),
+                    selected_by: b.selected_by.clone(),
                     picks,
                     open: old.map(|o| o.open.clone()).unwrap_or_default(),
                     connect_failures: counter(&m.connect_failures, &[key, &label]),

@@ -182,14 +182,15 @@ fn log_connection(
     relayed: &super::relay::Relayed,
     duration: Duration,
 ) {
-    let backend = entry.service.backends.get(chosen);
+    let backend = &entry.backends[chosen];
     tracing::info!(
         target: "wao_lb::connections",
         service = %entry.service.key,
         %client,
-        backend = %entry.backends[chosen].address,
-        pod = backend.and_then(|b| b.pod.as_deref()).unwrap_or("-"),
-        node = backend.map_or("-", |b| &*b.node),
+        backend = %backend.address,
+        pod = backend.pod.as_deref().unwrap_or("-"),
+        node = &*backend.node,
+        selected_by = &*backend.selected_by,
         share = entry.table.share(chosen),
         bytes_upstream = relayed.upstream_bytes,
         bytes_downstream = relayed.downstream_bytes,

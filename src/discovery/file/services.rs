@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::model::node::Timing;
+use crate::model::url::HttpUrl;
 use crate::model::{
-    Affinity, Backend, Frontend, HealthCheck, Protocol, Service, ServiceTable, WhenEmpty,
+    Affinity, Backend, Frontend, HealthCheck, Protocol, Redirect, RemoteCluster, Service,
+    ServiceKind, ServiceTable, WhenEmpty,
 };
 use crate::settings::Validator;
 
@@ -25,6 +28,29 @@ pub(super) struct RawService {
     cpu_per_connection: Option<String>,
     udp: Option<RawUdp>,
     health_check: Option<RawHealthCheck>,
+    local_redirect: Option<RawLocalRedirect>,
+    #[serde(default)]
+    clusters: Vec<RawCluster>,
+}
+
+/// Node-local backends that take every connection while any is up (`backends` are then
+/// the fallback).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawLocalRedirect {
+    backends: Vec<RawBackend>,
+}
+
+/// Another cluster as a backend group, weighted by the score at `scoreUrl`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCluster {
+    cluster: String,
+    score_url: String,
+    address: String,
+    interval: Option<String>,
+    timeout: Option<String>,
+    stale_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,7 +120,7 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
             RawProtocol::Udp => Protocol::Udp,
         };
         let address = v.socket_addr(&format!("{at}.address"), &s.address);
-        let backends = backends(v, &at, &s.backends);
+        let listed = backends(v, &at, &s.backends);
         let affinity = affinity(v, &at, s.session_affinity.as_ref());
         let cpu_per_connection = v.millicores(
             &format!("{at}.cpuPerConnection"),
@@ -108,6 +134,23 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
             v.err(format!("{at}.udp.responses"), "must be at least 1");
         }
         let health_check = health_check(v, &at, protocol, s.health_check.as_ref());
+        let redirect = s.local_redirect.as_ref().map(|r| {
+            let at = format!("{at}.localRedirect");
+            if r.backends.is_empty() {
+                v.err(format!("{at}.backends"), "must name at least one backend");
+            }
+            if health_check.is_none() && !s.backends.is_empty() {
+                v.warn(
+                    at.clone(),
+                    "without a healthCheck the local backends never count as down, so the fallback backends are never used",
+                );
+            }
+            Redirect {
+                by: Arc::from("localRedirect"),
+                backends: backends(v, &at, &r.backends),
+            }
+        });
+        let clusters = clusters(v, &at, &s.clusters);
         let Some(address) = address else { continue };
         let frontend = Frontend { protocol, address };
         if table.services.contains_key(&frontend) {
@@ -121,13 +164,17 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
             key: Arc::from(s.name.as_str()),
             name: Arc::from(s.name.as_str()),
             frontend,
-            backends,
+            backends: listed,
             affinity,
             cpu_per_connection,
             udp_responses,
             health_check,
             when_empty: WhenEmpty::Reject,
             source_ranges: Vec::new(),
+            kind: ServiceKind::Static,
+            policy: None,
+            redirect,
+            clusters,
         };
         table.services.insert(frontend, Arc::new(service));
     }
@@ -143,10 +190,21 @@ pub(super) fn warn_unconfigured_nodes<T>(
 ) {
     for (i, s) in raw.iter().enumerate() {
         let mut named = BTreeSet::new();
-        for (j, b) in s.backends.iter().enumerate() {
+        let local = s.local_redirect.iter().flat_map(|r| {
+            r.backends
+                .iter()
+                .enumerate()
+                .map(move |(j, b)| (format!("services[{i}].localRedirect.backends[{j}]"), b))
+        });
+        let listed = s
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(j, b)| (format!("services[{i}].backends[{j}]"), b));
+        for (at, b) in local.chain(listed) {
             if !b.node.trim().is_empty() && !nodes.contains_key(&b.node) && named.insert(&b.node) {
                 v.warn(
-                    format!("services[{i}].backends[{j}].node"),
+                    format!("{at}.node"),
                     format!(
                         "{:?} has no entry under nodes:, so it has no power model and is weighted neutrally",
                         b.node
@@ -186,6 +244,71 @@ fn backends(v: &mut Validator, at: &str, raw: &[RawBackend]) -> Vec<Backend> {
             node: Arc::from(b.node.as_str()),
             pod: None,
         });
+    }
+    out
+}
+
+/// `clusters`: each names another cluster once, with a usable score URL and address.
+fn clusters(v: &mut Validator, at: &str, raw: &[RawCluster]) -> Vec<RemoteCluster> {
+    let mut out: Vec<RemoteCluster> = Vec::with_capacity(raw.len());
+    for (j, c) in raw.iter().enumerate() {
+        let cat = format!("{at}.clusters[{j}]");
+        let name = c.cluster.trim();
+        if name.is_empty() || name == "local" {
+            v.err(
+                format!("{cat}.cluster"),
+                "must name the other cluster (not empty, not \"local\")",
+            );
+        } else if out.iter().any(|o| &*o.name == name) {
+            v.err(
+                format!("{cat}.cluster"),
+                format!("duplicate cluster {name:?}"),
+            );
+        }
+        let score_url = HttpUrl::parse(&c.score_url)
+            .map_err(|e| v.err(format!("{cat}.scoreUrl"), e))
+            .ok();
+        let address = v.socket_addr(&format!("{cat}.address"), &c.address);
+        if address.is_some_and(|a| a.port() == 0 || a.ip().is_unspecified()) {
+            v.err(format!("{cat}.address"), "is not a connectable address");
+        }
+        let default = Timing::default();
+        let interval = v.duration(
+            &format!("{cat}.interval"),
+            c.interval.as_deref(),
+            default.interval,
+        );
+        let timeout = v.duration(
+            &format!("{cat}.timeout"),
+            c.timeout.as_deref(),
+            default.timeout.min(interval),
+        );
+        let stale_after = v.duration(
+            &format!("{cat}.staleAfter"),
+            c.stale_after.as_deref(),
+            default.stale_after.max(interval),
+        );
+        if interval < Duration::from_millis(100) {
+            v.err(format!("{cat}.interval"), "must be at least 100ms");
+        }
+        if timeout > interval {
+            v.err(format!("{cat}.timeout"), "must be at most the interval");
+        }
+        if stale_after < interval {
+            v.err(format!("{cat}.staleAfter"), "must be at least the interval");
+        }
+        if let (Some(score_url), Some(address)) = (score_url, address) {
+            out.push(RemoteCluster {
+                name: Arc::from(name),
+                score_url,
+                address,
+                timing: Timing {
+                    interval,
+                    timeout,
+                    stale_after,
+                },
+            });
+        }
     }
     out
 }

@@ -15,7 +15,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use super::endpoints::{categorize, collect, Endpoint};
 use crate::model::cidr::Cidr;
 use crate::model::units::parse_millicores;
-use crate::model::{Affinity, Backend, Frontend, Protocol, Service, ServiceTable, WhenEmpty};
+use crate::model::{
+    Affinity, Backend, Frontend, Protocol, Service, ServiceKind, ServiceTable, WhenEmpty,
+};
 
 /// The label that names an EndpointSlice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -330,6 +332,10 @@ fn translate_service(
                         health_check: None,
                         when_empty,
                         source_ranges: ranges.to_vec(),
+                        kind: ServiceKind::Service,
+                        policy: None,
+                        redirect: None,
+                        clusters: Vec::new(),
                     };
                     if out.table.services.contains_key(&frontend) {
                         out.unserved.push(Unserved {

@@ -50,7 +50,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn of(service: &Service) -> Entry {
-        let verdict = match (service.backends.is_empty(), service.when_empty) {
+        let verdict = match (!service.has_backends(), service.when_empty) {
             (false, _) => Verdict::Serve,
             (true, WhenEmpty::Reject) => Verdict::Reject,
             (true, WhenEmpty::Drop) => Verdict::Drop,
