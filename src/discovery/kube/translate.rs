@@ -40,6 +40,8 @@ pub struct ThisNode {
 /// silently.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unserved {
+    /// The object's kind: `Service`, `LocalRedirectPolicy` or `BalancingPolicy`.
+    pub kind: &'static str,
     /// `namespace/name` or `namespace/name:port`.
     pub service: String,
     /// Why, in a word (`PascalCase`, the reason of the Kubernetes Event).
@@ -71,6 +73,8 @@ pub struct Translation {
     pub table: ServiceTable,
     pub unserved: Vec<Unserved>,
     pub health_check_ports: Vec<HealthCheckPort>,
+    /// What each policy uses on this node, for its status.
+    pub policies: Vec<super::policies::PolicyUse>,
     /// Power inputs and models of nodes, from WAO's NodeConfigs.
     pub nodes: BTreeMap<crate::model::NodeName, crate::model::node::NodeSpec>,
 }
@@ -225,6 +229,7 @@ fn translate_service(
         Some(Ok(m)) => Some(m),
         Some(Err(e)) => {
             out.unserved.push(Unserved {
+                kind: "Service",
                 service: id.clone(),
                 code: "InvalidAnnotation",
                 reason: format!("annotation {CPU_PER_REQUEST}: {e}; the default applies"),
@@ -250,6 +255,7 @@ fn translate_service(
             "UDP" => Protocol::Udp,
             other => {
                 out.unserved.push(Unserved {
+                    kind: "Service",
                     service: key.to_string(),
                     code: "UnsupportedProtocol",
                     reason: format!("protocol {other} is not supported by the proxy data plane"),
@@ -339,6 +345,7 @@ fn translate_service(
                     };
                     if out.table.services.contains_key(&frontend) {
                         out.unserved.push(Unserved {
+                            kind: "Service",
                             service: key.to_string(),
                             code: "FrontendConflict",
                             reason: format!("{frontend} is already served for another Service"),
@@ -361,7 +368,7 @@ fn translate_service(
 }
 
 /// The port as kube-proxy names it: its name, or its number when unnamed.
-fn display_port(port: &ServicePort) -> String {
+pub(super) fn display_port(port: &ServicePort) -> String {
     match port.name.as_deref() {
         Some(name) if !name.is_empty() => name.to_string(),
         _ => port.port.to_string(),
@@ -749,6 +756,7 @@ mod tests {
         assert_eq!(
             t.unserved,
             [Unserved {
+                kind: "Service",
                 service: "ns/web:sig".into(),
                 code: "UnsupportedProtocol",
                 reason: "protocol SCTP is not supported by the proxy data plane".into()

@@ -1,5 +1,5 @@
-//! The watchers: kube-rs reflectors over the opted-in Services and EndpointSlices and this
-//! node's Node, each with client-go's back-off, and the pollers of WAO's NodeConfigs and
+//! The watchers: kube-rs reflectors over the opted-in Services and EndpointSlices, this
+//! node's Node, wao-lb's policies and the Pods they select, each with client-go's back-off, and the pollers of WAO's NodeConfigs and
 //! the cluster's node metrics. Nothing is published before every store
 //! has synced once; after that each change (coalesced, at most once per `minSyncPeriod`)
 //! publishes a whole new translation. While the API server is away the stores keep their
@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::{Node, Secret, Service as KubeService};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -29,10 +29,13 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::KubeMetrics;
 use super::node_metrics::{self, saying, NodeMetrics};
 use super::nodeconfig::{self, NodeConfig, NodeConfigs};
+use super::policies::{self, slim_pod, Policies, PolicyUse};
+use super::policy_types::{self, BalancingPolicy, LocalRedirectPolicy};
 use super::settings::{KubeSettings, PROXY_NAME_LABEL};
 use super::translate::{slim_service, slim_slice, translate, ThisNode, Translation, Unserved};
 use crate::model::node::BasicAuth;
 use crate::model::published::Board;
+use crate::model::ServiceKind;
 
 /// Services that must never be proxied: headless ones (kube-proxy's own selector).
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -99,6 +102,30 @@ pub async fn run(
         Some(&changed),
         &stop,
     );
+    // wao-lb's policies, and the pods they select (slimmed to what selection reads).
+    let pods: Store<Pod> = reflect(
+        Api::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+        slim_pod,
+        Some(&changed),
+        &stop,
+    );
+    let redirect_api: Api<LocalRedirectPolicy> = Api::all(client.clone());
+    let balancing_api: Api<BalancingPolicy> = Api::all(client.clone());
+    let local_redirects: Store<LocalRedirectPolicy> = reflect(
+        redirect_api.clone(),
+        watcher::Config::default(),
+        |_| {},
+        Some(&changed),
+        &stop,
+    );
+    let balancing: Store<BalancingPolicy> = reflect(
+        balancing_api.clone(),
+        watcher::Config::default(),
+        |_| {},
+        Some(&changed),
+        &stop,
+    );
     let node_configs = Arc::new(std::sync::Mutex::new(NodeConfigs::default()));
     tokio::spawn(poll_node_configs(
         client.clone(),
@@ -129,6 +156,9 @@ pub async fn run(
         let _ = services.wait_until_ready().await;
         let _ = slices.wait_until_ready().await;
         let _ = nodes.wait_until_ready().await;
+        synced_or_absent(&Api::<Pod>::all(client.clone()), &pods).await;
+        synced_or_absent(&redirect_api, &local_redirects).await;
+        synced_or_absent(&balancing_api, &balancing).await;
     };
     tokio::select! {
         _ = stop.cancelled() => return,
@@ -137,6 +167,7 @@ pub async fn run(
     tracing::info!(node = %settings.node_name, proxy_name = %settings.service_proxy_name,
         "Kubernetes objects synced");
     let mut reported: Vec<super::translate::Unserved> = Vec::new();
+    let mut statused: Vec<PolicyUse> = Vec::new();
     loop {
         let started = Instant::now();
         let translation = {
@@ -154,6 +185,18 @@ pub async fn run(
             let services: Vec<&KubeService> = services.iter().map(|s| &**s).collect();
             let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
             let mut t = translate(&services, &slices, &node);
+            let (redirects, balancing, pods) =
+                (local_redirects.state(), balancing.state(), pods.state());
+            let redirects: Vec<&LocalRedirectPolicy> = redirects.iter().map(|p| &**p).collect();
+            let balancing: Vec<&BalancingPolicy> = balancing.iter().map(|p| &**p).collect();
+            let pods: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
+            let policies = Policies {
+                local_redirects: &redirects,
+                balancing: &balancing,
+                pods: &pods,
+                services: &services,
+            };
+            t.policies = policies::apply(&mut t.table, &policies, &node, &mut t.unserved);
             t.nodes = lock(&node_configs).nodes.clone();
             let cluster = lock(&node_metrics);
             nodeconfig::prefer_custom_metrics(&mut t.nodes, &cluster.custom);
@@ -175,6 +218,18 @@ pub async fn run(
             }
         }
         reported = translation.unserved.clone();
+        for u in translation
+            .policies
+            .iter()
+            .filter(|u| !statused.contains(u))
+        {
+            tokio::spawn(patch_status(
+                client.clone(),
+                settings.node_name.clone(),
+                u.clone(),
+            ));
+        }
+        statused = translation.policies.clone();
         metrics.unserved.set(reported.len() as i64);
         metrics.syncs.inc();
         metrics
@@ -319,13 +374,64 @@ fn reports_events(nodes: &[Arc<Node>], this: &str) -> bool {
         .is_none_or(|first| first == this)
 }
 
-/// A Warning Event on the Service, for `kubectl describe` (best effort: a failure is
+/// Completes when `store` has synced, or at once when the API server does not serve its
+/// kind (a CRD not installed) or does not let wao-lb read it (RBAC of an older release),
+/// which is said: policies need them, Services do not, so Services are served meanwhile,
+/// and the reflector picks the objects up once they can be read.
+async fn synced_or_absent<K>(api: &Api<K>, store: &Store<K>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    match api.list(&ListParams::default().limit(1)).await {
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => {
+            let kind = K::kind(&K::DynamicType::default()).to_string();
+            tracing::warn!(%kind, reason = %e.message,
+                "cannot list them (CRD not installed, or no RBAC grant: see deploy/); policies that need them are not applied until they can be read");
+        }
+        _ => {
+            let _ = store.wait_until_ready().await;
+        }
+    }
+}
+
+/// Writes how many backends this node uses for a policy into its status, under this node's
+/// name (a merge patch of `status.nodes.<node>`, so the nodes never overwrite each other).
+/// Best effort: without the RBAC grant or the CRD it is logged at debug.
+async fn patch_status(client: Client, node: String, u: PolicyUse) {
+    let patch = Patch::Merge(serde_json::json!({
+        "status": {"nodes": {node: {"backends": u.backends}}}
+    }));
+    let params = PatchParams::default();
+    let result = match u.kind {
+        ServiceKind::LocalRedirectPolicy => {
+            Api::<LocalRedirectPolicy>::namespaced(client, &u.namespace)
+                .patch_status(&u.name, &params, &patch)
+                .await
+                .map(|_| ())
+        }
+        _ => Api::<BalancingPolicy>::namespaced(client, &u.namespace)
+            .patch_status(&u.name, &params, &patch)
+            .await
+            .map(|_| ()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(kind = %u.kind, namespace = %u.namespace, name = %u.name, error = %e,
+            "cannot write the policy's status");
+    }
+}
+
+/// A Warning Event on the object, for `kubectl describe` (best effort: a failure is
 /// logged at debug, since the log line and the metric already say it).
 async fn publish_event(recorder: Recorder, u: Unserved) {
     let (namespace, name) = u.object();
+    let api_version = match u.kind {
+        "Service" => "v1".to_string(),
+        _ => format!("{}/{}", policy_types::GROUP, policy_types::VERSION),
+    };
     let reference = ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Service".into()),
+        api_version: Some(api_version),
+        kind: Some(u.kind.into()),
         namespace: Some(namespace.to_string()),
         name: Some(name.to_string()),
         ..ObjectReference::default()

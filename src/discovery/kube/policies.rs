@@ -1,0 +1,479 @@
+//! wao-lb's policies onto the translated `ServiceTable`: BalancingPolicies give a frontend
+//! (a served Service's port, or an address of their own) pods by label, fixed addresses and
+//! other clusters as backends; then LocalRedirectPolicies put this node's ready pods in front
+//! of a frontend's backends, which stay as the fallback. What a policy cannot do is reported
+//! as `Unserved`. Pure: the objects in, the table changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::policy_types::{
+    BalancingPolicy, LocalRedirectPolicy, PodBackends, PolicyFrontend, PolicyProtocol,
+};
+use super::translate::{display_port, ThisNode, Unserved};
+use crate::model::node::Timing;
+use crate::model::url::HttpUrl;
+use crate::model::{
+    Backend, Frontend, Protocol, Redirect, RemoteCluster, Service, ServiceKind, ServiceTable,
+};
+
+/// How many backends a policy has in use on this node, for its status.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PolicyUse {
+    pub kind: ServiceKind,
+    pub namespace: String,
+    pub name: String,
+    pub backends: u32,
+}
+
+/// The policies' objects, and the opted-in Services their frontends may name.
+pub struct Policies<'a> {
+    pub local_redirects: &'a [&'a LocalRedirectPolicy],
+    pub balancing: &'a [&'a BalancingPolicy],
+    pub pods: &'a [&'a Pod],
+    pub services: &'a [&'a KubeService],
+}
+
+/// Drops from a Pod what the policies never read: of its metadata only the namespace,
+/// name, labels and deletion time; of its spec the node and the containers' ports; of its
+/// status the IPs and the Ready condition.
+pub fn slim_pod(p: &mut Pod) {
+    let m = &mut p.metadata;
+    m.annotations = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    if let Some(spec) = &mut p.spec {
+        spec.volumes = None;
+        spec.init_containers = None;
+        spec.ephemeral_containers = None;
+        spec.affinity = None;
+        spec.tolerations = None;
+        for c in &mut spec.containers {
+            c.env = None;
+            c.env_from = None;
+            c.command = None;
+            c.args = None;
+            c.volume_mounts = None;
+            c.resources = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+        }
+    }
+    if let Some(status) = &mut p.status {
+        status.container_statuses = None;
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+        if let Some(conditions) = &mut status.conditions {
+            conditions.retain(|c| c.type_ == "Ready");
+        }
+    }
+}
+
+/// Applies every policy to `table`; returns what each uses on this node.
+pub fn apply(
+    table: &mut ServiceTable,
+    policies: &Policies<'_>,
+    node: &ThisNode,
+    unserved: &mut Vec<Unserved>,
+) -> Vec<PolicyUse> {
+    let mut used = Vec::new();
+    let mut claimed = BTreeSet::new();
+    for p in sorted(policies.balancing) {
+        let (namespace, name) = identity(&p.metadata);
+        let report = |unserved: &mut Vec<Unserved>, code, reason: String| {
+            unserved.push(Unserved {
+                kind: "BalancingPolicy",
+                service: format!("{namespace}/{name}"),
+                code,
+                reason,
+            })
+        };
+        let targets = match frontends(namespace, &p.spec.frontend, policies.services, table) {
+            Ok(t) => t,
+            Err(e) => {
+                report(unserved, "InvalidFrontend", e);
+                continue;
+            }
+        };
+        let clusters = match clusters(&p.spec.clusters) {
+            Ok(c) => c,
+            Err(e) => {
+                report(unserved, "InvalidBackend", e);
+                continue;
+            }
+        };
+        let mut in_use = 0;
+        for target in targets {
+            if !claimed.insert(target.frontend) {
+                report(
+                    unserved,
+                    "FrontendConflict",
+                    format!(
+                        "{} is already balanced by another BalancingPolicy",
+                        target.frontend
+                    ),
+                );
+                continue;
+            }
+            let mut backends = match &p.spec.pods {
+                Some(pods) => pod_backends(namespace, pods, &target, policies.pods, None),
+                None => Vec::new(),
+            };
+            for (i, f) in p.spec.addresses.iter().enumerate() {
+                match f.address.parse::<SocketAddr>() {
+                    Ok(address) if address.port() != 0 && !f.node.is_empty() => {
+                        backends.push(Backend {
+                            address,
+                            node: Arc::from(f.node.as_str()),
+                            pod: None,
+                        })
+                    }
+                    _ => report(
+                        unserved,
+                        "InvalidBackend",
+                        format!(
+                            "spec.addresses[{i}]: {:?} on node {:?} is not an ip:port on a named node",
+                            f.address, f.node
+                        ),
+                    ),
+                }
+            }
+            in_use = in_use.max(backends.len() + clusters.len());
+            let mut service = base(
+                table,
+                &target,
+                ServiceKind::BalancingPolicy,
+                namespace,
+                name,
+            );
+            service.backends = backends;
+            service.clusters = clusters.clone();
+            table.services.insert(target.frontend, Arc::new(service));
+        }
+        used.push(PolicyUse {
+            kind: ServiceKind::BalancingPolicy,
+            namespace: namespace.into(),
+            name: name.into(),
+            backends: u32::try_from(in_use).unwrap_or(u32::MAX),
+        });
+    }
+    let mut redirected = BTreeSet::new();
+    for p in sorted(policies.local_redirects) {
+        let (namespace, name) = identity(&p.metadata);
+        let id = format!("{namespace}/{name}");
+        let targets = match frontends(namespace, &p.spec.frontend, policies.services, table) {
+            Ok(t) => t,
+            Err(e) => {
+                unserved.push(Unserved {
+                    kind: "LocalRedirectPolicy",
+                    service: id,
+                    code: "InvalidFrontend",
+                    reason: e,
+                });
+                continue;
+            }
+        };
+        let mut in_use = 0;
+        for target in targets {
+            if !redirected.insert(target.frontend) {
+                unserved.push(Unserved {
+                    kind: "LocalRedirectPolicy",
+                    service: id.clone(),
+                    code: "FrontendConflict",
+                    reason: format!(
+                        "{} is already redirected by another LocalRedirectPolicy",
+                        target.frontend
+                    ),
+                });
+                continue;
+            }
+            let local = pod_backends(
+                namespace,
+                &p.spec.backends,
+                &target,
+                policies.pods,
+                Some(&node.name),
+            );
+            in_use = in_use.max(local.len());
+            let mut service = base(
+                table,
+                &target,
+                ServiceKind::LocalRedirectPolicy,
+                namespace,
+                name,
+            );
+            service.redirect = Some(Redirect {
+                by: format!("LocalRedirectPolicy {id}").into(),
+                backends: local,
+            });
+            table.services.insert(target.frontend, Arc::new(service));
+        }
+        used.push(PolicyUse {
+            kind: ServiceKind::LocalRedirectPolicy,
+            namespace: namespace.into(),
+            name: name.into(),
+            backends: u32::try_from(in_use).unwrap_or(u32::MAX),
+        });
+    }
+    used
+}
+
+/// Policies by namespace and name: which wins a conflict does not depend on list order.
+fn sorted<'a, K: kube::Resource>(list: &[&'a K]) -> Vec<&'a K> {
+    let mut out = list.to_vec();
+    out.sort_by(|a, b| identity(a.meta()).cmp(&identity(b.meta())));
+    out
+}
+
+fn identity(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
+    (
+        m.namespace.as_deref().unwrap_or(""),
+        m.name.as_deref().unwrap_or(""),
+    )
+}
+
+/// The service at `target` as the policy starts from: the table's (a Service's, or another
+/// policy's), else a new one of the policy's own, with no backend.
+fn base(
+    table: &ServiceTable,
+    target: &Target,
+    kind: ServiceKind,
+    namespace: &str,
+    name: &str,
+) -> Service {
+    let policy: Arc<str> = format!("{namespace}/{name}").into();
+    let mut service = match table.services.get(&target.frontend) {
+        Some(s) => (**s).clone(),
+        None => Service::plain(kind, policy.clone(), target.frontend, Vec::new()),
+    };
+    service.kind = kind;
+    service.policy = Some(policy);
+    service
+}
+
+/// One frontend a policy applies to, and the port its pods take when the policy names none.
+#[derive(Debug, Clone)]
+struct Target {
+    frontend: Frontend,
+    default_port: IntOrString,
+}
+
+/// The frontends `f` names: every frontend of the Service's port(s) in the table, or the
+/// address of its own.
+fn frontends(
+    namespace: &str,
+    f: &PolicyFrontend,
+    services: &[&KubeService],
+    table: &ServiceTable,
+) -> Result<Vec<Target>, String> {
+    match (&f.service, &f.address) {
+        (Some(_), Some(_)) | (None, None) => {
+            Err("spec.frontend: give exactly one of service or address".into())
+        }
+        (None, Some(address)) => {
+            let ip: IpAddr = address
+                .parse()
+                .map_err(|_| format!("spec.frontend.address: {address:?} is not an IP address"))?;
+            let port = f
+                .port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .ok_or("spec.frontend.port: a port from 1 to 65535 is required with an address")?;
+            let protocol = match f.protocol {
+                Some(PolicyProtocol::Udp) => Protocol::Udp,
+                _ => Protocol::Tcp,
+            };
+            Ok(vec![Target {
+                frontend: Frontend {
+                    protocol,
+                    address: SocketAddr::new(ip, port),
+                },
+                default_port: IntOrString::Int(i32::from(port)),
+            }])
+        }
+        (Some(reference), None) => {
+            let svc = services
+                .iter()
+                .find(|s| {
+                    s.metadata.namespace.as_deref() == Some(namespace)
+                        && s.metadata.name.as_deref() == Some(reference.name.as_str())
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "spec.frontend.service: Service {namespace}/{} is not served by wao-lb (missing, or without the service-proxy-name label)",
+                        reference.name
+                    )
+                })?;
+            let ports: Vec<_> = svc
+                .spec
+                .iter()
+                .flat_map(|s| s.ports.iter().flatten())
+                .filter(|p| match &reference.port {
+                    None => true,
+                    Some(IntOrString::Int(n)) => p.port == *n,
+                    Some(IntOrString::String(s)) => p.name.as_deref() == Some(s.as_str()),
+                })
+                .collect();
+            if ports.is_empty() {
+                return Err(format!(
+                    "spec.frontend.service.port: Service {namespace}/{} has no port {:?}",
+                    reference.name, reference.port
+                ));
+            }
+            let mut out = Vec::new();
+            for port in ports {
+                let key = format!("{namespace}/{}:{}", reference.name, display_port(port));
+                let default_port = port
+                    .target_port
+                    .clone()
+                    .unwrap_or(IntOrString::Int(port.port));
+                out.extend(
+                    table
+                        .services
+                        .values()
+                        .filter(|s| *s.key == *key)
+                        .map(|s| Target {
+                            frontend: s.frontend,
+                            default_port: default_port.clone(),
+                        }),
+                );
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The ready pods `b` selects in `namespace` (only those on `node` when given), as backends
+/// for `target`: the address of the frontend's family, the port `b` names.
+fn pod_backends(
+    namespace: &str,
+    b: &PodBackends,
+    target: &Target,
+    pods: &[&Pod],
+    node: Option<&str>,
+) -> Vec<Backend> {
+    let wanted = b.target_port.as_ref().unwrap_or(&target.default_port);
+    let mut out: Vec<Backend> = pods
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|p| selects(&b.selector, p.metadata.labels.as_ref()))
+        .filter(|p| ready(p))
+        .filter_map(|p| {
+            let on = p.spec.as_ref()?.node_name.as_deref()?;
+            if node.is_some_and(|n| n != on) {
+                return None;
+            }
+            let ip = pod_ip(p, target.frontend.address.is_ipv6())?;
+            let port = pod_port(p, wanted, target.frontend.protocol)?;
+            Some(Backend {
+                address: SocketAddr::new(ip, port),
+                node: Arc::from(on),
+                pod: Some(
+                    format!("{namespace}/{}", p.metadata.name.as_deref().unwrap_or("")).into(),
+                ),
+            })
+        })
+        .collect();
+    out.sort_by_key(|b| b.address);
+    out.dedup_by_key(|b| b.address);
+    out
+}
+
+/// Ready, and not being deleted.
+fn ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ip(p: &Pod, v6: bool) -> Option<IpAddr> {
+    let status = p.status.as_ref()?;
+    status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|i| i.ip.as_str())
+        .chain(status.pod_ip.as_deref())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv6() == v6)
+}
+
+/// A port by number, or a container port of `protocol` by name.
+fn pod_port(p: &Pod, wanted: &IntOrString, protocol: Protocol) -> Option<u16> {
+    match wanted {
+        IntOrString::Int(n) => u16::try_from(*n).ok().filter(|n| *n > 0),
+        IntOrString::String(name) => {
+            let proto = match protocol {
+                Protocol::Tcp => "TCP",
+                Protocol::Udp => "UDP",
+            };
+            p.spec
+                .as_ref()?
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|cp| {
+                    cp.name.as_deref() == Some(name.as_str())
+                        && cp.protocol.as_deref().unwrap_or("TCP") == proto
+                })
+                .and_then(|cp| u16::try_from(cp.container_port).ok())
+        }
+    }
+}
+
+/// Kubernetes label selector semantics: every `matchLabels` pair and every expression holds;
+/// an empty selector selects everything. An unknown operator selects nothing.
+pub fn selects(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+    let get = |k: &str| labels.and_then(|l| l.get(k));
+    let pairs = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| get(k) == Some(v));
+    let expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or(&[]);
+        let value = get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    pairs && expressions
+}
+
+/// The policy's other clusters, each checked; one bad entry refuses them all (a split
+/// that silently lost a cluster would send its share elsewhere).
+fn clusters(list: &[super::policy_types::ClusterBackend]) -> Result<Vec<RemoteCluster>, String> {
+    let mut out: Vec<RemoteCluster> = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let at = format!("spec.clusters[{i}]");
+        if c.cluster.is_empty() || out.iter().any(|o| *o.name == *c.cluster) {
+            return Err(format!("{at}.cluster: empty or duplicate {:?}", c.cluster));
+        }
+        let score_url = HttpUrl::parse(&c.score_url).map_err(|e| format!("{at}.scoreUrl: {e}"))?;
+        let address = c
+            .address
+            .parse::<SocketAddr>()
+            .ok()
+            .filter(|a| a.port() != 0)
+            .ok_or_else(|| format!("{at}.address: {:?} is not an ip:port", c.address))?;
+        out.push(RemoteCluster {
+            name: Arc::from(c.cluster.as_str()),
+            score_url,
+            address,
+            timing: Timing::default(),
+        });
+    }
+    Ok(out)
+}
