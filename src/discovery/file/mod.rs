@@ -193,6 +193,56 @@ services:
     }
 
     #[test]
+    fn local_redirects_and_other_clusters_are_read_and_checked() {
+        let yaml = r#"
+services:
+  - name: dns
+    protocol: udp
+    address: 10.0.0.10:53
+    localRedirect:
+      backends: [{address: "127.0.0.1:5353", node: vm1}]
+    backends: [{address: "10.0.0.2:53", node: vm2}]
+    clusters:
+      - {cluster: east, scoreUrl: "http://u:secret@east:10349/score", address: "10.9.0.1:53", interval: 2s}
+"#;
+        let c = FileConfig::parse(yaml).unwrap();
+        let s = c.desired.services.services.values().next().unwrap();
+        let redirect = s.redirect.as_ref().unwrap();
+        assert_eq!(redirect.backends[0].address.to_string(), "127.0.0.1:5353");
+        assert_eq!(s.backends.len(), 1);
+        assert_eq!(&*s.clusters[0].name, "east");
+        assert_eq!(s.clusters[0].timing.interval.as_secs(), 2);
+        assert_eq!(s.clusters[0].score_url.to_string(), "http://***@east:10349/score");
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.path == "services[0].localRedirect"),
+            "no healthCheck: warned that it never falls back"
+        );
+        let bad = r#"
+services:
+  - name: dns
+    address: 10.0.0.10:53
+    localRedirect: {backends: []}
+    clusters:
+      - {cluster: local, scoreUrl: "ftp://east/score", address: "0.0.0.0:53"}
+      - {cluster: east, scoreUrl: "http://east/score", address: "10.9.0.1:53", staleAfter: 1s}
+"#;
+        let errs = FileConfig::parse(bad).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "services[0].localRedirect.backends",
+                "services[0].clusters[0].cluster",
+                "services[0].clusters[0].scoreUrl",
+                "services[0].clusters[0].address",
+                "services[0].clusters[1].staleAfter",
+            ]
+        );
+    }
+
+    #[test]
     fn tproxy_settings_take_hex_marks_and_refuse_kube_proxy_bits() {
         let c = FileConfig::parse(
             "services: []\nredirect: tproxy\ntproxy: {mark: 0x100, upstreamMark: 0x200, routeTable: 77}\n",

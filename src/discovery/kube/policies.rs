@@ -477,3 +477,297 @@ fn clusters(list: &[super::policy_types::ClusterBackend]) -> Result<Vec<RemoteCl
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::discovery::kube::translate::translate;
+
+    fn node() -> ThisNode {
+        ThisNode {
+            name: "n1".into(),
+            ..ThisNode::default()
+        }
+    }
+
+    /// A pod of namespace `ns` with labels `app`, on `node`, at `ip`, ready or not, with a
+    /// container port `dns`/53 (UDP) and `http`/8080.
+    fn pod(name: &str, app: &str, node: &str, ip: &str, ready: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": name, "labels": {"app": app, "tier": "x"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [
+                {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                {"name": "http", "containerPort": 8080}]}]},
+            "status": {"podIP": ip, "conditions": [
+                {"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        }))
+        .unwrap()
+    }
+
+    /// Service ns/web, ClusterIP 10.96.0.10, ports http/80→8080 (TCP) and dns/53 (UDP),
+    /// with one endpoint on n2 for each port.
+    fn served() -> (KubeService, k8s_openapi::api::discovery::v1::EndpointSlice) {
+        let svc = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [
+                {"name": "http", "port": 80, "targetPort": "http"},
+                {"name": "dns", "port": 53, "protocol": "UDP"}]},
+        }))
+        .unwrap();
+        let slice = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": "web-1",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                      {"name": "dns", "port": 53, "protocol": "UDP"}],
+            "endpoints": [{"addresses": ["10.1.2.9"], "nodeName": "n2"}],
+        }))
+        .unwrap();
+        (svc, slice)
+    }
+
+    fn lrp(name: &str, spec: Value) -> LocalRedirectPolicy {
+        serde_json::from_value(json!({"apiVersion": "lb.wao.dev/v1alpha1",
+            "kind": "LocalRedirectPolicy", "metadata": {"namespace": "ns", "name": name},
+            "spec": spec}))
+        .unwrap()
+    }
+
+    fn bp(name: &str, spec: Value) -> BalancingPolicy {
+        serde_json::from_value(json!({"apiVersion": "lb.wao.dev/v1alpha1",
+            "kind": "BalancingPolicy", "metadata": {"namespace": "ns", "name": name},
+            "spec": spec}))
+        .unwrap()
+    }
+
+    fn pods() -> Vec<Pod> {
+        vec![
+            pod("dns-n1", "dns", "n1", "10.1.1.5", true),
+            pod("dns-n1-starting", "dns", "n1", "10.1.1.6", false),
+            pod("dns-n2", "dns", "n2", "10.1.2.5", true),
+            pod("web-n2", "web", "n2", "10.1.2.7", true),
+        ]
+    }
+
+    /// One row per frontend: (frontend, kind, redirect backends, backends, clusters).
+    type Row = (String, ServiceKind, Vec<String>, Vec<String>, usize);
+
+    /// The table after applying `lrps` and `bps` with `pods`, and what was refused.
+    fn run(
+        lrps: &[LocalRedirectPolicy],
+        bps: &[BalancingPolicy],
+        pods: &[Pod],
+    ) -> (Vec<Row>, Vec<String>, Vec<PolicyUse>) {
+        let (svc, slice) = served();
+        let mut t = translate(&[&svc], &[&slice], &node());
+        let lrps: Vec<&LocalRedirectPolicy> = lrps.iter().collect();
+        let bps: Vec<&BalancingPolicy> = bps.iter().collect();
+        let pods: Vec<&Pod> = pods.iter().collect();
+        let used = apply(
+            &mut t.table,
+            &Policies {
+                local_redirects: &lrps,
+                balancing: &bps,
+                pods: &pods,
+                services: &[&svc],
+            },
+            &node(),
+            &mut t.unserved,
+        );
+        let addresses = |list: &[Backend]| {
+            list.iter()
+                .map(|b| format!("{}@{}", b.address, b.node))
+                .collect()
+        };
+        let rows = t
+            .table
+            .services
+            .values()
+            .map(|s| {
+                (
+                    s.frontend.to_string(),
+                    s.kind,
+                    s.redirect
+                        .as_ref()
+                        .map(|r| addresses(&r.backends))
+                        .unwrap_or_default(),
+                    addresses(&s.backends),
+                    s.clusters.len(),
+                )
+            })
+            .collect();
+        let refused = t
+            .unserved
+            .iter()
+            .map(|u| format!("{} {}: {}", u.kind, u.code, u.reason))
+            .collect();
+        (rows, refused, used)
+    }
+
+    #[test]
+    fn a_local_redirect_on_a_service_takes_only_this_nodes_ready_pods() {
+        let cases: [(&str, Value, Vec<&str>); 3] = [
+            (
+                "named target port, one service port",
+                json!({"frontend": {"service": {"name": "web", "port": "dns"}},
+                       "backends": {"selector": {"matchLabels": {"app": "dns"}}, "targetPort": "dns"}}),
+                vec!["10.1.1.5:53@n1"],
+            ),
+            (
+                "no target port: the Service's targetPort, by name on the pod",
+                json!({"frontend": {"service": {"name": "web", "port": 80}},
+                       "backends": {"selector": {"matchLabels": {"app": "dns"}}}}),
+                vec!["10.1.1.5:8080@n1"],
+            ),
+            (
+                "expressions",
+                json!({"frontend": {"service": {"name": "web", "port": "dns"}},
+                       "backends": {"selector": {"matchExpressions": [
+                           {"key": "app", "operator": "In", "values": ["dns", "cache"]},
+                           {"key": "canary", "operator": "DoesNotExist"}]}}}),
+                vec!["10.1.1.5:53@n1"],
+            ),
+        ];
+        for (what, spec, want) in cases {
+            let (rows, refused, used) = run(&[lrp("local", spec)], &[], &pods());
+            assert!(refused.is_empty(), "{what}: {refused:?}");
+            let redirected: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.1 == ServiceKind::LocalRedirectPolicy)
+                .collect();
+            assert_eq!(redirected.len(), 1, "{what}: one frontend: {rows:?}");
+            let (_, _, redirect, fallback, _) = redirected[0];
+            assert_eq!(redirect, &want, "{what}");
+            assert_eq!(
+                fallback.len(),
+                1,
+                "{what}: the Service's endpoint stays as the fallback"
+            );
+            assert!(fallback[0].ends_with("@n2"), "{what}: {fallback:?}");
+            assert_eq!(used[0].backends, 1, "{what}");
+        }
+    }
+
+    #[test]
+    fn without_a_ready_local_pod_the_redirect_is_empty_and_the_service_stays() {
+        let spec = json!({"frontend": {"service": {"name": "web", "port": "dns"}},
+                          "backends": {"selector": {"matchLabels": {"app": "dns"}}}});
+        let pods = [
+            pod("dns-n1-starting", "dns", "n1", "10.1.1.6", false),
+            pod("dns-n2", "dns", "n2", "10.1.2.5", true),
+        ];
+        let (rows, _, used) = run(&[lrp("local", spec)], &[], &pods);
+        let row = rows.iter().find(|r| r.0 == "10.96.0.10:53/udp").unwrap();
+        assert_eq!(row.2, Vec::<String>::new());
+        assert_eq!(row.3, ["10.1.2.9:53@n2"]);
+        assert_eq!(used[0].backends, 0);
+    }
+
+    #[test]
+    fn a_redirect_on_an_address_of_its_own_is_a_new_frontend() {
+        let spec = json!({"frontend": {"address": "169.254.20.10", "port": 53, "protocol": "UDP"},
+                          "backends": {"selector": {"matchLabels": {"app": "dns"}}}});
+        let (rows, refused, _) = run(&[lrp("vip", spec)], &[], &pods());
+        assert!(refused.is_empty(), "{refused:?}");
+        let row = rows.iter().find(|r| r.0 == "169.254.20.10:53/udp").unwrap();
+        assert_eq!(row.1, ServiceKind::LocalRedirectPolicy);
+        assert_eq!(
+            row.2,
+            ["10.1.1.5:53@n1"],
+            "the frontend port is the pods' port"
+        );
+        assert!(row.3.is_empty(), "no fallback for an address of its own");
+    }
+
+    #[test]
+    fn a_balancing_policy_takes_pods_anywhere_and_fixed_addresses() {
+        let spec = json!({"frontend": {"address": "10.96.200.1", "port": 80},
+            "pods": {"selector": {"matchLabels": {"app": "web"}}, "targetPort": "http"},
+            "addresses": [{"address": "192.0.2.10:8080", "node": "rack7"}],
+            "clusters": [{"cluster": "east", "scoreUrl": "http://east:10349/score", "address": "203.0.113.10:80"}]});
+        let (rows, refused, used) = run(&[], &[bp("split", spec)], &pods());
+        assert!(refused.is_empty(), "{refused:?}");
+        let row = rows.iter().find(|r| r.0 == "10.96.200.1:80/tcp").unwrap();
+        assert_eq!(row.1, ServiceKind::BalancingPolicy);
+        assert_eq!(row.3, ["10.1.2.7:8080@n2", "192.0.2.10:8080@rack7"]);
+        assert_eq!(row.4, 1, "one other cluster");
+        assert_eq!(used[0].backends, 3);
+        // On a Service's port it replaces the endpoints; a redirect then composes on top.
+        let spec = json!({"frontend": {"service": {"name": "web", "port": "http"}},
+            "addresses": [{"address": "192.0.2.10:8080", "node": "rack7"}]});
+        let redirect = json!({"frontend": {"service": {"name": "web", "port": "http"}},
+            "backends": {"selector": {"matchLabels": {"app": "dns"}}, "targetPort": 8080}});
+        let (rows, _, _) = run(&[lrp("local", redirect)], &[bp("db", spec)], &pods());
+        let row = rows.iter().find(|r| r.0 == "10.96.0.10:80/tcp").unwrap();
+        assert_eq!(row.2, ["10.1.1.5:8080@n1"]);
+        assert_eq!(
+            row.3,
+            ["192.0.2.10:8080@rack7"],
+            "the policy's backends are the fallback"
+        );
+    }
+
+    #[test]
+    fn what_a_policy_cannot_do_is_reported() {
+        let cases: [(Value, &str); 5] = [
+            (json!({"frontend": {"address": "10.0.0.1", "port": 80, "service": {"name": "web"}}}),
+             "BalancingPolicy InvalidFrontend: spec.frontend: give exactly one of service or address"),
+            (json!({"frontend": {"service": {"name": "db"}}}),
+             "BalancingPolicy InvalidFrontend: spec.frontend.service: Service ns/db is not served by wao-lb"),
+            (json!({"frontend": {"service": {"name": "web", "port": "grpc"}}}),
+             "BalancingPolicy InvalidFrontend: spec.frontend.service.port: Service ns/web has no port"),
+            (json!({"frontend": {"address": "10.0.0.1"}}),
+             "BalancingPolicy InvalidFrontend: spec.frontend.port: a port from 1 to 65535"),
+            (json!({"frontend": {"address": "10.0.0.1", "port": 80},
+                    "clusters": [{"cluster": "east", "scoreUrl": "ftp://x", "address": "1.2.3.4:80"}]}),
+             "BalancingPolicy InvalidBackend: spec.clusters[0].scoreUrl"),
+        ];
+        for (spec, want) in cases {
+            let (_, refused, _) = run(&[], &[bp("bad", spec)], &[]);
+            assert!(
+                refused.iter().any(|r| r.starts_with(want)),
+                "want {want:?}, got {refused:?}"
+            );
+        }
+        let spec = json!({"frontend": {"address": "10.0.0.1", "port": 80}});
+        let (_, refused, _) = run(&[], &[bp("a", spec.clone()), bp("b", spec)], &[]);
+        assert_eq!(refused, ["BalancingPolicy FrontendConflict: 10.0.0.1:80/tcp is already balanced by another BalancingPolicy"]);
+    }
+
+    #[test]
+    fn label_selectors_as_kubernetes_reads_them() {
+        let labels: BTreeMap<String, String> =
+            [("app".into(), "dns".into()), ("tier".into(), "x".into())].into();
+        let cases: [(Value, bool); 8] = [
+            (json!({}), true),
+            (json!({"matchLabels": {"app": "dns"}}), true),
+            (json!({"matchLabels": {"app": "web"}}), false),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["dns"]}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "Like", "values": ["dns"]}]}),
+                false,
+            ),
+        ];
+        for (selector, want) in cases {
+            let s: LabelSelector = serde_json::from_value(selector.clone()).unwrap();
+            assert_eq!(selects(&s, Some(&labels)), want, "{selector}");
+        }
+    }
+}
