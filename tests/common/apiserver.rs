@@ -5,7 +5,8 @@
 //! leaves a watch's selector arriving as DELETED, and `410 Gone` (an ERROR event with the
 //! `Expired` status) for a version older than the last compaction. It can be stopped and
 //! started again on the same port. It also serves Secrets, Events, WAO's NodeConfig CRD,
-//! metrics.k8s.io's NodeMetrics and WAO's custom metrics. The real client (kube-rs) drives it through a kubeconfig.
+//! metrics.k8s.io's NodeMetrics, WAO's custom metrics, Pods, and wao-lb's policy CRDs with
+//! merge patches of their status. The real client (kube-rs) drives it through a kubeconfig.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -34,6 +35,10 @@ pub enum Kind {
     Secret,
     /// metrics.k8s.io's node usage.
     NodeMetrics,
+    Pod,
+    /// wao-lb's CRDs.
+    LocalRedirectPolicy,
+    BalancingPolicy,
 }
 
 impl Kind {
@@ -42,6 +47,7 @@ impl Kind {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::NodeConfig => "node.waok8s.github.io/v1beta1",
             Kind::NodeMetrics => "metrics.k8s.io/v1beta1",
+            Kind::LocalRedirectPolicy | Kind::BalancingPolicy => "lb.wao.dev/v1alpha1",
             _ => "v1",
         }
     }
@@ -54,6 +60,9 @@ impl Kind {
             Kind::NodeConfig => "NodeConfig",
             Kind::Secret => "Secret",
             Kind::NodeMetrics => "NodeMetrics",
+            Kind::Pod => "Pod",
+            Kind::LocalRedirectPolicy => "LocalRedirectPolicy",
+            Kind::BalancingPolicy => "BalancingPolicy",
         }
     }
 }
@@ -137,6 +146,19 @@ impl ApiServer {
                 get(|s, q| handle(s, q, Kind::EndpointSlice)),
             )
             .route("/api/v1/nodes", get(|s, q| handle(s, q, Kind::Node)))
+            .route("/api/v1/pods", get(|s, q| handle(s, q, Kind::Pod)))
+            .route(
+                "/apis/lb.wao.dev/v1alpha1/localredirectpolicies",
+                get(|s, q| handle(s, q, Kind::LocalRedirectPolicy)),
+            )
+            .route(
+                "/apis/lb.wao.dev/v1alpha1/balancingpolicies",
+                get(|s, q| handle(s, q, Kind::BalancingPolicy)),
+            )
+            .route(
+                "/apis/lb.wao.dev/v1alpha1/namespaces/:namespace/:plural/:name/status",
+                axum::routing::patch(patch_status),
+            )
             .route(
                 "/apis/node.waok8s.github.io/v1beta1/nodeconfigs",
                 get(|s: State<(Arc<Shared>, CancellationToken)>, q| async move {
@@ -202,26 +224,8 @@ impl ApiServer {
     }
 
     /// Creates or replaces an object (its namespace and name from its metadata).
-    pub fn put(&self, kind: Kind, mut object: Value) {
-        let mut store = self.shared.store.lock().expect("store");
-        store.rv += 1;
-        let rv = store.rv;
-        object["apiVersion"] = json!(kind.api_version());
-        object["kind"] = json!(kind.name());
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if object["metadata"]["uid"].is_null() {
-            object["metadata"]["uid"] = json!(format!("uid-{rv}"));
-        }
-        let key = key_of(kind, &object);
-        let before = store.objects.insert(key, object.clone());
-        let change = Change {
-            rv,
-            kind,
-            before,
-            after: Some(object),
-        };
-        store.log.push(change.clone());
-        let _ = self.shared.changes.send(change);
+    pub fn put(&self, kind: Kind, object: Value) {
+        put(&self.shared, kind, object);
     }
 
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
@@ -244,6 +248,15 @@ impl ApiServer {
         };
         store.log.push(change.clone());
         let _ = self.shared.changes.send(change);
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        let store = self.shared.store.lock().expect("store");
+        store
+            .objects
+            .get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Forgets the history: a watch from any version before now gets 410 Gone.
@@ -334,6 +347,77 @@ async fn custom_metric(
         "metadata": {}, "items": items}),
     )
     .into_response()
+}
+
+/// A JSON merge patch (RFC 7386) of a policy's `status`, as kube-rs sends `Patch::Merge`;
+/// the object's spec is left alone, and the change is seen by watches like any other.
+async fn patch_status(
+    State((shared, _)): State<(Arc<Shared>, CancellationToken)>,
+    axum::extract::Path((namespace, plural, name)): axum::extract::Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    // kube-rs sends `application/merge-patch+json`, which axum's Json extractor refuses.
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return (axum::http::StatusCode::BAD_REQUEST, "not JSON").into_response();
+    };
+    let kind = match plural.as_str() {
+        "localredirectpolicies" => Kind::LocalRedirectPolicy,
+        "balancingpolicies" => Kind::BalancingPolicy,
+        _ => return not_found(),
+    };
+    let stored = {
+        let store = shared.store.lock().expect("store");
+        store.objects.get(&(kind, namespace, name)).cloned()
+    };
+    let Some(mut object) = stored else {
+        return not_found();
+    };
+    merge(&mut object["status"], &patch["status"]);
+    put(&shared, kind, object.clone());
+    Json(object).into_response()
+}
+
+fn merge(into: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !into.is_object() {
+                *into = json!({});
+            }
+            for (k, v) in fields {
+                if v.is_null() {
+                    if let Some(o) = into.as_object_mut() {
+                        o.remove(k);
+                    }
+                } else {
+                    merge(&mut into[k], v);
+                }
+            }
+        }
+        other => *into = other.clone(),
+    }
+}
+
+/// Creates or replaces an object (its namespace and name from its metadata).
+fn put(shared: &Shared, kind: Kind, mut object: Value) {
+    let mut store = shared.store.lock().expect("store");
+    store.rv += 1;
+    let rv = store.rv;
+    object["apiVersion"] = json!(kind.api_version());
+    object["kind"] = json!(kind.name());
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    if object["metadata"]["uid"].is_null() {
+        object["metadata"]["uid"] = json!(format!("uid-{rv}"));
+    }
+    let key = key_of(kind, &object);
+    let before = store.objects.insert(key, object.clone());
+    let change = Change {
+        rv,
+        kind,
+        before,
+        after: Some(object),
+    };
+    store.log.push(change.clone());
+    let _ = shared.changes.send(change);
 }
 
 fn not_found() -> Response {

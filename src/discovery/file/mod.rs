@@ -212,7 +212,10 @@ services:
         assert_eq!(s.backends.len(), 1);
         assert_eq!(&*s.clusters[0].name, "east");
         assert_eq!(s.clusters[0].timing.interval.as_secs(), 2);
-        assert_eq!(s.clusters[0].score_url.to_string(), "http://***@east:10349/score");
+        assert_eq!(
+            s.clusters[0].score_url.to_string(),
+            "http://***@east:10349/score"
+        );
         assert!(
             c.warnings
                 .iter()
