@@ -63,6 +63,14 @@ async fn start_on(api: &ApiServer, dir: &TempDir, nodes: &str) -> wao_lb::app::R
     lb
 }
 
+/// A scratch directory, an API server with Node n1, two echo servers and a free VIP.
+async fn setup(tag: &str) -> (TempDir, ApiServer, Echo, Echo, SocketAddr) {
+    let api = ApiServer::start().await;
+    api.put(Kind::Node, node("n1"));
+    let (a, b) = (echo_server().await, echo_server().await);
+    (TempDir::new(tag), api, a, b, free_addr())
+}
+
 /// `n` connections through `frontend`, each echoed whole.
 async fn connect(frontend: SocketAddr, n: usize) {
     for i in 0..n {
@@ -77,23 +85,14 @@ async fn connect(frontend: SocketAddr, n: usize) {
 /// status says how many local backends n1 uses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
-    let dir = TempDir::new("lrp");
-    let api = ApiServer::start().await;
-    let local = echo_server().await;
-    let remote = echo_server().await;
-    let vip = free_addr();
-    api.put(Kind::Node, node("n1"));
+    let (dir, api, local, remote, vip) = setup("lrp").await;
     web_service(&api, vip, remote.addr);
-    api.put(
-        Kind::Pod,
-        pod(
-            "cache-n1",
-            "cache",
-            "n1",
-            &local.addr.ip().to_string(),
-            true,
-        ),
-    );
+    // The pod on n1, ready or not.
+    let cache_n1 = |ready: bool| {
+        let ip = local.addr.ip().to_string();
+        api.put(Kind::Pod, pod("cache-n1", "cache", "n1", &ip, ready));
+    };
+    cache_n1(true);
     api.put(
         Kind::Pod,
         pod("cache-n2", "cache", "n2", "127.0.0.99", true),
@@ -130,16 +129,7 @@ async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
     );
 
     // The local pod goes unready: the Service's own endpoint takes over.
-    api.put(
-        Kind::Pod,
-        pod(
-            "cache-n1",
-            "cache",
-            "n1",
-            &local.addr.ip().to_string(),
-            false,
-        ),
-    );
+    cache_n1(false);
     let fell_back = eventually(WITHIN, async || {
         lb.weights()
             .iter()
@@ -166,16 +156,7 @@ async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
     );
 
     // Ready again: back on the node.
-    api.put(
-        Kind::Pod,
-        pod(
-            "cache-n1",
-            "cache",
-            "n1",
-            &local.addr.ip().to_string(),
-            true,
-        ),
-    );
+    cache_n1(true);
     assert!(
         eventually(WITHIN, async || {
             lb.weights()
@@ -195,12 +176,7 @@ async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
 /// observed picks match it where uniform would not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_balancing_policy_weighs_a_pod_and_a_fixed_address_by_power() {
-    let dir = TempDir::new("bp");
-    let api = ApiServer::start().await;
-    let in_cluster = echo_server().await;
-    let outside = echo_server().await;
-    let vip = free_addr();
-    api.put(Kind::Node, node("n1"));
+    let (dir, api, in_cluster, outside, vip) = setup("bp").await;
     api.put(
         Kind::Pod,
         pod(
