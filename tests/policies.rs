@@ -1,22 +1,48 @@
-//! wao-lb's policies end to end, on real sockets: a LocalRedirectPolicy and a
-//! BalancingPolicy from the test API server (`common/apiserver.rs`, driven by kube-rs), and
-//! two wao-lb instances acting as two clusters, each serving `/score`, with a service that
-//! lists the other one as a backend group split by WAO's rule.
+//! wao-lb's policies end to end on the real kernel path, in network namespaces
+//! (`common/netns.rs`: a client, the node running wao-lb with `redirect: tproxy`, and two
+//! backends that answer with their name): a LocalRedirectPolicy and a BalancingPolicy from
+//! the test API server (`common/apiserver.rs`, driven by kube-rs, listening inside the
+//! node's namespace), and two wao-lb processes acting as two clusters, each serving
+//! `/score`, with a service that lists the other as a backend group split by WAO's rule.
 
 mod common;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::apiserver::{ApiServer, Kind};
-use common::*;
+use common::netns::*;
+use common::BIN;
 use serde_json::{json, Value};
 
 const OPT_IN: &str = "service.kubernetes.io/service-proxy-name";
-const WITHIN: Duration = Duration::from_secs(20);
 
-fn node(name: &str) -> Value {
-    json!({"metadata": {"name": name}, "status": {"addresses": []}})
+/// Polls `f` every 100 ms for up to 20 s, off the async workers.
+fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    tokio::task::block_in_place(|| {
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    })
+}
+
+/// `path` of an admin API as JSON (Null while it does not answer).
+fn admin_json(net: &Net, role: &str, addr: &str, path: &str) -> Value {
+    net.admin_at(role, addr, path)
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The node wao-lb's `/weights` rows.
+fn rows(net: &Net) -> Vec<Value> {
+    match admin_json(net, "nd", "127.0.0.1:10349", "/weights") {
+        Value::Array(rows) => rows,
+        _ => Vec::new(),
+    }
 }
 
 /// A pod of namespace shop on `node` at `ip`, labelled `app`, ready or not.
@@ -27,330 +53,304 @@ fn pod(name: &str, app: &str, node: &str, ip: &str, ready: bool) -> Value {
                {"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
 }
 
-/// Opted-in Service shop/web at `vip`, with one ready endpoint `endpoint` on node n2.
-fn web_service(api: &ApiServer, vip: SocketAddr, endpoint: SocketAddr) {
+/// The namespaces with both backends, and the test API server inside the node's namespace
+/// with Node `nd` (the node wao-lb runs on).
+fn cluster() -> (Net, ApiServer) {
+    let mut net = Net::new();
+    net.backends();
+    let listener =
+        tokio::net::TcpListener::from_std(listener_in(&net.ns("nd"))).expect("tokio listener");
+    let api = ApiServer::start_on(listener);
+    api.put(
+        Kind::Node,
+        json!({"metadata": {"name": "nd"},
+               "status": {"addresses": [{"type": "InternalIP", "address": net.v4(1, 1)}]}}),
+    );
+    (net, api)
+}
+
+/// Starts wao-lb in the node's namespace, transparent, in Kubernetes mode for node `nd`,
+/// and `extra` YAML (power settings, nodes).
+fn start_kubernetes_lb(net: &mut Net, api: &ApiServer, extra: &str) {
+    let kubeconfig = api.kubeconfig(&net.dir);
+    let config = net.dir.join("kube.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin: {{listen: 127.0.0.1:10349}}\nredirect: tproxy\ndiscovery:\n  kubernetes: {{nodeName: nd, minSyncPeriod: 100ms, kubeconfig: \"{}\"}}\n{extra}",
+            kubeconfig.display()
+        ),
+    )
+    .expect("write config");
+    tokio::task::block_in_place(|| net.start_lb_on(&config));
+}
+
+/// Asserts that `picks` backends of `total` went to b1 within 4.5 binomial σ of `share`
+/// (a correct split fails about once in 150,000 runs), and that the band excludes uniform.
+fn assert_share(v: &Value, total: u64, share: f64) {
+    assert_eq!(count(v, "errors"), 0, "{v}");
+    assert_eq!(count(v, "b1") + count(v, "b2"), total, "{v}");
+    let sigma = (share * (1.0 - share) / total as f64).sqrt();
+    assert!(
+        (share - 0.5).abs() > 4.5 * sigma,
+        "{total} connections cannot tell {share:.3} from uniform"
+    );
+    let observed = count(v, "b1") as f64 / total as f64;
+    assert!(
+        (observed - share).abs() <= 4.5 * sigma,
+        "b1 got {observed:.3}, planned {share:.3}: {v}"
+    );
+}
+
+/// A LocalRedirectPolicy on a Service's VIP: the node's connections, from a client routed
+/// through it and from a process on the node itself, go only to the ready pod on this
+/// node (b1), not to the Service's endpoint elsewhere (b2), through the TPROXY rules. When
+/// that pod goes unready they fall back to the Service's endpoint, and come back when it
+/// is ready again. The policy's status says how many local backends the node uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
+    let (mut net, api) = cluster();
+    let vip = net.vip4();
     api.put(
         Kind::Service,
         json!({"metadata": {"namespace": "shop", "name": "web", "labels": {OPT_IN: "wao-loadbalancer"}},
-               "spec": {"type": "ClusterIP", "clusterIP": vip.ip().to_string(),
-                        "ports": [{"name": "http", "port": vip.port(), "protocol": "TCP"}]}}),
+               "spec": {"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip],
+                        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}}),
     );
     api.put(
         Kind::EndpointSlice,
         json!({"metadata": {"namespace": "shop", "name": "web-a",
                             "labels": {"kubernetes.io/service-name": "web", OPT_IN: "wao-loadbalancer"}},
-               "addressType": "IPv4",
-               "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}],
-               "endpoints": [{"addresses": [endpoint.ip().to_string()], "nodeName": "n2",
+               "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": [{"addresses": [net.v4(3, 2)], "nodeName": "other",
                               "conditions": {"ready": true}}]}),
     );
-}
-
-/// wao-lb in Kubernetes mode for node n1 against `api`, with `nodes` (config-file YAML
-/// under `nodes:`), once `/readyz` is green.
-async fn start_on(api: &ApiServer, dir: &TempDir, nodes: &str) -> wao_lb::app::Running {
-    let kubeconfig = api.kubeconfig(&dir.0);
-    let lb = start(&format!(
-        "admin: {{listen: 127.0.0.1:0}}\npower: {{interval: 200ms}}\ndiscovery:\n  kubernetes: {{nodeName: n1, minSyncPeriod: 100ms, kubeconfig: \"{}\"}}\n{nodes}",
-        kubeconfig.display()
-    ))
-    .await;
-    let ready = eventually(WITHIN, async || {
-        http_get(lb.admin_addr, "/readyz").await.0 == 200
-    })
-    .await;
-    assert!(ready, "/readyz after the first sync");
-    lb
-}
-
-/// A scratch directory, an API server with Node n1, two echo servers and a free VIP.
-async fn setup(tag: &str) -> (TempDir, ApiServer, Echo, Echo, SocketAddr) {
-    let api = ApiServer::start().await;
-    api.put(Kind::Node, node("n1"));
-    let (a, b) = (echo_server().await, echo_server().await);
-    (TempDir::new(tag), api, a, b, free_addr())
-}
-
-/// `n` connections through `frontend`, each echoed whole.
-async fn connect(frontend: SocketAddr, n: usize) {
-    for i in 0..n {
-        let back = echo_once(frontend, b"ping").await;
-        assert_eq!(back.ok().as_deref(), Some(&b"ping"[..]), "connection {i}");
-    }
-}
-
-/// A LocalRedirectPolicy on a Service's VIP: node n1's connections go only to the ready
-/// pod on n1, not to the Service's endpoint on n2; when that pod goes unready they fall
-/// back to the Service's endpoint, and come back when it is ready again. The policy's
-/// status says how many local backends n1 uses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
-    let (dir, api, local, remote, vip) = setup("lrp").await;
-    web_service(&api, vip, remote.addr);
-    // The pod on n1, ready or not.
-    let cache_n1 = |ready: bool| {
-        let ip = local.addr.ip().to_string();
-        api.put(Kind::Pod, pod("cache-n1", "cache", "n1", &ip, ready));
-    };
-    cache_n1(true);
-    api.put(
-        Kind::Pod,
-        pod("cache-n2", "cache", "n2", "127.0.0.99", true),
-    );
+    let (b1, b2) = (net.v4(2, 2), net.v4(3, 2));
+    api.put(Kind::Pod, pod("cache-other", "cache", "other", &b2, true));
+    let cache_nd = |ready: bool| api.put(Kind::Pod, pod("cache-nd", "cache", "nd", &b1, ready));
+    cache_nd(true);
     api.put(
         Kind::LocalRedirectPolicy,
         json!({"metadata": {"namespace": "shop", "name": "local-web"},
                "spec": {"frontend": {"service": {"name": "web", "port": "http"}},
-                        "backends": {"selector": {"matchLabels": {"app": "cache"}},
-                                     "targetPort": local.addr.port()}}}),
+                        "backends": {"selector": {"matchLabels": {"app": "cache"}}}}}),
     );
-    let lb = start_on(&api, &dir, "").await;
-    let redirected = eventually(WITHIN, async || {
-        lb.weights()
-            .iter()
-            .any(|r| r.kind == "LocalRedirectPolicy" && r.backend == local.addr.to_string())
-    })
-    .await;
-    assert!(redirected, "{:?}", lb.weights());
-    connect(vip, 40).await;
-    assert_eq!(local.count(), 40, "every connection to the local pod");
-    assert_eq!(remote.count(), 0, "none to the Service's endpoint on n2");
-    let row = &lb.weights()[0];
-    assert_eq!(row.selected_by, "LocalRedirectPolicy shop/local-web");
-    let status = eventually(WITHIN, async || {
-        api.get(Kind::LocalRedirectPolicy, "shop", "local-web")
-            .is_some_and(|p| p["status"]["nodes"]["n1"]["backends"] == 1)
-    })
-    .await;
-    assert!(
-        status,
-        "{:?}",
-        api.get(Kind::LocalRedirectPolicy, "shop", "local-web")
+    start_kubernetes_lb(&mut net, &api, "");
+    let only = |backend: &str| {
+        let rows = rows(&net);
+        !rows.is_empty()
+            && rows
+                .iter()
+                .all(|r| r["backend"] == format!("{backend}:8080"))
+    };
+    assert!(wait_for(|| only(&b1)), "{:?}", rows(&net));
+    let rows_now = rows(&net);
+    assert_eq!(rows_now[0]["kind"], "LocalRedirectPolicy", "{rows_now:?}");
+    assert_eq!(
+        rows_now[0]["selectedBy"],
+        "LocalRedirectPolicy shop/local-web"
     );
 
-    // The local pod goes unready: the Service's own endpoint takes over.
-    cache_n1(false);
-    let fell_back = eventually(WITHIN, async || {
-        lb.weights()
-            .iter()
-            .any(|r| r.backend == remote.addr.to_string())
-    })
-    .await;
-    assert!(fell_back, "{:?}", lb.weights());
-    connect(vip, 20).await;
-    assert_eq!(local.count(), 40, "none more to the unready pod");
-    assert_eq!(remote.count(), 20, "all to the fallback");
-    let row = &lb.weights()[0];
-    assert!(
-        row.selected_by
-            .starts_with("Service shop/web:http (fallback of LocalRedirectPolicy shop/local-web"),
-        "{}",
-        row.selected_by
+    let through = net.client("cl", &["tcp", &vip, "80", "40", "1000"]);
+    assert_eq!(
+        count(&through, "b1"),
+        40,
+        "routed through the node: {through}"
     );
-    assert!(
-        eventually(WITHIN, async || {
-            api.get(Kind::LocalRedirectPolicy, "shop", "local-web")
-                .is_some_and(|p| p["status"]["nodes"]["n1"]["backends"] == 0)
-        })
-        .await
+    let own = net.client("nd", &["tcp", &vip, "80", "20", "1000"]);
+    assert_eq!(count(&own, "b1"), 20, "from the node itself: {own}");
+    let status = |n: u64| {
+        api.get(Kind::LocalRedirectPolicy, "shop", "local-web")
+            .is_some_and(|p| p["status"]["nodes"]["nd"]["backends"] == n)
+    };
+    assert!(wait_for(|| status(1)), "status: one local backend");
+
+    // The local pod goes unready: the Service's endpoint takes over.
+    cache_nd(false);
+    assert!(wait_for(|| only(&b2)), "{:?}", rows(&net));
+    let fallback = net.client("cl", &["tcp", &vip, "80", "30", "1000"]);
+    assert_eq!(count(&fallback, "b2"), 30, "fallback: {fallback}");
+    let selected = rows(&net)[0]["selectedBy"].clone();
+    assert_eq!(
+        selected,
+        "Service shop/web:http (fallback of LocalRedirectPolicy shop/local-web: no ready local backend)"
     );
+    assert!(wait_for(|| status(0)), "status: none in use");
 
     // Ready again: back on the node.
-    cache_n1(true);
-    assert!(
-        eventually(WITHIN, async || {
-            lb.weights()
-                .iter()
-                .all(|r| r.backend == local.addr.to_string())
-        })
-        .await
-    );
-    connect(vip, 10).await;
-    assert_eq!((local.count(), remote.count()), (50, 20));
-    lb.stop().await;
+    cache_nd(true);
+    assert!(wait_for(|| only(&b1)), "{:?}", rows(&net));
+    let back = net.client("cl", &["tcp", &vip, "80", "20", "1000"]);
+    assert_eq!(count(&back, "b1"), 20, "{back}");
+    drop(api);
 }
 
-/// A BalancingPolicy on a VIP of its own with one pod (node n1) and one fixed address
-/// (node ext, outside the cluster): the split follows the nodes' power weights (static CPU
-/// on power curves: the planner loads the node where a connection adds fewer watts), and
-/// observed picks match it where uniform would not.
+/// A BalancingPolicy on a VIP of its own with one pod (b1, on node nd) and one fixed
+/// address (b2, node ext, outside the cluster): the split follows the nodes' power weights
+/// (static CPU on one power curve, nd at 45 % and ext at 75 %, weighed by WAO's formula,
+/// which splits where the planner would send a quiet service's connections all to one
+/// node), and the connections through the TPROXY rules follow it where uniform would not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_balancing_policy_weighs_a_pod_and_a_fixed_address_by_power() {
-    let (dir, api, in_cluster, outside, vip) = setup("bp").await;
-    api.put(
-        Kind::Pod,
-        pod(
-            "web-1",
-            "web",
-            "n1",
-            &in_cluster.addr.ip().to_string(),
-            true,
-        ),
-    );
+    let (mut net, api) = cluster();
+    let vip = net.vip4();
+    api.put(Kind::Pod, pod("web-nd", "web", "nd", &net.v4(2, 2), true));
     api.put(
         Kind::BalancingPolicy,
         json!({"metadata": {"namespace": "shop", "name": "split"},
-               "spec": {"frontend": {"address": vip.ip().to_string(), "port": vip.port()},
-                        "pods": {"selector": {"matchLabels": {"app": "web"}},
-                                 "targetPort": in_cluster.addr.port()},
-                        "addresses": [{"address": outside.addr.to_string(), "node": "ext"}]}}),
+               "spec": {"frontend": {"address": vip, "port": 80},
+                        "pods": {"selector": {"matchLabels": {"app": "web"}}, "targetPort": 8080},
+                        "addresses": [{"address": format!("{}:8080", net.v4(3, 2)), "node": "ext"}]}}),
     );
-    // Two nodes on one curve: n1 at 45 % CPU, ext at 20 %. The planner's split (its
-    // reason and shares) is what the test checks the picks against.
-    let nodes = "nodes:\n  n1:\n    cores: 4\n    cpu: {source: static, percent: 45}\n    model: {type: curve, profile: rs720a-e12}\n  ext:\n    cores: 4\n    cpu: {source: static, percent: 20}\n    model: {type: curve, profile: rs720a-e12}\n";
-    let lb = start_on(&api, &dir, nodes).await;
-    let weighted = eventually(WITHIN, async || {
-        let rows = lb.weights();
-        rows.len() == 2 && rows.iter().all(|r| r.watts.is_some())
-    })
-    .await;
-    assert!(weighted, "{:?}", lb.weights());
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let rows = lb.weights();
-    assert!(rows.iter().all(|r| r.kind == "BalancingPolicy"), "{rows:?}");
+    let node = |cpu: u32| {
+        format!("    cores: 4\n    cpu: {{source: static, percent: {cpu}}}\n    model: {{type: curve, profile: rs720a-e12}}\n")
+    };
+    start_kubernetes_lb(
+        &mut net,
+        &api,
+        &format!(
+            "power: {{interval: 200ms, policy: wao}}\nnodes:\n  nd:\n{}  ext:\n{}",
+            node(45),
+            node(75)
+        ),
+    );
+    let weighed = || {
+        let rows = rows(&net);
+        rows.len() == 2 && rows.iter().all(|r| r["watts"].is_number())
+    };
+    assert!(wait_for(weighed), "{:?}", rows(&net));
+    let rows = rows(&net);
+    assert!(
+        rows.iter().all(|r| r["kind"] == "BalancingPolicy"),
+        "{rows:?}"
+    );
     assert!(rows
         .iter()
-        .all(|r| r.selected_by == "BalancingPolicy shop/split"));
-    let planned = |node: &str| {
-        rows.iter()
-            .find(|r| r.node == node)
-            .map_or(0.0, |r| r.share)
-    };
-    let p = planned("n1");
+        .all(|r| r["selectedBy"] == "BalancingPolicy shop/split"));
+    let share = rows
+        .iter()
+        .find(|r| r["node"] == "nd")
+        .and_then(|r| r["share"].as_f64())
+        .expect("nd's share");
     assert!(
-        (p - 0.5).abs() > 0.2,
-        "the power split must differ from uniform to tell them apart: {rows:?}"
+        (0.1..0.9).contains(&share),
+        "both backends in use: {rows:?}"
     );
-    let n = 400;
-    connect(vip, n).await;
-    let observed = in_cluster.count() as f64 / n as f64;
-    assert_eq!(in_cluster.count() + outside.count(), n as u64);
-    // 400 picks: the standard deviation of the observed share is at most 0.025.
-    assert!(
-        (observed - p).abs() < 0.1,
-        "observed {observed:.3} on n1, planned {p:.3}: {rows:?}"
-    );
-    lb.stop().await;
+    let picks = net.client("cl", &["tcp", &vip, "80", "400", "100"]);
+    assert_share(&picks, 400, share);
+    drop(api);
 }
 
-/// Static wao-lb "cluster" config: one node `node` on the rs720a-e12 curve at `cpu` %,
-/// service web at `frontend` with `backend` on it, and `extra` YAML for the service.
+/// Static config of a one-node "cluster": node `node` (8 cores, rs720a-e12 curve) at
+/// `cpu` %, service web at `frontend` with `backend` on it, plus `settings` and `extra`
+/// lines for the service.
 fn cluster_config(
+    settings: &str,
     node: &str,
     cpu: u32,
-    frontend: SocketAddr,
-    backend: SocketAddr,
+    frontend: &str,
+    backend: &str,
     extra: &str,
 ) -> String {
     format!(
-        "admin: {{listen: 127.0.0.1:0}}\npower: {{interval: 200ms}}\nservices:\n  - name: web\n    address: \"{frontend}\"\n    backends: [{{address: \"{backend}\", node: {node}}}]\n{extra}nodes:\n  {node}:\n    cores: 8\n    cpu: {{source: static, percent: {cpu}}}\n    model: {{type: curve, profile: rs720a-e12}}\n"
+        "{settings}power: {{interval: 200ms}}\nservices:\n  - name: web\n    address: \"{frontend}\"\n    backends: [{{address: \"{backend}\", node: {node}}}]\n{extra}nodes:\n  {node}:\n    cores: 8\n    cpu: {{source: static, percent: {cpu}}}\n    model: {{type: curve, profile: rs720a-e12}}\n"
     )
 }
 
-async fn score_of(lb: &wao_lb::app::Running) -> f64 {
-    let (code, body) = http_get(lb.admin_addr, "/score").await;
-    assert_eq!(code, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect(&body);
-    v["score"].as_f64().unwrap_or(f64::NAN)
-}
-
-/// Two wao-lb instances are two clusters. East serves its own web; west serves web with
-/// its own backend and east as a backend group. West splits by WAO's rule: its own share is
-/// s_east / (s_west + s_east). The observed picks follow it, then follow east's load when
-/// east's config raises its CPU.
+/// Two wao-lb processes are two clusters, one node each on the rs720a-e12 curve (128 W idle,
+/// 817 W flat out): west at 50 %, east at 1 %, then 100 %. East runs in b2's namespace (its admin API and
+/// its web frontend on b2's address, its backend the echo on b2); west runs on the node,
+/// transparent, with web on the VIP, b1 as its own backend and east as a backend group.
+/// West splits by WAO's rule, keeping s_east / (s_west + s_east) for itself; the
+/// connections follow it, then follow east's load when east's config raises its CPU.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_split_by_their_power_scores() {
-    let dir = TempDir::new("clusters");
-    let (east_backend, west_backend) = (echo_server().await, echo_server().await);
-    let (east_frontend, west_frontend) = (free_addr(), free_addr());
-    let east_path = dir.file(
-        "east.yaml",
-        &cluster_config("e1", 5, east_frontend, east_backend.addr, ""),
-    );
-    let east_config = wao_lb::discovery::file::FileConfig::load(&east_path).expect("east config");
-    let east = wao_lb::app::start(east_config, Some(east_path.clone()))
-        .await
-        .expect("east starts");
-    let listed = format!(
-        "    clusters:\n      - {{cluster: east, scoreUrl: \"http://{}/score\", address: \"{east_frontend}\", interval: 200ms, timeout: 200ms}}\n",
-        east.admin_addr
-    );
-    let west = start(&cluster_config(
-        "w1",
-        80,
-        west_frontend,
-        west_backend.addr,
-        &listed,
-    ))
-    .await;
+    let mut net = Net::new();
+    net.backends();
+    let east_ip = net.v4(3, 2);
+    let east_admin = format!("{east_ip}:10349");
+    let east_frontend = format!("{east_ip}:9090");
+    let east_config = |cpu: u32| {
+        cluster_config(
+            &format!("admin: {{listen: \"{east_admin}\"}}\n"),
+            "e1",
+            cpu,
+            &east_frontend,
+            "127.0.0.1:8080",
+            "",
+        )
+    };
+    let east_path = net.dir.join("east.yaml");
+    std::fs::write(&east_path, east_config(1)).expect("write east");
+    let east_path_text = east_path.display().to_string();
+    let east = net.spawn_in("b2", &[BIN, "run", "--config", &east_path_text]);
+    net.children.push(east);
+    let east_ready = || net.admin_at("b2", &east_admin, "/readyz").is_some();
+    assert!(wait_for(east_ready), "east is up");
 
-    // The share west's plan gives itself, once both scores are in and it says so.
-    let own_share = async || {
-        west.weights()
+    let listed = format!(
+        "    clusters:\n      - {{cluster: east, scoreUrl: \"http://{east_admin}/score\", address: \"{east_frontend}\", interval: 200ms, timeout: 200ms}}\n"
+    );
+    let west_path = net.dir.join("west.yaml");
+    let west = cluster_config(
+        "admin: {listen: 127.0.0.1:10349}\nredirect: tproxy\n",
+        "w1",
+        50,
+        &format!("{}:80", net.vip4()),
+        &format!("{}:8080", net.v4(2, 2)),
+        &listed,
+    );
+    std::fs::write(&west_path, west).expect("write west");
+    tokio::task::block_in_place(|| net.start_lb_on(&west_path));
+
+    let score = |role: &str, addr: &str| {
+        admin_json(&net, role, addr, "/score")["score"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let west_share = || {
+        rows(&net)
             .iter()
-            .find(|r| r.node == "w1")
-            .map_or(f64::NAN, |r| r.share)
+            .find(|r| r["node"] == "w1")
+            .and_then(|r| r["share"].as_f64())
+            .unwrap_or(f64::NAN)
     };
-    let settled = async |expected: f64| {
-        eventually(WITHIN, async || (own_share().await - expected).abs() < 1e-3).await
+    // The share WAO's rule gives west once both scores are in, and west's plan settled on it.
+    let settled = || {
+        let (w, e) = (score("nd", "127.0.0.1:10349"), score("b2", &east_admin));
+        let expected = e / (w + e);
+        ((west_share() - expected).abs() < 1e-3).then_some((w, e, expected))
     };
-    let (s_west, s_east) = (score_of(&west).await, score_of(&east).await);
-    let expected = s_east / (s_west + s_east);
-    assert!(
-        settled(expected).await,
-        "west share {} vs {expected}: {:?}",
-        own_share().await,
-        west.weights()
-    );
-    assert!(
-        (expected - 0.5).abs() > 0.1,
-        "east idle, west busy: uniform must be told apart ({s_west} W vs {s_east} W)"
-    );
-    let observe = async |n: usize| {
-        let before = (west_backend.count(), east_backend.count());
-        connect(west_frontend, n).await;
-        let west_n = west_backend.count() - before.0;
-        let east_n = east_backend.count() - before.1;
-        assert_eq!(
-            west_n + east_n,
-            n as u64,
-            "every connection served by one cluster"
-        );
-        west_n as f64 / n as f64
+    let settle = || {
+        let mut found = None;
+        let done = wait_for(|| {
+            found = settled();
+            found.is_some()
+        });
+        assert!(done, "west's share never settled: {:?}", rows(&net));
+        found.unwrap_or_default()
     };
-    let observed = observe(400).await;
-    assert!(
-        (observed - expected).abs() < 0.1,
-        "observed {observed:.3} to west, WAO's rule {expected:.3}"
-    );
-    let row = west
-        .weights()
+    let (s_west, s_east, expected) = settle();
+    let row = rows(&net)
         .into_iter()
-        .find(|r| r.node == "cluster/east")
-        .expect("east row");
-    assert_eq!(row.selected_by, "cluster east");
+        .find(|r| r["node"] == "cluster/east")
+        .expect("east's row");
+    assert_eq!(row["selectedBy"], "cluster east", "{row}");
+    let vip = net.vip4();
+    let picks = net.client("cl", &["tcp", &vip, "80", "400", "100"]);
+    assert_share(&picks, 400, expected);
 
     // East gets busy: its score rises, so west keeps more.
-    std::fs::write(
-        &east_path,
-        cluster_config("e1", 95, east_frontend, east_backend.addr, ""),
-    )
-    .expect("rewrite east");
-    let risen = eventually(WITHIN, async || score_of(&east).await > s_east + 1.0).await;
-    assert!(risen, "east's score follows its load");
-    let (s_west, s_east2) = (score_of(&west).await, score_of(&east).await);
-    let expected2 = s_east2 / (s_west + s_east2);
+    std::fs::write(&east_path, east_config(100)).expect("rewrite east");
     assert!(
-        settled(expected2).await,
-        "west share {} vs {expected2}",
-        own_share().await
+        wait_for(|| score("b2", &east_admin) > s_east + 1.0),
+        "east's score follows its load"
     );
-    assert!(expected2 > expected + 0.1, "{expected} → {expected2}");
-    let observed2 = observe(400).await;
+    let (_, _, expected2) = settle();
     assert!(
-        (observed2 - expected2).abs() < 0.1,
-        "observed {observed2:.3} to west, WAO's rule {expected2:.3}"
+        expected2 > expected + 0.1,
+        "{s_west} W vs {s_east} W: {expected} → {expected2}"
     );
-    west.stop().await;
-    east.stop().await;
+    let picks = net.client("cl", &["tcp", &vip, "80", "400", "100"]);
+    assert_share(&picks, 400, expected2);
 }

@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod mlserver;
+pub mod netns;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
