@@ -488,7 +488,8 @@ async fn out_of_files_backs_off_and_recovers() {
 }
 
 /// `proxy.connectionLogSample: 1` logs every closed connection on its own target, as JSON
-/// with the service, client, backend, node, share, bytes each way and duration; at the
+/// with the service, client, backend, node, what selected it, share, bytes each way and
+/// duration; at the
 /// default (0) none is logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampled_connections_are_logged_when_they_close() {
@@ -533,6 +534,7 @@ async fn sampled_connections_are_logged_when_they_close() {
         assert_eq!(f["service"], "web");
         assert_eq!(f["backend"], echo.addr.to_string());
         assert_eq!(f["node"], "n1");
+        assert_eq!(f["selected_by"], "service web", "what chose the backend");
         assert_eq!(f["share"], 1.0);
         assert_eq!(f["bytes_upstream"], 7);
         assert_eq!(f["bytes_downstream"], 7);

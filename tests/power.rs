@@ -829,3 +829,70 @@ async fn the_cluster_score_sums_the_predicted_watts_of_predicted_nodes() {
     assert_eq!(score["withoutPrediction"], 1, "{score}");
     lb.stop().await;
 }
+
+/// Another cluster's score, as a service's backend group, has the fallbacks of a node's
+/// inputs: read, its last value kept while it cannot be read (until `staleAfter`), then
+/// counted at the mean of the known scores, which here splits the two groups equally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clusters_score_is_kept_until_stale_then_neutral() {
+    let down = Arc::new(AtomicU32::new(0));
+    let d = down.clone();
+    let east = serve(Router::new().route(
+        "/score",
+        get(move || {
+            let d = d.clone();
+            async move {
+                if d.load(Ordering::Relaxed) == 0 {
+                    (axum::http::StatusCode::OK, Json(json!({"score": 100.0})))
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({})))
+                }
+            }
+        }),
+    ))
+    .await;
+    let frontend = free_addr();
+    let yaml = format!(
+        "admin: {{listen: 127.0.0.1:0}}\npower: {{interval: 100ms}}\nservices:\n{}    clusters:\n      - {{cluster: east, scoreUrl: \"http://{east}/score\", address: \"127.0.0.1:9\", interval: 100ms, timeout: 100ms, staleAfter: 2s}}\nnodes:\n  a:\n    cpu: {{source: static, percent: 50}}\n    model: {{type: curve, profile: rs720a-e12}}\n",
+        service_yaml("web", "tcp", frontend, &[("127.0.0.1:20000".parse().unwrap(), "a")])
+    );
+    let lb = start(&yaml).await;
+    let east_row = |lb: &wao_lb::app::Running| row(&weights(lb), "cluster/east").clone();
+    // This cluster: one node at 50 % on rs720a-e12, 410 W; east 100 W. This cluster keeps
+    // 100 / 510 of the connections.
+    let read = eventually(Duration::from_secs(5), async || {
+        east_row(&lb).reason.contains("score 100.0 W (score read)")
+    })
+    .await;
+    assert!(read, "{:?}", weights(&lb));
+    let local = 100.0 / 510.0;
+    assert!(
+        (row(&weights(&lb), "a").share - local).abs() < 1e-9,
+        "{:?}",
+        weights(&lb)
+    );
+    assert!((east_row(&lb).share - (1.0 - local)).abs() < 1e-9);
+
+    down.store(1, Ordering::Relaxed);
+    let kept = eventually(Duration::from_secs(5), async || {
+        east_row(&lb).reason.contains("last score")
+    })
+    .await;
+    assert!(kept, "{:?}", east_row(&lb));
+    assert!(
+        (east_row(&lb).share - (1.0 - local)).abs() < 1e-9,
+        "the last score still counts: {:?}",
+        east_row(&lb)
+    );
+    let neutral = eventually(Duration::from_secs(10), async || {
+        east_row(&lb).reason.contains("mean of the others")
+    })
+    .await;
+    assert!(neutral, "{:?}", east_row(&lb));
+    assert!(
+        (east_row(&lb).share - 0.5).abs() < 1e-9,
+        "stale: counted at the mean, so neither favoured nor starved: {:?}",
+        east_row(&lb)
+    );
+    lb.stop().await;
+}

@@ -127,7 +127,7 @@ pub fn apply(
             };
             for (i, f) in p.spec.addresses.iter().enumerate() {
                 match f.address.parse::<SocketAddr>() {
-                    Ok(address) if address.port() != 0 && !f.node.is_empty() => {
+                    Ok(address) if relayable(address) && !f.node.is_empty() => {
                         backends.push(Backend {
                             address,
                             node: Arc::from(f.node.as_str()),
@@ -138,7 +138,7 @@ pub fn apply(
                         unserved,
                         "InvalidBackend",
                         format!(
-                            "spec.addresses[{i}]: {:?} on node {:?} is not an ip:port on a named node",
+                            "spec.addresses[{i}]: {:?} on node {:?} is not a routable ip:port on a named node",
                             f.address, f.node
                         ),
                     ),
@@ -289,11 +289,22 @@ fn frontends(
                 Some(PolicyProtocol::Udp) => Protocol::Udp,
                 _ => Protocol::Tcp,
             };
+            let frontend = Frontend {
+                protocol,
+                address: SocketAddr::new(ip, port),
+            };
+            // An address of a Service (or policy) of another namespace is not this one's
+            // to take.
+            if let Some(owner) = table.services.get(&frontend) {
+                if owner.key.split('/').next() != Some(namespace) {
+                    return Err(format!(
+                        "spec.frontend.address: {frontend} is a frontend of {}, in another namespace",
+                        owner.key
+                    ));
+                }
+            }
             Ok(vec![Target {
-                frontend: Frontend {
-                    protocol,
-                    address: SocketAddr::new(ip, port),
-                },
+                frontend,
                 default_port: IntOrString::Int(i32::from(port)),
             }])
         }
@@ -429,6 +440,32 @@ fn pod_port(p: &Pod, wanted: &IntOrString, protocol: Protocol) -> Option<u16> {
     }
 }
 
+/// Whether wao-lb may connect to `a` for a policy: not port 0, and not an address that only
+/// means something on the node itself (loopback, unspecified, link-local such as a cloud's
+/// metadata service at 169.254.169.254, multicast). wao-lb runs in the host's network, so
+/// a policy's author could otherwise reach the node's own services through it.
+fn relayable(a: SocketAddr) -> bool {
+    let local = match a.ip() {
+        IpAddr::V4(ip) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_link_local()
+                || ip.is_multicast()
+                || ip.is_broadcast()
+        }
+        IpAddr::V6(ip) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || ip.is_unicast_link_local()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_link_local())
+        }
+    };
+    a.port() != 0 && !local
+}
+
 /// Kubernetes label selector semantics: every `matchLabels` pair and every expression holds;
 /// an empty selector selects everything. An unknown operator selects nothing.
 pub fn selects(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
@@ -466,8 +503,8 @@ fn clusters(list: &[super::policy_types::ClusterBackend]) -> Result<Vec<RemoteCl
             .address
             .parse::<SocketAddr>()
             .ok()
-            .filter(|a| a.port() != 0)
-            .ok_or_else(|| format!("{at}.address: {:?} is not an ip:port", c.address))?;
+            .filter(|a| relayable(*a))
+            .ok_or_else(|| format!("{at}.address: {:?} is not a routable ip:port", c.address))?;
         out.push(RemoteCluster {
             name: Arc::from(c.cluster.as_str()),
             score_url,
@@ -724,6 +761,38 @@ mod tests {
                     "clusters": [{"cluster": "east", "scoreUrl": "ftp://x", "address": "1.2.3.4:80"}]}),
              "BalancingPolicy InvalidBackend: spec.clusters[0].scoreUrl"),
         ];
+        let node_only = [
+            json!({"frontend": {"address": "10.0.0.1", "port": 80},
+                   "addresses": [{"address": "127.0.0.1:10349", "node": "n1"}]}),
+            json!({"frontend": {"address": "10.0.0.1", "port": 80},
+                   "addresses": [{"address": "169.254.169.254:80", "node": "n1"}]}),
+            json!({"frontend": {"address": "10.0.0.1", "port": 80},
+                   "addresses": [{"address": "[::ffff:127.0.0.1]:22", "node": "n1"}]}),
+        ];
+        for spec in node_only {
+            let (rows, refused, _) = run(&[], &[bp("relay", spec.clone())], &[]);
+            assert!(
+                refused[0].starts_with("BalancingPolicy InvalidBackend: spec.addresses[0]"),
+                "{spec}: {refused:?}"
+            );
+            let row = rows.iter().find(|r| r.0 == "10.0.0.1:80/tcp").unwrap();
+            assert!(row.3.is_empty(), "{spec}: not a backend: {row:?}");
+        }
+        // Another namespace's Service address is not taken.
+        let other: BalancingPolicy = serde_json::from_value(json!({
+            "apiVersion": "lb.wao.dev/v1alpha1", "kind": "BalancingPolicy",
+            "metadata": {"namespace": "intruder", "name": "steal"},
+            "spec": {"frontend": {"address": "10.96.0.10", "port": 80},
+                     "addresses": [{"address": "192.0.2.66:80", "node": "evil"}]}}))
+        .unwrap();
+        let (rows, refused, _) = run(&[], &[other], &[]);
+        assert!(
+            refused[0]
+                .contains("10.96.0.10:80/tcp is a frontend of ns/web:http, in another namespace"),
+            "{refused:?}"
+        );
+        let row = rows.iter().find(|r| r.0 == "10.96.0.10:80/tcp").unwrap();
+        assert_eq!(row.1, ServiceKind::Service, "left as it was: {row:?}");
         for (spec, want) in cases {
             let (_, refused, _) = run(&[], &[bp("bad", spec)], &[]);
             assert!(
