@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::policy_types::{
@@ -83,49 +83,23 @@ pub fn apply(
     unserved: &mut Vec<Unserved>,
 ) -> Vec<PolicyUse> {
     let mut used = Vec::new();
-    let mut claimed = BTreeSet::new();
+    let mut held = BTreeSet::new();
     for p in sorted(policies.balancing) {
-        let (namespace, name) = identity(&p.metadata);
-        let report = |unserved: &mut Vec<Unserved>, code, reason: String| {
-            unserved.push(Unserved {
-                kind: "BalancingPolicy",
-                service: format!("{namespace}/{name}"),
-                code,
-                reason,
-            })
-        };
-        let targets = match frontends(namespace, &p.spec.frontend, policies.services, table) {
-            Ok(t) => t,
-            Err(e) => {
-                report(unserved, "InvalidFrontend", e);
-                continue;
-            }
-        };
+        let one = One::new(ServiceKind::BalancingPolicy, &p.metadata, &p.spec.frontend);
         let clusters = match clusters(&p.spec.clusters) {
             Ok(c) => c,
             Err(e) => {
-                report(unserved, "InvalidBackend", e);
+                unserved.push(one.refused("InvalidBackend", e));
                 continue;
             }
         };
-        let mut in_use = 0;
-        for target in targets {
-            if !claimed.insert(target.frontend) {
-                report(
-                    unserved,
-                    "FrontendConflict",
-                    format!(
-                        "{} is already balanced by another BalancingPolicy",
-                        target.frontend
-                    ),
-                );
-                continue;
-            }
-            let mut backends = match &p.spec.pods {
-                Some(pods) => pod_backends(namespace, pods, &target, policies.pods, None),
+        let spec = &p.spec;
+        used.extend(one.apply(table, policies.services, &mut held, unserved, |target, service, problems| {
+            let mut backends = match &spec.pods {
+                Some(pods) => pod_backends(one.namespace, pods, target, policies.pods, None),
                 None => Vec::new(),
             };
-            for (i, f) in p.spec.addresses.iter().enumerate() {
+            for (i, f) in spec.addresses.iter().enumerate() {
                 match f.address.parse::<SocketAddr>() {
                     Ok(address) if relayable(address) && !f.node.is_empty() => {
                         backends.push(Backend {
@@ -134,94 +108,127 @@ pub fn apply(
                             pod: None,
                         })
                     }
-                    _ => report(
-                        unserved,
-                        "InvalidBackend",
-                        format!(
-                            "spec.addresses[{i}]: {:?} on node {:?} is not a routable ip:port on a named node",
-                            f.address, f.node
-                        ),
-                    ),
+                    _ => problems.push(format!(
+                        "spec.addresses[{i}]: {:?} on node {:?} is not a routable ip:port on a named node",
+                        f.address, f.node
+                    )),
                 }
             }
-            in_use = in_use.max(backends.len() + clusters.len());
-            let mut service = base(
-                table,
-                &target,
-                ServiceKind::BalancingPolicy,
-                namespace,
-                name,
-            );
             service.backends = backends;
             service.clusters = clusters.clone();
-            table.services.insert(target.frontend, Arc::new(service));
-        }
-        used.push(PolicyUse {
-            kind: ServiceKind::BalancingPolicy,
-            namespace: namespace.into(),
-            name: name.into(),
-            backends: u32::try_from(in_use).unwrap_or(u32::MAX),
-        });
+            service.backends.len() + service.clusters.len()
+        }));
     }
-    let mut redirected = BTreeSet::new();
+    let mut held = BTreeSet::new();
     for p in sorted(policies.local_redirects) {
-        let (namespace, name) = identity(&p.metadata);
-        let id = format!("{namespace}/{name}");
-        let targets = match frontends(namespace, &p.spec.frontend, policies.services, table) {
+        let one = One::new(
+            ServiceKind::LocalRedirectPolicy,
+            &p.metadata,
+            &p.spec.frontend,
+        );
+        let by: Arc<str> = format!("LocalRedirectPolicy {}/{}", one.namespace, one.name).into();
+        used.extend(one.apply(
+            table,
+            policies.services,
+            &mut held,
+            unserved,
+            |target, service, _| {
+                let local = pod_backends(
+                    one.namespace,
+                    &p.spec.backends,
+                    target,
+                    policies.pods,
+                    Some(&node.name),
+                );
+                let in_use = local.len();
+                service.redirect = Some(Redirect {
+                    by: by.clone(),
+                    backends: local,
+                });
+                in_use
+            },
+        ));
+    }
+    used
+}
+
+/// One policy being applied: its kind, identity and frontend.
+struct One<'a> {
+    kind: ServiceKind,
+    namespace: &'a str,
+    name: &'a str,
+    frontend: &'a PolicyFrontend,
+}
+
+impl<'a> One<'a> {
+    fn new(kind: ServiceKind, meta: &'a ObjectMeta, frontend: &'a PolicyFrontend) -> One<'a> {
+        let (namespace, name) = identity(meta);
+        One {
+            kind,
+            namespace,
+            name,
+            frontend,
+        }
+    }
+
+    fn refused(&self, code: &'static str, reason: String) -> Unserved {
+        Unserved {
+            kind: match self.kind {
+                ServiceKind::LocalRedirectPolicy => "LocalRedirectPolicy",
+                _ => "BalancingPolicy",
+            },
+            service: format!("{}/{}", self.namespace, self.name),
+            code,
+            reason,
+        }
+    }
+
+    /// Each frontend the policy names, not yet `held` by a policy of its kind, gets
+    /// `shape`d from the service there (or a new one of its own); `shape` returns how many
+    /// backends it uses and pushes what it refused. None when the frontend is invalid.
+    fn apply(
+        &self,
+        table: &mut ServiceTable,
+        services: &[&KubeService],
+        held: &mut BTreeSet<Frontend>,
+        unserved: &mut Vec<Unserved>,
+        mut shape: impl FnMut(&Target, &mut Service, &mut Vec<String>) -> usize,
+    ) -> Option<PolicyUse> {
+        let targets = match frontends(self.namespace, self.frontend, services, table) {
             Ok(t) => t,
             Err(e) => {
-                unserved.push(Unserved {
-                    kind: "LocalRedirectPolicy",
-                    service: id,
-                    code: "InvalidFrontend",
-                    reason: e,
-                });
-                continue;
+                unserved.push(self.refused("InvalidFrontend", e));
+                return None;
             }
         };
         let mut in_use = 0;
+        let mut problems = Vec::new();
         for target in targets {
-            if !redirected.insert(target.frontend) {
-                unserved.push(Unserved {
-                    kind: "LocalRedirectPolicy",
-                    service: id.clone(),
-                    code: "FrontendConflict",
-                    reason: format!(
-                        "{} is already redirected by another LocalRedirectPolicy",
-                        target.frontend
-                    ),
-                });
+            if !held.insert(target.frontend) {
+                let reason = format!(
+                    "{} is already taken by another {}",
+                    target.frontend, self.kind
+                );
+                unserved.push(self.refused("FrontendConflict", reason));
                 continue;
             }
-            let local = pod_backends(
-                namespace,
-                &p.spec.backends,
-                &target,
-                policies.pods,
-                Some(&node.name),
-            );
-            in_use = in_use.max(local.len());
-            let mut service = base(
-                table,
-                &target,
-                ServiceKind::LocalRedirectPolicy,
-                namespace,
-                name,
-            );
-            service.redirect = Some(Redirect {
-                by: format!("LocalRedirectPolicy {id}").into(),
-                backends: local,
-            });
+            let mut service = base(table, &target, self.kind, self.namespace, self.name);
+            in_use = in_use.max(shape(&target, &mut service, &mut problems));
             table.services.insert(target.frontend, Arc::new(service));
         }
-        used.push(PolicyUse {
-            kind: ServiceKind::LocalRedirectPolicy,
-            namespace: namespace.into(),
-            name: name.into(),
+        problems.dedup();
+        unserved.extend(
+            problems
+                .into_iter()
+                .map(|p| self.refused("InvalidBackend", p)),
+        );
+        Some(PolicyUse {
+            kind: self.kind,
+            namespace: self.namespace.into(),
+            name: self.name.into(),
             backends: u32::try_from(in_use).unwrap_or(u32::MAX),
-        });
+        })
     }
-    used
 }
 
 /// Policies by namespace and name: which wins a conflict does not depend on list order.
@@ -231,7 +238,7 @@ fn sorted<'a, K: kube::Resource>(list: &[&'a K]) -> Vec<&'a K> {
     out
 }
 
-fn identity(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
+fn identity(m: &ObjectMeta) -> (&str, &str) {
     (
         m.namespace.as_deref().unwrap_or(""),
         m.name.as_deref().unwrap_or(""),
@@ -802,7 +809,7 @@ mod tests {
         }
         let spec = json!({"frontend": {"address": "10.0.0.1", "port": 80}});
         let (_, refused, _) = run(&[], &[bp("a", spec.clone()), bp("b", spec)], &[]);
-        assert_eq!(refused, ["BalancingPolicy FrontendConflict: 10.0.0.1:80/tcp is already balanced by another BalancingPolicy"]);
+        assert_eq!(refused, ["BalancingPolicy FrontendConflict: 10.0.0.1:80/tcp is already taken by another BalancingPolicy"]);
     }
 
     #[test]
