@@ -316,6 +316,15 @@ fn frontends(
             }])
         }
         (Some(reference), None) => {
+            if reference
+                .namespace
+                .as_deref()
+                .is_some_and(|n| n != namespace)
+            {
+                return Err(format!(
+                    "spec.frontend.service.namespace: a policy in {namespace} may take only Services of its own namespace"
+                ));
+            }
             let svc = services
                 .iter()
                 .find(|s| {
@@ -367,7 +376,8 @@ fn frontends(
     }
 }
 
-/// The ready pods `b` selects in `namespace` (only those on `node` when given), as backends
+/// The ready pods `b` selects in its namespace (the policy's, `namespace`, when it names
+/// none; only those on `node` when given), as backends
 /// for `target`: the address of the frontend's family, the port `b` names.
 fn pod_backends(
     namespace: &str,
@@ -376,6 +386,7 @@ fn pod_backends(
     pods: &[&Pod],
     node: Option<&str>,
 ) -> Vec<Backend> {
+    let namespace = b.namespace.as_deref().unwrap_or(namespace);
     let wanted = b.target_port.as_ref().unwrap_or(&target.default_port);
     let mut out: Vec<Backend> = pods
         .iter()
@@ -710,6 +721,29 @@ mod tests {
     }
 
     #[test]
+    fn pods_may_be_of_another_namespace_when_named() {
+        let mut cache = pod("cache", "dns", "n1", "10.1.1.8", true);
+        cache.metadata.namespace = Some("dns-system".into());
+        let spec = |pods_namespace: Value| {
+            json!({"frontend": {"service": {"name": "web", "port": "dns"}},
+                   "backends": {"namespace": pods_namespace,
+                                "selector": {"matchLabels": {"app": "dns"}}}})
+        };
+        let redirect_of = |spec: Value| {
+            let (rows, _, _) = run(&[lrp("local", spec)], &[], std::slice::from_ref(&cache));
+            rows.into_iter()
+                .find(|r| r.0 == "10.96.0.10:53/udp")
+                .map(|r| r.2)
+                .unwrap_or_default()
+        };
+        assert_eq!(redirect_of(spec(json!("dns-system"))), ["10.1.1.8:53@n1"]);
+        assert!(
+            redirect_of(spec(Value::Null)).is_empty(),
+            "by default only the policy's namespace"
+        );
+    }
+
+    #[test]
     fn a_redirect_on_an_address_of_its_own_is_a_new_frontend() {
         let spec = json!({"frontend": {"address": "169.254.20.10", "port": 53, "protocol": "UDP"},
                           "backends": {"selector": {"matchLabels": {"app": "dns"}}}});
@@ -755,7 +789,7 @@ mod tests {
 
     #[test]
     fn what_a_policy_cannot_do_is_reported() {
-        let cases: [(Value, &str); 5] = [
+        let cases: [(Value, &str); 6] = [
             (json!({"frontend": {"address": "10.0.0.1", "port": 80, "service": {"name": "web"}}}),
              "BalancingPolicy InvalidFrontend: spec.frontend: give exactly one of service or address"),
             (json!({"frontend": {"service": {"name": "db"}}}),
@@ -764,6 +798,8 @@ mod tests {
              "BalancingPolicy InvalidFrontend: spec.frontend.service.port: Service ns/web has no port"),
             (json!({"frontend": {"address": "10.0.0.1"}}),
              "BalancingPolicy InvalidFrontend: spec.frontend.port: a port from 1 to 65535"),
+            (json!({"frontend": {"service": {"namespace": "other", "name": "web"}}}),
+             "BalancingPolicy InvalidFrontend: spec.frontend.service.namespace: a policy in ns may take only Services of its own namespace"),
             (json!({"frontend": {"address": "10.0.0.1", "port": 80},
                     "clusters": [{"cluster": "east", "scoreUrl": "ftp://x", "address": "1.2.3.4:80"}]}),
              "BalancingPolicy InvalidBackend: spec.clusters[0].scoreUrl"),

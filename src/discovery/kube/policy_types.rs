@@ -96,6 +96,10 @@ pub enum PolicyProtocol {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceReference {
+    /// The policy's own namespace (the default); a policy may not take another
+    /// namespace's Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub name: String,
     /// One of its ports, by name or number; every port when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,7 +109,10 @@ pub struct ServiceReference {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodBackends {
-    /// Pods of the policy's namespace.
+    /// The pods' namespace; the policy's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pods of that namespace.
     pub selector: LabelSelector,
     /// The pods' port, by number or by a container port's name; the frontend's port when
     /// absent.
