@@ -828,3 +828,62 @@ async fn fake_bmc(model_url: &str) -> FakeBmc {
         refused,
     }
 }
+
+/// Without wao-lb's policy CRDs (an API server where they are not installed), Services are
+/// served, and the failing policy watches retry without resyncing every Service each time.
+/// Once the CRDs are served, a policy created then takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_policy_crds_services_are_served_and_nothing_resyncs() {
+    let dir = TempDir::new("nocrds");
+    let api = ApiServer::start().await;
+    api.serve_policy_crds(false);
+    let pods = Pods::start(&["127.0.77.1", "127.0.77.2"]).await;
+    let vip = one_pod_service(&api, &pods, "127.0.77.1");
+    let lb = start_ready(&api, &dir).await;
+    assert!(echo(vip).await);
+    let syncs = async || {
+        let (_, m) = http_get(lb.admin_addr, "/metrics").await;
+        metric(&m, "wao_lb_kube_syncs_total").unwrap_or(-1.0)
+    };
+    // Once the start has settled (events that came during the first sync resync once)...
+    let mut before = syncs().await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = syncs().await;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    // ...the watches' back-off retries (0.8, 1.6, 3.2 s, …) come and go without a resync.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(syncs().await, before, "no resync while nothing changed");
+
+    api.serve_policy_crds(true);
+    api.put(
+        Kind::Pod,
+        json!({"metadata": {"namespace": "shop", "name": "cache", "labels": {"app": "cache"}},
+               "spec": {"nodeName": "n1"},
+               "status": {"podIP": "127.0.77.2", "conditions": [{"type": "Ready", "status": "True"}]}}),
+    );
+    api.put(
+        Kind::LocalRedirectPolicy,
+        json!({"metadata": {"namespace": "shop", "name": "local"},
+               "spec": {"frontend": {"service": {"name": "web", "port": "http"}},
+                        "backends": {"selector": {"matchLabels": {"app": "cache"}},
+                                     "targetPort": pods.port}}}),
+    );
+    let redirected = eventually(Duration::from_secs(60), async || {
+        lb.weights().iter().any(|r| r.kind == "LocalRedirectPolicy")
+    })
+    .await;
+    assert!(
+        redirected,
+        "the policy is applied once its CRD is served: {:?}",
+        lb.weights()
+    );
+    let before = pods.count("127.0.77.2");
+    assert!(echo(vip).await);
+    assert_eq!(pods.count("127.0.77.2"), before + 1, "to the local pod");
+    lb.stop().await;
+}

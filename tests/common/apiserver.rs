@@ -93,6 +93,8 @@ struct Shared {
     /// Events posted (events.k8s.io/v1), as sent.
     events: Mutex<Vec<Value>>,
     node_config_crd: std::sync::atomic::AtomicBool,
+    /// wao-lb's policy CRDs are served unless removed.
+    policy_crds_removed: std::sync::atomic::AtomicBool,
     /// WAO's metrics adapter on custom.metrics.k8s.io: (node, metric) → value; None while
     /// the API is not served.
     custom_metrics: Mutex<Option<BTreeMap<(String, String), String>>>,
@@ -124,6 +126,7 @@ impl ApiServer {
             gone: Default::default(),
             events: Default::default(),
             node_config_crd: Default::default(),
+            policy_crds_removed: Default::default(),
             custom_metrics: Default::default(),
         });
         let addr = listener.local_addr().expect("addr");
@@ -149,11 +152,11 @@ impl ApiServer {
             .route("/api/v1/pods", get(|s, q| handle(s, q, Kind::Pod)))
             .route(
                 "/apis/lb.wao.dev/v1alpha1/localredirectpolicies",
-                get(|s, q| handle(s, q, Kind::LocalRedirectPolicy)),
+                get(|s, q| policy(s, q, Kind::LocalRedirectPolicy)),
             )
             .route(
                 "/apis/lb.wao.dev/v1alpha1/balancingpolicies",
-                get(|s, q| handle(s, q, Kind::BalancingPolicy)),
+                get(|s, q| policy(s, q, Kind::BalancingPolicy)),
             )
             .route(
                 "/apis/lb.wao.dev/v1alpha1/namespaces/:namespace/:plural/:name/status",
@@ -283,6 +286,14 @@ impl ApiServer {
             .insert((node.into(), metric.into()), value.into());
     }
 
+    /// Whether wao-lb's policy CRDs are served (they are from the start); without them
+    /// their paths answer 404, as an API server without the CRDs installed.
+    pub fn serve_policy_crds(&self, served: bool) {
+        self.shared
+            .policy_crds_removed
+            .store(!served, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The Events posted so far.
     pub fn events(&self) -> Vec<Value> {
         self.shared.events.lock().expect("events").clone()
@@ -347,6 +358,22 @@ async fn custom_metric(
         "metadata": {}, "items": items}),
     )
     .into_response()
+}
+
+/// A list or watch of a policy CRD, or 404 while the CRDs are not served.
+async fn policy(
+    s: State<(Arc<Shared>, CancellationToken)>,
+    q: Query<BTreeMap<String, String>>,
+    kind: Kind,
+) -> Response {
+    if s.0
+         .0
+        .policy_crds_removed
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return not_found();
+    }
+    handle(s, q, kind).await
 }
 
 /// A JSON merge patch (RFC 7386) of a policy's `status`, as kube-rs sends `Patch::Merge`;

@@ -23,10 +23,6 @@ use crate::model::{Frontend, NodeName, Protocol, Service};
 pub struct BackendEntry {
     pub address: SocketAddr,
     pub node: NodeName,
-    /// The pod behind it, for Kubernetes endpoints.
-    pub pod: Option<Arc<str>>,
-    /// What chose it (the service, a policy, a fallback, another cluster).
-    pub selected_by: Arc<str>,
     pub picks: Picks,
     /// Its open connections (or UDP sessions), carried over rebuilds like the picks.
     pub open: Arc<AtomicI64>,
@@ -154,6 +150,9 @@ fn unexported_gauge() -> IntGauge {
 
 pub struct ServiceEntry {
     pub service: Arc<Service>,
+    /// The plan it was built from, in the order of `backends`: their pods and what
+    /// selected them, for the connection log.
+    pub planned: Arc<PlannedService>,
     /// What one connection costs a node, in millicores.
     pub cost: u32,
     pub backends: Box<[BackendEntry]>,
@@ -168,7 +167,7 @@ impl ServiceEntry {
     /// The entry of `planned`. `label` is its metric label: its key when it has series of
     /// its own (then its backends have theirs too), else "" (counted with the others).
     fn new(
-        planned: &PlannedService,
+        planned: &Arc<PlannedService>,
         affinity: Option<Arc<AffinityTable>>,
         previous: Option<&ServiceEntry>,
         label: &str,
@@ -195,8 +194,6 @@ impl ServiceEntry {
                 BackendEntry {
                     address,
                     node: b.backend.node.clone(),
-                    pod: b.backend.pod.clone(),
-                    selected_by: b.selected_by.clone(),
                     picks,
                     open: old.map(|o| o.open.clone()).unwrap_or_default(),
                     connect_failures: counter(&m.connect_failures, &[key, &label]),
@@ -208,6 +205,7 @@ impl ServiceEntry {
         let shares = planned.backends.iter().map(|b| b.share).collect();
         ServiceEntry {
             service: planned.service.clone(),
+            planned: planned.clone(),
             cost: planned.cost,
             by_address: backends
                 .iter()

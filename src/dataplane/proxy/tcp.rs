@@ -182,15 +182,15 @@ fn log_connection(
     relayed: &super::relay::Relayed,
     duration: Duration,
 ) {
-    let backend = &entry.backends[chosen];
+    let planned = entry.planned.backends.get(chosen);
     tracing::info!(
         target: "wao_lb::connections",
         service = %entry.service.key,
         %client,
-        backend = %backend.address,
-        pod = backend.pod.as_deref().unwrap_or("-"),
-        node = &*backend.node,
-        selected_by = &*backend.selected_by,
+        backend = %entry.backends[chosen].address,
+        pod = planned.and_then(|b| b.backend.pod.as_deref()).unwrap_or("-"),
+        node = &*entry.backends[chosen].node,
+        selected_by = planned.map_or("-", |b| &*b.selected_by),
         share = entry.table.share(chosen),
         bytes_upstream = relayed.upstream_bytes,
         bytes_downstream = relayed.downstream_bytes,

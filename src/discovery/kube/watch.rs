@@ -481,6 +481,10 @@ where
             };
             match event {
                 None => return,
+                // A relist begins (or pages in): nothing in the store has changed yet, and
+                // while the list keeps failing (a CRD not installed) this comes back with
+                // every retry, which must not resync everything each time.
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                 Some(Ok(_)) => {
                     if failing {
                         tracing::info!(%kind, "Kubernetes watch resumed");
