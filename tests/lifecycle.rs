@@ -433,14 +433,11 @@ async fn out_of_files_backs_off_and_recovers() {
         &config_text(admin, &service_yaml("web", "tcp", web, &[(echo.addr, "a")])),
     );
     // 64 files: a budget pool of 48, room for 24 connections; the rest wait in the backlog.
-    let child = std::process::Command::new("prlimit")
-        .args(["--nofile=64:64", BIN, "run", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prlimit wao-lb");
-    let mut lb = Process { child };
+    let config = path.display().to_string();
+    let mut lb = Process::run_under(
+        "prlimit",
+        &["--nofile=64:64", BIN, "run", "--config", &config],
+    );
     assert!(admin_up(admin).await);
     let mut held = Vec::new();
     for _ in 0..60 {
@@ -616,13 +613,7 @@ async fn workers_follow_the_config_else_the_cgroup_cpu_quota() {
         cgroup.0.display(),
         path.display()
     );
-    let child = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn wao-lb in the cgroup");
-    let mut lb = Process { child };
+    let mut lb = Process::run_under("sh", &["-c", &script]);
     assert!(admin_up(admin).await);
     assert_eq!(workers(admin).await, Some(1.0));
     lb.signal("TERM");

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::apiserver::{ApiServer, Kind};
+use common::apiserver::Kind;
 use common::netns::*;
 use common::BIN;
 use serde_json::{json, Value};
@@ -53,38 +53,6 @@ fn pod(name: &str, app: &str, node: &str, ip: &str, ready: bool) -> Value {
                {"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
 }
 
-/// The namespaces with both backends, and the test API server inside the node's namespace
-/// with Node `nd` (the node wao-lb runs on).
-fn cluster() -> (Net, ApiServer) {
-    let mut net = Net::new();
-    net.backends();
-    let listener =
-        tokio::net::TcpListener::from_std(listener_in(&net.ns("nd"))).expect("tokio listener");
-    let api = ApiServer::start_on(listener);
-    api.put(
-        Kind::Node,
-        json!({"metadata": {"name": "nd"},
-               "status": {"addresses": [{"type": "InternalIP", "address": net.v4(1, 1)}]}}),
-    );
-    (net, api)
-}
-
-/// Starts wao-lb in the node's namespace, transparent, in Kubernetes mode for node `nd`,
-/// and `extra` YAML (power settings, nodes).
-fn start_kubernetes_lb(net: &mut Net, api: &ApiServer, extra: &str) {
-    let kubeconfig = api.kubeconfig(&net.dir);
-    let config = net.dir.join("kube.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin: {{listen: 127.0.0.1:10349}}\nredirect: tproxy\ndiscovery:\n  kubernetes: {{nodeName: nd, minSyncPeriod: 100ms, kubeconfig: \"{}\"}}\n{extra}",
-            kubeconfig.display()
-        ),
-    )
-    .expect("write config");
-    tokio::task::block_in_place(|| net.start_lb_on(&config));
-}
-
 /// Asserts that `picks` backends of `total` went to b1 within 4.5 binomial σ of `share`
 /// (a correct split fails about once in 150,000 runs), and that the band excludes uniform.
 fn assert_share(v: &Value, total: u64, share: f64) {
@@ -109,7 +77,7 @@ fn assert_share(v: &Value, total: u64, share: f64) {
 /// is ready again. The policy's status says how many local backends the node uses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
-    let (mut net, api) = cluster();
+    let (mut net, api) = Net::kubernetes();
     let vip = net.vip4();
     api.put(
         Kind::Service,
@@ -135,7 +103,7 @@ async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
                "spec": {"frontend": {"service": {"name": "web", "port": "http"}},
                         "backends": {"selector": {"matchLabels": {"app": "cache"}}}}}),
     );
-    start_kubernetes_lb(&mut net, &api, "");
+    net.start_kubernetes_lb(&api, "");
     let only = |backend: &str| {
         let rows = rows(&net);
         !rows.is_empty()
@@ -192,7 +160,7 @@ async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
 /// node), and the connections through the TPROXY rules follow it where uniform would not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_balancing_policy_weighs_a_pod_and_a_fixed_address_by_power() {
-    let (mut net, api) = cluster();
+    let (mut net, api) = Net::kubernetes();
     let vip = net.vip4();
     api.put(Kind::Pod, pod("web-nd", "web", "nd", &net.v4(2, 2), true));
     api.put(
@@ -205,8 +173,7 @@ async fn a_balancing_policy_weighs_a_pod_and_a_fixed_address_by_power() {
     let node = |cpu: u32| {
         format!("    cores: 4\n    cpu: {{source: static, percent: {cpu}}}\n    model: {{type: curve, profile: rs720a-e12}}\n")
     };
-    start_kubernetes_lb(
-        &mut net,
+    net.start_kubernetes_lb(
         &api,
         &format!(
             "power: {{interval: 200ms, policy: wao}}\nnodes:\n  nd:\n{}  ext:\n{}",

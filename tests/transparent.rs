@@ -209,19 +209,10 @@ fn nft_command_prints_a_ruleset_the_kernel_accepts() {
 /// local pod goes, the NodePort drops (no answer, as kube-proxy) while the ClusterIP serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_clusterip_nodeport_local_and_drop_through_tproxy() {
-    use common::apiserver::{ApiServer, Kind};
+    use common::apiserver::Kind;
     use serde_json::json;
-    let mut net = Net::new();
-    net.backends();
-    let listener =
-        tokio::net::TcpListener::from_std(listener_in(&net.ns("nd"))).expect("tokio listener");
-    let api = ApiServer::start_on(listener);
+    let (mut net, api) = Net::kubernetes();
     let node_ip = net.v4(1, 1);
-    api.put(
-        Kind::Node,
-        json!({"metadata": {"name": "nd"},
-        "status": {"addresses": [{"type": "InternalIP", "address": node_ip}]}}),
-    );
     api.put(Kind::Service, json!({
         "metadata": {"namespace": "shop", "name": "web",
                      "labels": {"service.kubernetes.io/service-proxy-name": "wao-loadbalancer"}},
@@ -243,17 +234,7 @@ async fn kubernetes_clusterip_nodeport_local_and_drop_through_tproxy() {
         Kind::EndpointSlice,
         slice(vec![(net.v4(2, 2), "nd"), (net.v4(3, 2), "other")]),
     );
-    let kubeconfig = api.kubeconfig(&net.dir);
-    let config = net.dir.join("kube.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin: {{listen: 127.0.0.1:10349}}\nredirect: tproxy\ndiscovery:\n  kubernetes: {{nodeName: nd, minSyncPeriod: 100ms, kubeconfig: \"{}\"}}\n",
-            kubeconfig.display()
-        ),
-    )
-    .expect("write config");
-    net.start_lb_on(&config);
+    net.start_kubernetes_lb(&api, "");
 
     let vip = net.vip4();
     let through_vip = net.client("cl", &["tcp", &vip, "80", "60", "1000"]);

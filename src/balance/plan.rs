@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::clusters;
 use crate::health::{Health, HealthTable};
-use crate::model::{Backend, Frontend, Service, ServiceKind, ServiceTable};
+use crate::model::{Backend, Frontend, Service, ServiceTable};
 use crate::power::clusters::ClusterScore;
 use crate::power::weights::{NodeReport, NodeWeights};
 use crate::settings::MetricsSettings;
@@ -65,9 +65,9 @@ impl Plan {
             .iter()
             .map(|(frontend, service)| {
                 let cost = service.cpu_per_connection.unwrap_or(default_cost);
-                let mut weigh = |backends: &[Backend]| {
+                let mut weigh = |backends: &[Backend], selected_by: Arc<str>| {
                     checked(
-                        planned_backends(backends, weights, cost, &mut reasons),
+                        planned_backends(backends, weights, cost, &mut reasons, selected_by),
                         &service.key,
                         health,
                     )
@@ -99,45 +99,27 @@ impl Plan {
     }
 }
 
-/// This cluster's backends of `service`, weighed by `weigh`: a redirect's while any of
-/// them is up, else the service's own (the fallback).
+/// This cluster's backends of `service`, weighed by `weigh` with what selected them: a
+/// redirect's while any of them is up, else the service's own (the fallback).
 fn local_group(
     service: &Service,
-    weigh: &mut impl FnMut(&[Backend]) -> Vec<PlannedBackend>,
+    weigh: &mut impl FnMut(&[Backend], Arc<str>) -> Vec<PlannedBackend>,
 ) -> Vec<PlannedBackend> {
-    let (backends, by) = match &service.redirect {
-        None => (weigh(&service.backends), service.origin()),
-        Some(redirect) => {
-            let local = weigh(&redirect.backends);
-            let down = |b: &PlannedBackend| b.health.as_ref().is_some_and(Health::is_down);
-            if !local.is_empty() && !local.iter().all(down) {
-                (local, redirect.by.to_string())
-            } else {
-                let why = if local.is_empty() {
-                    "no ready local backend"
-                } else {
-                    "every local backend is down"
-                };
-                // The fallback is the service's own backends, whatever redirects it.
-                let own = match service.kind {
-                    ServiceKind::Static => format!("service {}", service.name),
-                    _ => format!("Service {}", service.name),
-                };
-                (
-                    weigh(&service.backends),
-                    format!("{own} (fallback of {}: {why})", redirect.by),
-                )
-            }
-        }
+    let Some(redirect) = &service.redirect else {
+        return weigh(&service.backends, service.origin().into());
     };
-    let by: Arc<str> = by.into();
-    backends
-        .into_iter()
-        .map(|b| PlannedBackend {
-            selected_by: by.clone(),
-            ..b
-        })
-        .collect()
+    let local = weigh(&redirect.backends, redirect.by.clone());
+    let down = |b: &PlannedBackend| b.health.as_ref().is_some_and(Health::is_down);
+    if !local.is_empty() && !local.iter().all(down) {
+        return local;
+    }
+    let why = if local.is_empty() {
+        "no ready local backend"
+    } else {
+        "every local backend is down"
+    };
+    let by = format!("{} (fallback of {}: {why})", redirect.fallback, redirect.by);
+    weigh(&service.backends, by.into())
 }
 
 /// The reasons of backends whose node has no usable weight, made once per node and
@@ -184,6 +166,7 @@ fn planned_backends(
     weights: &NodeWeights,
     cost: u32,
     reasons: &mut Reasons,
+    selected_by: Arc<str>,
 ) -> Vec<PlannedBackend> {
     let reports = weights.for_cost(cost);
     let report_of = |b: &Backend| reports.and_then(|r| r.get(&b.node));
@@ -216,7 +199,7 @@ fn planned_backends(
             reason,
             report: report_of(b).cloned(),
             health: None,
-            selected_by: Arc::from(""),
+            selected_by: selected_by.clone(),
         })
         .collect()
 }
@@ -305,6 +288,7 @@ fn neutral_weight(known: &[f64], backends: usize) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ServiceKind;
 
     #[test]
     fn the_neutral_weight_is_the_mean_of_at_least_half() {
@@ -483,6 +467,7 @@ mod tests {
         service.redirect = Some(crate::model::Redirect {
             by: "LocalRedirectPolicy ns/dns".into(),
             backends: redirect,
+            fallback: "service web".into(),
         });
         let health = HealthTable {
             backends: service

@@ -187,6 +187,9 @@ pub struct Redirect {
     /// Who asked for it (`LocalRedirectPolicy ns/name`, or `localRedirect` in the file).
     pub by: Arc<str>,
     pub backends: Vec<Backend>,
+    /// What the service's own backends, the fallback, are to an operator (`Service
+    /// ns/web:http`, `BalancingPolicy ns/split`): what the redirect was put in front of.
+    pub fallback: Arc<str>,
 }
 
 /// Another cluster as one backend group: its frontend `address` takes the share its power

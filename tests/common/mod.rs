@@ -197,6 +197,18 @@ impl Process {
         Process { child }
     }
 
+    /// wao-lb started by `program args` (a wrapper that execs it: `prlimit`, `sh -c`),
+    /// with its output discarded.
+    pub fn run_under(program: &str, args: &[&str]) -> Process {
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        Process { child }
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])

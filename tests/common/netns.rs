@@ -8,8 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use super::apiserver::{ApiServer, Kind};
 use super::BIN;
 
 /// Backend: TCP and UDP echo that prefixes each answer with its name and the peer's IP.
@@ -468,7 +469,7 @@ pub fn count(v: &Value, key: &str) -> u64 {
 
 /// A TCP listener on 127.0.0.1 inside network namespace `ns`, bound from a thread that
 /// enters it, so a server in this process is reachable from processes in that namespace.
-pub fn listener_in(ns: &str) -> std::net::TcpListener {
+fn listener_in(ns: &str) -> std::net::TcpListener {
     use std::os::fd::AsRawFd;
     let path = format!("/var/run/netns/{ns}");
     std::thread::spawn(move || {
@@ -483,4 +484,39 @@ pub fn listener_in(ns: &str) -> std::net::TcpListener {
     })
     .join()
     .expect("listener thread")
+}
+
+impl Net {
+    /// The namespaces with both backends, and the test API server inside the node's
+    /// namespace with Node `nd` (the node wao-lb runs on, its InternalIP on the client's
+    /// side).
+    pub fn kubernetes() -> (Net, ApiServer) {
+        let mut net = Net::new();
+        net.backends();
+        let listener =
+            tokio::net::TcpListener::from_std(listener_in(&net.ns("nd"))).expect("tokio listener");
+        let api = ApiServer::start_on(listener);
+        api.put(
+            Kind::Node,
+            json!({"metadata": {"name": "nd"},
+                   "status": {"addresses": [{"type": "InternalIP", "address": net.v4(1, 1)}]}}),
+        );
+        (net, api)
+    }
+
+    /// Starts wao-lb in the node's namespace, transparent, in Kubernetes mode for node `nd`
+    /// against `api`, with `extra` YAML (power settings, nodes).
+    pub fn start_kubernetes_lb(&mut self, api: &ApiServer, extra: &str) {
+        let kubeconfig = api.kubeconfig(&self.dir);
+        let config = self.dir.join("kube.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "admin: {{listen: 127.0.0.1:10349}}\nredirect: tproxy\ndiscovery:\n  kubernetes: {{nodeName: nd, minSyncPeriod: 100ms, kubeconfig: \"{}\"}}\n{extra}",
+                kubeconfig.display()
+            ),
+        )
+        .expect("write config");
+        tokio::task::block_in_place(|| self.start_lb_on(&config));
+    }
 }

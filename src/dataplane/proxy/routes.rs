@@ -149,12 +149,9 @@ fn unexported_gauge() -> IntGauge {
 }
 
 pub struct ServiceEntry {
-    pub service: Arc<Service>,
-    /// The plan it was built from, in the order of `backends`: their pods and what
-    /// selected them, for the connection log.
+    /// The plan it was built from: the service, its cost, and per backend (in the order of
+    /// `backends`) its pod and what selected it, for the connection log.
     pub planned: Arc<PlannedService>,
-    /// What one connection costs a node, in millicores.
-    pub cost: u32,
     pub backends: Box<[BackendEntry]>,
     /// Backend index by address, for affinity hits.
     by_address: HashMap<SocketAddr, usize>,
@@ -204,9 +201,7 @@ impl ServiceEntry {
             .collect();
         let shares = planned.backends.iter().map(|b| b.share).collect();
         ServiceEntry {
-            service: planned.service.clone(),
             planned: planned.clone(),
-            cost: planned.cost,
             by_address: backends
                 .iter()
                 .enumerate()
@@ -284,10 +279,19 @@ impl ServiceEntry {
             .filter(|&i| self.table.share(i) > 0.0)
     }
 
+    pub fn service(&self) -> &Service {
+        &self.planned.service
+    }
+
+    /// What one connection costs a node, in millicores.
+    pub fn cost(&self) -> u32 {
+        self.planned.cost
+    }
+
     /// Whether the frontend serves `client` (its source ranges, if any, hold it). In
     /// transparent mode the nftables rules already dropped the others.
     pub fn allows(&self, client: IpAddr) -> bool {
-        let ranges = &self.service.source_ranges;
+        let ranges = &self.service().source_ranges;
         ranges.is_empty() || ranges.iter().any(|r| r.contains(client))
     }
 
@@ -355,9 +359,9 @@ impl Routes {
             .values()
             .flat_map(|e| {
                 e.backends.iter().map(|b| Counted {
-                    service: e.service.key.clone(),
+                    service: e.service().key.clone(),
                     node: b.node.clone(),
-                    cost: e.cost,
+                    cost: e.cost(),
                     open: b.open.clone(),
                 })
             })

@@ -167,7 +167,7 @@ pub async fn handle(
     if relayed.spliced {
         ctx.metrics.splice_connections.inc();
     }
-    tracing::trace!(service = %entry.service.name, %peer, ?relayed, "connection done");
+    tracing::trace!(service = %entry.service().name, %peer, ?relayed, "connection done");
     if let Some(opened) = opened {
         log_connection(&entry, chosen, peer, &relayed, opened.elapsed());
     }
@@ -185,7 +185,7 @@ fn log_connection(
     let planned = entry.planned.backends.get(chosen);
     tracing::info!(
         target: "wao_lb::connections",
-        service = %entry.service.key,
+        service = %entry.service().key,
         %client,
         backend = %entry.backends[chosen].address,
         pod = planned.and_then(|b| b.backend.pod.as_deref()).unwrap_or("-"),
@@ -230,14 +230,14 @@ async fn connect_any(
                 return Some((stream, i));
             }
             Err(e) if is_resource_exhaustion(&e) => {
-                tracing::debug!(service = %entry.service.name, error = %e,
+                tracing::debug!(service = %entry.service().name, error = %e,
                     "no local resources for an upstream socket");
                 return None;
             }
             Err(e) => {
                 backend.failed();
                 entry.forget_client(peer.ip());
-                tracing::debug!(service = %entry.service.name, backend = %backend.address,
+                tracing::debug!(service = %entry.service().name, backend = %backend.address,
                     error = %e, "connect failed");
             }
         }

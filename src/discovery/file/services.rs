@@ -148,6 +148,7 @@ pub(super) fn validate(v: &mut Validator, raw: &[RawService]) -> ServiceTable {
             Redirect {
                 by: Arc::from("localRedirect"),
                 backends: backends(v, &at, &r.backends),
+                fallback: format!("service {}", s.name).into(),
             }
         });
         let clusters = clusters(v, &at, &s.clusters);

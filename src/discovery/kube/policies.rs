@@ -8,12 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Pod, PodSpec, PodStatus, Service as KubeService,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::policy_types::{
-    BalancingPolicy, LocalRedirectPolicy, PodBackends, PolicyFrontend, PolicyProtocol,
+    BalancingPolicy, FixedBackend, LocalRedirectPolicy, PodBackends, PolicyFrontend, PolicyProtocol,
 };
 use super::translate::{display_port, ThisNode, Unserved};
 use crate::model::node::Timing;
@@ -39,40 +41,46 @@ pub struct Policies<'a> {
     pub services: &'a [&'a KubeService],
 }
 
-/// Drops from a Pod what the policies never read: of its metadata only the namespace,
-/// name, labels and deletion time; of its spec the node and the containers' ports; of its
-/// status the IPs and the Ready condition.
+/// Keeps of a Pod only what the policies read: its namespace, name, labels and deletion
+/// time (with what the store needs: uid and resourceVersion), its node and its
+/// containers' named ports, its IPs and its Ready condition. A cluster's pods are many;
+/// each instance stores them all.
 pub fn slim_pod(p: &mut Pod) {
-    let m = &mut p.metadata;
-    m.annotations = None;
-    m.owner_references = None;
-    m.finalizers = None;
-    if let Some(spec) = &mut p.spec {
-        spec.volumes = None;
-        spec.init_containers = None;
-        spec.ephemeral_containers = None;
-        spec.affinity = None;
-        spec.tolerations = None;
-        for c in &mut spec.containers {
-            c.env = None;
-            c.env_from = None;
-            c.command = None;
-            c.args = None;
-            c.volume_mounts = None;
-            c.resources = None;
-            c.liveness_probe = None;
-            c.readiness_probe = None;
-            c.startup_probe = None;
-        }
-    }
-    if let Some(status) = &mut p.status {
-        status.container_statuses = None;
-        status.init_container_statuses = None;
-        status.ephemeral_container_statuses = None;
-        if let Some(conditions) = &mut status.conditions {
-            conditions.retain(|c| c.type_ == "Ready");
-        }
-    }
+    let m = std::mem::take(&mut p.metadata);
+    p.metadata = ObjectMeta {
+        namespace: m.namespace,
+        name: m.name,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        labels: m.labels,
+        deletion_timestamp: m.deletion_timestamp,
+        ..ObjectMeta::default()
+    };
+    p.spec = p.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        containers: spec
+            .containers
+            .into_iter()
+            .filter_map(|c| {
+                let ports: Vec<ContainerPort> =
+                    c.ports?.into_iter().filter(|p| p.name.is_some()).collect();
+                (!ports.is_empty()).then(|| Container {
+                    name: c.name,
+                    ports: Some(ports),
+                    ..Container::default()
+                })
+            })
+            .collect(),
+        ..PodSpec::default()
+    });
+    p.status = p.status.take().map(|status| PodStatus {
+        pod_ip: status.pod_ip,
+        pod_ips: status.pod_ips,
+        conditions: status
+            .conditions
+            .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..PodStatus::default()
+    });
 }
 
 /// Applies every policy to `table`; returns what each uses on this node.
@@ -82,6 +90,10 @@ pub fn apply(
     node: &ThisNode,
     unserved: &mut Vec<Unserved>,
 ) -> Vec<PolicyUse> {
+    if policies.balancing.is_empty() && policies.local_redirects.is_empty() {
+        return Vec::new();
+    }
+    let kube = KubeFrontends::of(policies.services, table);
     let mut used = Vec::new();
     let mut held = BTreeSet::new();
     for p in sorted(policies.balancing) {
@@ -93,31 +105,29 @@ pub fn apply(
                 continue;
             }
         };
+        let (fixed, refused) = fixed_backends(&p.spec.addresses);
+        unserved.extend(
+            refused
+                .into_iter()
+                .map(|r| one.refused("InvalidBackend", r)),
+        );
         let spec = &p.spec;
-        used.extend(one.apply(table, policies.services, &mut held, unserved, |target, service, problems| {
-            let mut backends = match &spec.pods {
-                Some(pods) => pod_backends(one.namespace, pods, target, policies.pods, None),
-                None => Vec::new(),
-            };
-            for (i, f) in spec.addresses.iter().enumerate() {
-                match f.address.parse::<SocketAddr>() {
-                    Ok(address) if relayable(address) && !f.node.is_empty() => {
-                        backends.push(Backend {
-                            address,
-                            node: Arc::from(f.node.as_str()),
-                            pod: None,
-                        })
-                    }
-                    _ => problems.push(format!(
-                        "spec.addresses[{i}]: {:?} on node {:?} is not a routable ip:port on a named node",
-                        f.address, f.node
-                    )),
-                }
-            }
-            service.backends = backends;
-            service.clusters = clusters.clone();
-            service.backends.len() + service.clusters.len()
-        }));
+        let pods = spec.pods.as_ref().map(|b| {
+            let namespace = b.namespace.as_deref().unwrap_or(one.namespace);
+            (b, selected(namespace, &b.selector, policies.pods, None))
+        });
+        used.extend(
+            one.apply(table, &kube, &mut held, unserved, |target, service| {
+                let mut backends = match &pods {
+                    Some((b, selected)) => pod_backends(selected, b, target),
+                    None => Vec::new(),
+                };
+                backends.extend(fixed.iter().cloned());
+                service.backends = backends;
+                service.clusters = clusters.clone();
+                service.backends.len() + service.clusters.len()
+            }),
+        );
     }
     let mut held = BTreeSet::new();
     for p in sorted(policies.local_redirects) {
@@ -127,29 +137,61 @@ pub fn apply(
             &p.spec.frontend,
         );
         let by: Arc<str> = format!("LocalRedirectPolicy {}/{}", one.namespace, one.name).into();
-        used.extend(one.apply(
-            table,
-            policies.services,
-            &mut held,
-            unserved,
-            |target, service, _| {
-                let local = pod_backends(
-                    one.namespace,
-                    &p.spec.backends,
-                    target,
-                    policies.pods,
-                    Some(&node.name),
-                );
+        let b = &p.spec.backends;
+        let namespace = b.namespace.as_deref().unwrap_or(one.namespace);
+        let local = selected(namespace, &b.selector, policies.pods, Some(&node.name));
+        used.extend(
+            one.apply(table, &kube, &mut held, unserved, |target, service| {
+                let local = pod_backends(&local, b, target);
                 let in_use = local.len();
                 service.redirect = Some(Redirect {
                     by: by.clone(),
                     backends: local,
+                    fallback: service.origin().into(),
                 });
                 in_use
-            },
-        ));
+            }),
+        );
     }
     used
+}
+
+/// The frontends of each served Kubernetes Service port, by its key
+/// (`namespace/name:port`), and the Services themselves: what a policy's `service`
+/// frontend names. Made once per translation, not searched for each policy.
+struct KubeFrontends<'a> {
+    services: &'a [&'a KubeService],
+    by_key: BTreeMap<Arc<str>, Vec<Frontend>>,
+}
+
+impl<'a> KubeFrontends<'a> {
+    fn of(services: &'a [&'a KubeService], table: &ServiceTable) -> KubeFrontends<'a> {
+        let mut by_key: BTreeMap<Arc<str>, Vec<Frontend>> = BTreeMap::new();
+        for s in table.services.values() {
+            by_key.entry(s.key.clone()).or_default().push(s.frontend);
+        }
+        KubeFrontends { services, by_key }
+    }
+}
+
+/// A BalancingPolicy's fixed `addresses` as backends, and why each refused one is.
+fn fixed_backends(addresses: &[FixedBackend]) -> (Vec<Backend>, Vec<String>) {
+    let mut backends = Vec::new();
+    let mut refused = Vec::new();
+    for (i, f) in addresses.iter().enumerate() {
+        match f.address.parse::<SocketAddr>() {
+            Ok(address) if relayable(address) && !f.node.is_empty() => backends.push(Backend {
+                address,
+                node: Arc::from(f.node.as_str()),
+                pod: None,
+            }),
+            _ => refused.push(format!(
+                "spec.addresses[{i}]: {:?} on node {:?} is not a routable ip:port on a named node",
+                f.address, f.node
+            )),
+        }
+    }
+    (backends, refused)
 }
 
 /// One policy being applied: its kind, identity and frontend.
@@ -185,24 +227,24 @@ impl<'a> One<'a> {
 
     /// Each frontend the policy names, not yet `held` by a policy of its kind, gets
     /// `shape`d from the service there (or a new one of its own); `shape` returns how many
-    /// backends it uses and pushes what it refused. None when the frontend is invalid.
+    /// backends it uses. None when the frontend is invalid.
     fn apply(
         &self,
         table: &mut ServiceTable,
-        services: &[&KubeService],
+        kube: &KubeFrontends<'_>,
         held: &mut BTreeSet<Frontend>,
         unserved: &mut Vec<Unserved>,
-        mut shape: impl FnMut(&Target, &mut Service, &mut Vec<String>) -> usize,
+        mut shape: impl FnMut(&Target, &mut Service) -> usize,
     ) -> Option<PolicyUse> {
-        let targets = match frontends(self.namespace, self.frontend, services, table) {
+        let targets = match frontends(self.namespace, self.frontend, kube, table) {
             Ok(t) => t,
             Err(e) => {
                 unserved.push(self.refused("InvalidFrontend", e));
                 return None;
             }
         };
+        let policy: Arc<str> = format!("{}/{}", self.namespace, self.name).into();
         let mut in_use = 0;
-        let mut problems = Vec::new();
         for target in targets {
             if !held.insert(target.frontend) {
                 let reason = format!(
@@ -212,16 +254,14 @@ impl<'a> One<'a> {
                 unserved.push(self.refused("FrontendConflict", reason));
                 continue;
             }
-            let mut service = base(table, &target, self.kind, self.namespace, self.name);
-            in_use = in_use.max(shape(&target, &mut service, &mut problems));
+            // `shape` sees the service as found (a redirect names what it falls back to),
+            // then it becomes the policy's.
+            let mut service = base(table, &target, self.kind, &policy);
+            in_use = in_use.max(shape(&target, &mut service));
+            service.kind = self.kind;
+            service.policy = Some(policy.clone());
             table.services.insert(target.frontend, Arc::new(service));
         }
-        problems.dedup();
-        unserved.extend(
-            problems
-                .into_iter()
-                .map(|p| self.refused("InvalidBackend", p)),
-        );
         Some(PolicyUse {
             kind: self.kind,
             namespace: self.namespace.into(),
@@ -245,23 +285,13 @@ fn identity(m: &ObjectMeta) -> (&str, &str) {
     )
 }
 
-/// The service at `target` as the policy starts from: the table's (a Service's, or another
-/// policy's), else a new one of the policy's own, with no backend.
-fn base(
-    table: &ServiceTable,
-    target: &Target,
-    kind: ServiceKind,
-    namespace: &str,
-    name: &str,
-) -> Service {
-    let policy: Arc<str> = format!("{namespace}/{name}").into();
-    let mut service = match table.services.get(&target.frontend) {
+/// The service at `target` as the policy finds it: the table's (a Service's, or another
+/// policy's), else a new one of the policy's own, named `policy`, with no backend.
+fn base(table: &ServiceTable, target: &Target, kind: ServiceKind, policy: &Arc<str>) -> Service {
+    match table.services.get(&target.frontend) {
         Some(s) => (**s).clone(),
         None => Service::plain(kind, policy.clone(), target.frontend, Vec::new()),
-    };
-    service.kind = kind;
-    service.policy = Some(policy);
-    service
+    }
 }
 
 /// One frontend a policy applies to, and the port its pods take when the policy names none.
@@ -276,7 +306,7 @@ struct Target {
 fn frontends(
     namespace: &str,
     f: &PolicyFrontend,
-    services: &[&KubeService],
+    kube: &KubeFrontends<'_>,
     table: &ServiceTable,
 ) -> Result<Vec<Target>, String> {
     match (&f.service, &f.address) {
@@ -325,7 +355,8 @@ fn frontends(
                     "spec.frontend.service.namespace: a policy in {namespace} may take only Services of its own namespace"
                 ));
             }
-            let svc = services
+            let svc = kube
+                .services
                 .iter()
                 .find(|s| {
                     s.metadata.namespace.as_deref() == Some(namespace)
@@ -361,12 +392,12 @@ fn frontends(
                     .clone()
                     .unwrap_or(IntOrString::Int(port.port));
                 out.extend(
-                    table
-                        .services
-                        .values()
-                        .filter(|s| *s.key == *key)
-                        .map(|s| Target {
-                            frontend: s.frontend,
+                    kube.by_key
+                        .get(key.as_str())
+                        .into_iter()
+                        .flatten()
+                        .map(|frontend| Target {
+                            frontend: *frontend,
                             default_port: default_port.clone(),
                         }),
                 );
@@ -376,36 +407,41 @@ fn frontends(
     }
 }
 
-/// The ready pods `b` selects in its namespace (the policy's, `namespace`, when it names
-/// none; only those on `node` when given), as backends
-/// for `target`: the address of the frontend's family, the port `b` names.
-fn pod_backends(
+/// The ready pods of `namespace` that `selector` picks, on any node or only on `node`:
+/// once per policy, whatever number of frontends it has.
+fn selected<'p>(
     namespace: &str,
-    b: &PodBackends,
-    target: &Target,
-    pods: &[&Pod],
+    selector: &LabelSelector,
+    pods: &[&'p Pod],
     node: Option<&str>,
-) -> Vec<Backend> {
-    let namespace = b.namespace.as_deref().unwrap_or(namespace);
-    let wanted = b.target_port.as_ref().unwrap_or(&target.default_port);
-    let mut out: Vec<Backend> = pods
-        .iter()
+) -> Vec<&'p Pod> {
+    pods.iter()
+        .copied()
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| selects(&b.selector, p.metadata.labels.as_ref()))
+        .filter(|p| selects(selector, p.metadata.labels.as_ref()))
         .filter(|p| ready(p))
+        .filter(|p| {
+            let on = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            on.is_some() && node.is_none_or(|n| on == Some(n))
+        })
+        .collect()
+}
+
+/// The `selected` pods as backends for `target`: the address of the frontend's family,
+/// the port `b` names (or the target's default).
+fn pod_backends(selected: &[&Pod], b: &PodBackends, target: &Target) -> Vec<Backend> {
+    let wanted = b.target_port.as_ref().unwrap_or(&target.default_port);
+    let mut out: Vec<Backend> = selected
+        .iter()
         .filter_map(|p| {
             let on = p.spec.as_ref()?.node_name.as_deref()?;
-            if node.is_some_and(|n| n != on) {
-                return None;
-            }
             let ip = pod_ip(p, target.frontend.address.is_ipv6())?;
             let port = pod_port(p, wanted, target.frontend.protocol)?;
+            let (namespace, name) = identity(&p.metadata);
             Some(Backend {
                 address: SocketAddr::new(ip, port),
                 node: Arc::from(on),
-                pod: Some(
-                    format!("{namespace}/{}", p.metadata.name.as_deref().unwrap_or("")).into(),
-                ),
+                pod: Some(format!("{namespace}/{name}").into()),
             })
         })
         .collect();
@@ -846,6 +882,47 @@ mod tests {
         let spec = json!({"frontend": {"address": "10.0.0.1", "port": 80}});
         let (_, refused, _) = run(&[], &[bp("a", spec.clone()), bp("b", spec)], &[]);
         assert_eq!(refused, ["BalancingPolicy FrontendConflict: 10.0.0.1:80/tcp is already taken by another BalancingPolicy"]);
+    }
+
+    #[test]
+    fn a_slimmed_pod_is_selected_and_resolved_as_before() {
+        let mut full: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": "dns-n1", "labels": {"app": "dns"},
+                         "annotations": {"big": "x".repeat(1000)}, "uid": "u1",
+                         "resourceVersion": "7", "ownerReferences": [
+                             {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "r"}]},
+            "spec": {"nodeName": "n1", "containers": [
+                {"name": "c", "image": "cache:1", "args": ["-v"],
+                 "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                           {"containerPort": 9153}]},
+                {"name": "sidecar", "image": "log:1"}]},
+            "status": {"podIP": "10.1.1.5", "phase": "Running", "conditions": [
+                {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "c", "image": "cache:1", "imageID": "",
+                                       "ready": true, "restartCount": 0}]},
+        }))
+        .unwrap();
+        let table_with = |pod: &Pod| {
+            let spec = json!({
+                "frontend": {"address": "169.254.20.10", "port": 53, "protocol": "UDP"},
+                "backends": {"selector": {"matchLabels": {"app": "dns"}}, "targetPort": "dns"}});
+            run(&[lrp("local", spec)], &[], std::slice::from_ref(pod)).0
+        };
+        let before = table_with(&full);
+        slim_pod(&mut full);
+        let slim = serde_json::to_value(&full).unwrap();
+        assert_eq!(
+            slim,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"namespace": "ns", "name": "dns-n1", "labels": {"app": "dns"},
+                                "uid": "u1", "resourceVersion": "7"},
+                   "spec": {"nodeName": "n1", "containers": [
+                       {"name": "c", "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]},
+                   "status": {"podIP": "10.1.1.5", "conditions": [{"type": "Ready", "status": "True"}]}})
+        );
+        let after = table_with(&full);
+        assert_eq!(after, before);
+        assert!(after.iter().any(|r| r.2 == ["10.1.1.5:53@n1"]), "{after:?}");
     }
 
     #[test]

@@ -50,7 +50,8 @@ type Stray = (Vec<u8>, SocketAddr, SocketAddr);
 type ReplySocketMap = HashMap<SocketAddr, (Arc<UdpSocket>, CancellationToken)>;
 type ReplySockets = Mutex<ReplySocketMap>;
 
-/// Strays waiting for the listener's loop; past this many, they are dropped and counted.
+/// Strays waiting for the listener's loop; past this many the loop is far behind, and
+/// they are dropped as a full socket buffer would drop them.
 const STRAYS_QUEUED: usize = 256;
 
 /// What the sessions of one listening socket share.
@@ -147,9 +148,11 @@ pub async fn serve(
     loop {
         tokio::select! {
             r = shared.listener.readable() => {
+                // One routes load per batch: its datagrams are handed on with no await.
+                let routes = shared.ctx.routes.load();
                 let received = r.and_then(|()| batch::receive(&shared.listener, |d| {
                     if let Some(flow) = flow_of(&d, destination) {
-                        forward(d.bytes, flow, &shared, &mut blocked);
+                        forward(d.bytes, flow, &routes, &shared, &mut blocked);
                     }
                 }));
                 match received {
@@ -160,7 +163,7 @@ pub async fn serve(
                 }
             }
             Some((data, client, dst)) = stray_rx.recv() => {
-                forward(&data, (client, dst), &shared, &mut blocked);
+                forward(&data, (client, dst), &shared.ctx.routes.load(), &shared, &mut blocked);
             }
             () = &mut stopped => return,
         }
@@ -254,24 +257,25 @@ fn flow_of(d: &Datagram<'_>, destination: Destination) -> Option<Flow> {
     }
 }
 
-/// Sends a client's datagram to its session's backend, opening the session if it is new.
+/// Sends a client's datagram to its session's backend under `routes`, opening the session
+/// if it is new.
 /// A datagram the upstream socket has no room for now goes to `blocked`.
 fn forward(
     datagram: &[u8],
     flow: Flow,
+    routes: &Routes,
     shared: &Shared,
     blocked: &mut Vec<(Arc<Session>, Vec<u8>)>,
 ) {
-    let routes = shared.ctx.routes.load();
     let session = match shared.sessions.get(&flow) {
-        Some(s) if s.holds_under(&routes, flow) => s,
+        Some(s) if s.holds_under(routes, flow) => s,
         found => {
             if let Some(old) = found {
                 // Its route changed under it: it ends, and this datagram routes anew.
                 old.ended.cancel();
                 shared.sessions.remove(&flow, &old);
             }
-            match open_session(&routes, flow, shared) {
+            match open_session(routes, flow, shared) {
                 Some(s) => s,
                 None => return,
             }
@@ -331,7 +335,7 @@ fn open_session(routes: &Routes, flow: Flow, shared: &Shared) -> Option<Arc<Sess
     if session.is_none() {
         entry.counters.udp_datagrams_dropped.inc();
         if let Some(drops) = shared.drops.event() {
-            tracing::warn!(service = %entry.service.name, drops,
+            tracing::warn!(service = %entry.service().name, drops,
                 "udp: new flows dropped (no session could be opened or made room for)");
         }
     }
@@ -468,7 +472,7 @@ async fn replies(
 ) {
     let (client, _) = flow;
     let entry = session.entry.clone();
-    let responses = entry.service.udp_responses.map(u64::from);
+    let responses = entry.service().udp_responses.map(u64::from);
     let mut blocked = Vec::new();
     // Made once, not per datagram: the idle timer is re-armed only when it fires.
     let mut idle = pin!(tokio::time::sleep(timeout));
