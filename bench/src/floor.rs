@@ -2,7 +2,9 @@
 //! backend, to measure every proxy against. One thread, non-blocking sockets on raw
 //! edge-triggered epoll, no runtime, no pick, no metrics, no timers. TCP relays by
 //! read/write, and by splice(2) through a pipe once a direction has moved 64 KiB (as
-//! wao-lb does); UDP keeps one connected upstream socket per client.
+//! wao-lb does); UDP keeps one connected upstream socket per client. Its pipes have the
+//! kernel's default size, 64 KiB, as tokio-splice's do; `--floor-pipe-bytes` sets another
+//! (F_SETPIPE_SZ), to measure what larger pipes would save.
 //!
 //! The transparent floor (`--floor-transparent`) sits behind wao-lb's own TPROXY rules,
 //! installed by the harness: TCP from the node arrives redirected on a plain listener, UDP
@@ -11,7 +13,7 @@
 //! carry wao-lb's upstream mark, as wao-lb's do.
 //!
 //! `wao-bench --serve-floor tcp|udp --floor-listen ADDR --floor-backend ADDR
-//! [--floor-transparent --floor-mark MARK]` runs it (the harness starts it like any peer,
+//! [--floor-transparent --floor-mark MARK] [--floor-pipe-bytes N]` runs it (the harness starts it like any peer,
 //! alone on the proxy core).
 
 use std::collections::HashMap;
@@ -25,6 +27,8 @@ use socket2::{Domain, Socket, Type};
 /// Bytes a direction copies before it switches to splice.
 const SPLICE_AFTER: u64 = 64 * 1024;
 const CHUNK: usize = 64 * 1024;
+/// The kernel's default pipe size, which tokio-splice also sets.
+pub const PIPE_BYTES: usize = 64 * 1024;
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -116,7 +120,13 @@ impl Direction {
     /// came back short drained the socket: no further read that could only say EAGAIN (a
     /// new edge comes with new bytes). At end of stream the write side is shut down, unless
     /// `other_done`: then the close that follows ends both ways.
-    fn pump(&mut self, src: RawFd, dst: RawFd, buf: &mut [u8], other_done: bool) -> io::Result<()> {
+    fn pump(
+        &mut self,
+        (src, dst): (RawFd, RawFd),
+        buf: &mut [u8],
+        pipe_bytes: usize,
+        other_done: bool,
+    ) -> io::Result<()> {
         let mut drained = false;
         loop {
             if self.done {
@@ -157,15 +167,20 @@ impl Direction {
             if drained {
                 return Ok(());
             }
+            let wanted = if self.moved >= SPLICE_AFTER {
+                pipe_bytes
+            } else {
+                CHUNK
+            };
             let read = if self.moved >= SPLICE_AFTER {
                 if self.pipe.is_none() {
-                    self.pipe = Some(pipe()?);
+                    self.pipe = Some(pipe(pipe_bytes)?);
                 }
                 let (_, w) = self
                     .pipe
                     .as_ref()
                     .ok_or_else(|| io::Error::other("no pipe"))?;
-                splice(src, w.as_raw_fd(), CHUNK).inspect(|n| self.in_pipe = *n)
+                splice(src, w.as_raw_fd(), pipe_bytes).inspect(|n| self.in_pipe = *n)
             } else {
                 read(src, buf).and_then(|n| {
                     let written = match write(dst, &buf[..n]) {
@@ -181,7 +196,7 @@ impl Direction {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.moved += n as u64;
-                    drained = n < CHUNK;
+                    drained = n < wanted;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -214,12 +229,19 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     })
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A pipe of `bytes` (the default size is left alone).
+fn pipe(bytes: usize) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the array, which we then own.
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
     // SAFETY: both fds were just returned to us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    if bytes != PIPE_BYTES {
+        let size = libc::c_int::try_from(bytes).map_err(io::Error::other)?;
+        // SAFETY: F_SETPIPE_SZ on our own open pipe; it takes an int and writes nothing.
+        check(unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) })?;
+    }
+    Ok((r, w))
 }
 
 struct Connection {
@@ -230,6 +252,7 @@ struct Connection {
     connected: bool,
     up: Direction,
     down: Direction,
+    pipe_bytes: usize,
 }
 
 impl Connection {
@@ -238,14 +261,21 @@ impl Connection {
             return Ok(false);
         }
         let (c, u) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
-        self.up.pump(c, u, buf, self.down.done)?;
-        self.down.pump(u, c, buf, self.up.done)?;
+        self.up.pump((c, u), buf, self.pipe_bytes, self.down.done)?;
+        self.down.pump((u, c), buf, self.pipe_bytes, self.up.done)?;
         Ok(self.up.done && self.down.done)
     }
 }
 
-/// Serves TCP on `listen`, relaying each connection to `backend`, until killed.
-pub fn serve_tcp(listen: SocketAddr, backend: SocketAddr, mark: Option<u32>) -> io::Result<()> {
+/// Serves TCP on `listen`, relaying each connection to `backend` through pipes of
+/// `pipe_bytes`, until killed. A pipe size the kernel refuses fails here, at the start.
+pub fn serve_tcp(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    mark: Option<u32>,
+    pipe_bytes: usize,
+) -> io::Result<()> {
+    pipe(pipe_bytes).map_err(|e| io::Error::other(format!("a pipe of {pipe_bytes} bytes: {e}")))?;
     let listener = TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
     // Connections by either of their fds' number.
@@ -271,6 +301,7 @@ pub fn serve_tcp(listen: SocketAddr, backend: SocketAddr, mark: Option<u32>) -> 
                         connected: false,
                         up: Direction::default(),
                         down: Direction::default(),
+                        pipe_bytes,
                     },
                 );
             }

@@ -42,6 +42,10 @@ struct Cli {
     /// pinned: proxies and load share the cores.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// The floor's pipe size in bytes (F_SETPIPE_SZ; the default is the kernel's and
+    /// tokio-splice's), to measure what larger pipes save in bulk transfers.
+    #[arg(long, default_value_t = floor::PIPE_BYTES)]
+    floor_pipe_bytes: usize,
     /// Connections (rr, crr, soak) or sockets (udp) in parallel.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -166,7 +170,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         let served = match proto.as_str() {
-            "tcp" => floor::serve_tcp(listen, backend, cli.floor_mark),
+            "tcp" => floor::serve_tcp(listen, backend, cli.floor_mark, cli.floor_pipe_bytes),
             "udp" => floor::serve_udp(listen, backend, cli.floor_transparent, cli.floor_mark),
             other => Err(std::io::Error::other(format!("no floor for {other}"))),
         };
@@ -266,6 +270,7 @@ fn bench(cli: Cli) -> std::io::Result<()> {
         proxy_core,
         open_files,
         workers,
+        floor_pipe_bytes: cli.floor_pipe_bytes,
     };
 
     let total: u64 = scenarios.iter().map(|s| run::steps(*s, &targets)).sum();

@@ -72,6 +72,8 @@ pub struct Setup {
     pub open_files: u64,
     /// Threads or worker processes each proxy runs (the floor is one thread by design).
     pub workers: usize,
+    /// The floor's pipe size.
+    pub floor_pipe_bytes: usize,
 }
 
 /// A target serving at `addr`. `pid` is the proxy's process, if it has one.
@@ -216,7 +218,8 @@ pub fn haproxy_config(
 
 /// nginx `stream` with `workers` worker processes: one with `master_process off`, so the
 /// measured pid is the worker itself; more under a master, whose process tree is measured.
-/// The stream module is loaded from Debian's path when it is dynamic.
+/// The stream module is loaded from Debian's path when it is dynamic. TCP relays half-close
+/// (`proxy_half_close on`), the job every other target does.
 pub fn nginx_config(
     listen: SocketAddr,
     backend: SocketAddr,
@@ -233,7 +236,7 @@ pub fn nginx_config(
     };
     let load = stream_module.map_or(String::new(), |m| format!("load_module {};\n", m.display()));
     let (listen_opts, proxy_opts) = match proto {
-        Proto::Tcp => ("", ""),
+        Proto::Tcp => ("", "    proxy_half_close on;\n"),
         Proto::Udp => (" udp reuseport", "    proxy_timeout 60s;\n"),
     };
     let connections = 2 * max_connections + 64;
@@ -525,6 +528,8 @@ fn floor_command(
         listen.to_string(),
         "--floor-backend".into(),
         backend.to_string(),
+        "--floor-pipe-bytes".into(),
+        setup.floor_pipe_bytes.to_string(),
     ];
     if vip.is_some() {
         let mark = wao_lb::settings::TproxySettings::default().upstream_mark;
@@ -725,10 +730,13 @@ mod tests {
             tcp.contains("listen 127.0.0.1:1000;") && tcp.contains("proxy_pass 127.0.0.1:2000;")
         );
         assert!(tcp.contains("worker_connections 20064;") && !tcp.contains("load_module"));
+        // The same job as every other target: a client's FIN is relayed, not a close of both.
+        assert!(tcp.contains("proxy_half_close on;"));
         let udp = nginx_config(l, b, Proto::Udp, work, 10, Some(Path::new("/m.so")), 1);
         assert!(
             udp.starts_with("load_module /m.so;")
                 && udp.contains("listen 127.0.0.1:1000 udp reuseport;")
+                && !udp.contains("proxy_half_close")
         );
     }
 
