@@ -156,6 +156,15 @@ fn pin_to_core(core: usize) -> std::io::Result<()> {
     }
 }
 
+/// Prints `text` on stdout. A stdout that was closed (`wao-bench | head`) loses the tables,
+/// not the run: the measurements go on, their JSON files are written and every peer is
+/// stopped, where `print!` would panic at the first line.
+fn show(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -245,23 +254,25 @@ fn bench(cli: Cli) -> std::io::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = cli.workers.max(1);
     let proxy_core = if workers > 1 {
-        println!("{workers} workers per proxy: proxies and load share every core, unpinned");
+        show(&format!(
+            "{workers} workers per proxy: proxies and load share every core, unpinned\n"
+        ));
         None
     } else if cores >= 2 {
         pin_to_core(0)?;
         Some(1)
     } else {
-        println!("one core: the proxy and the load share it, so rates are lower bounds");
+        show("one core: the proxy and the load share it, so rates are lower bounds\n");
         None
     };
     let open_files = wao_lb::dataplane::proxy::socket::raise_nofile_limit()?;
     if scenarios.contains(&Scenario::Idle) {
         let fits = scenario::idle::fitting_connections(sizes.idle, open_files, 100);
         if fits < sizes.idle {
-            println!(
-                "idle: {} connections need two sockets each in the proxy; the open-files limit is {open_files}, so the run holds {fits}",
+            show(&format!(
+                "idle: {} connections need two sockets each in the proxy; the open-files limit is {open_files}, so the run holds {fits}\n",
                 sizes.idle
-            );
+            ));
         }
     }
     let setup = Setup {
@@ -293,7 +304,7 @@ fn bench(cli: Cli) -> std::io::Result<()> {
                 kube_scale::Sizes::new(cli.services)
             };
             let report = rt.block_on(kube_scale::run(&setup, &sizes))?;
-            bar.suspend(|| print!("{}", report.table()));
+            bar.suspend(|| show(&report.table()));
             std::fs::write(cli.out.join("kube-scale.json"), report.json())?;
         } else if s == Scenario::Soak {
             bar.set_message("soak");
@@ -304,7 +315,7 @@ fn bench(cli: Cli) -> std::io::Result<()> {
                 soak::Sizes::new(cli.soak_seconds, cli.connections, cli.seed)
             };
             let report = rt.block_on(soak::run(&setup, &sizes))?;
-            bar.suspend(|| print!("{}", report.table()));
+            bar.suspend(|| show(&report.table()));
             std::fs::write(cli.out.join("soak.json"), report.json())?;
             if report.outcomes.defects() > 0 {
                 failed = Some(format!(
@@ -338,12 +349,12 @@ fn bench(cli: Cli) -> std::io::Result<()> {
             bar.suspend(|| {
                 if cli.json {
                     for r in &reports {
-                        println!("{}", energy::json_line(r));
+                        show(&format!("{}\n", energy::json_line(r)));
                     }
                 } else if cli.generate.is_some() {
-                    print!("{}", energy::distribution(&reports));
+                    show(&energy::distribution(&reports));
                 } else {
-                    print!("{}", energy::table(&reports));
+                    show(&energy::table(&reports));
                 }
             });
             let json = serde_json::to_string_pretty(&reports).map_err(std::io::Error::other)?;
@@ -351,7 +362,7 @@ fn bench(cli: Cli) -> std::io::Result<()> {
             std::fs::write(cli.out.join("energy.svg"), energy::svg(&reports))?;
         } else {
             let report = rt.block_on(run::scenario(s, &targets, &setup, &sizes, &bar))?;
-            bar.suspend(|| println!("{}", report.table()));
+            bar.suspend(|| show(&format!("{}\n", report.table())));
             std::fs::write(cli.out.join(format!("{}.json", s.name())), report.json())?;
             std::fs::write(cli.out.join(format!("{}.svg", s.name())), report.svg())?;
         }
@@ -367,7 +378,7 @@ fn bench(cli: Cli) -> std::io::Result<()> {
     if cli.json {
         eprintln!("{wrote}");
     } else {
-        println!("{wrote}");
+        show(&format!("{wrote}\n"));
     }
     match failed {
         Some(why) => Err(std::io::Error::other(why)),

@@ -3,7 +3,7 @@
 //! every requested target either as rows or as a skipped line with a reason.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// Runs `wao-bench ARGS --smoke` on the workspace's wao-lb into a fresh output directory
 /// named after `tag`; asserts it succeeded and returns its stdout and that directory.
@@ -212,5 +212,30 @@ fn energy_json_prints_only_the_contract_lines() {
             );
         }
     }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A reader that goes away (`wao-bench | head`) costs the printed tables, not the run: no
+/// panic, the exit status of a good run, and the JSON written.
+#[test]
+fn a_closed_stdout_ends_nothing() {
+    let out = std::env::temp_dir().join(format!("wao-bench-closed-stdout-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wao-bench"))
+        .args(["energy", "--out"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wao-bench starts");
+    // The read end closes before the first line is written: every write meets EPIPE.
+    drop(child.stdout.take());
+    let done = child.wait_with_output().expect("wao-bench ends");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{}: {stderr}", done.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.join("energy.json").is_file(),
+        "the run's JSON is written"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
