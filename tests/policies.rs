@@ -74,10 +74,14 @@ fn assert_share(v: &Value, total: u64, share: f64) {
 /// through it and from a process on the node itself, go only to the ready pod on this
 /// node (b1), not to the Service's endpoint elsewhere (b2), through the TPROXY rules. When
 /// that pod goes unready they fall back to the Service's endpoint, and come back when it
-/// is ready again. The policy's status says how many local backends the node uses.
+/// is ready again. The policy's status says how many local backends the node uses, also
+/// when the API server fails the first patches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
     let (mut net, api) = Net::kubernetes();
+    // The first status patches fail; nothing else changes before the status is checked,
+    // so only a retry can write it.
+    api.fail_status_patches(2);
     let vip = net.vip4();
     api.put(
         Kind::Service,
@@ -132,6 +136,7 @@ async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
             .is_some_and(|p| p["status"]["nodes"]["nd"]["backends"] == n)
     };
     assert!(wait_for(|| status(1)), "status: one local backend");
+    assert_eq!(api.status_patch_failures_left(), 0, "the failures were met");
 
     // The local pod goes unready: the Service's endpoint takes over.
     cache_nd(false);

@@ -95,6 +95,8 @@ struct Shared {
     node_config_crd: std::sync::atomic::AtomicBool,
     /// wao-lb's policy CRDs are served unless removed.
     policy_crds_removed: std::sync::atomic::AtomicBool,
+    /// Status patches still to answer with 500, as an API server that is briefly away.
+    status_patch_failures: std::sync::atomic::AtomicU64,
     /// WAO's metrics adapter on custom.metrics.k8s.io: (node, metric) → value; None while
     /// the API is not served.
     custom_metrics: Mutex<Option<BTreeMap<(String, String), String>>>,
@@ -127,6 +129,7 @@ impl ApiServer {
             events: Default::default(),
             node_config_crd: Default::default(),
             policy_crds_removed: Default::default(),
+            status_patch_failures: Default::default(),
             custom_metrics: Default::default(),
         });
         let addr = listener.local_addr().expect("addr");
@@ -294,6 +297,20 @@ impl ApiServer {
             .store(!served, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Answers the next `n` status patches with 500 Internal Server Error.
+    pub fn fail_status_patches(&self, n: u64) {
+        self.shared
+            .status_patch_failures
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Status patches still to be failed.
+    pub fn status_patch_failures_left(&self) -> u64 {
+        self.shared
+            .status_patch_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The Events posted so far.
     pub fn events(&self) -> Vec<Value> {
         self.shared.events.lock().expect("events").clone()
@@ -387,6 +404,16 @@ async fn patch_status(
     let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
         return (axum::http::StatusCode::BAD_REQUEST, "not JSON").into_response();
     };
+    let failing = shared.status_patch_failures.fetch_update(
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+        |n| n.checked_sub(1),
+    );
+    if failing.is_ok() {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": "etcdserver: request timed out", "code": 500});
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Json(status)).into_response();
+    }
     let kind = match plural.as_str() {
         "localredirectpolicies" => Kind::LocalRedirectPolicy,
         "balancingpolicies" => Kind::BalancingPolicy,

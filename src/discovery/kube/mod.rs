@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod node_metrics;
 pub mod nodeconfig;
 pub mod policies;
+pub mod policy_status;
 pub mod policy_types;
 pub mod settings;
 pub mod translate;

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -29,13 +29,13 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::KubeMetrics;
 use super::node_metrics::{self, saying, NodeMetrics};
 use super::nodeconfig::{self, NodeConfig, NodeConfigs};
-use super::policies::{self, slim_pod, Policies, PolicyUse};
+use super::policies::{self, slim_pod, Policies};
+use super::policy_status;
 use super::policy_types::{self, BalancingPolicy, LocalRedirectPolicy};
 use super::settings::{KubeSettings, PROXY_NAME_LABEL};
 use super::translate::{slim_service, slim_slice, translate, ThisNode, Translation, Unserved};
 use crate::model::node::BasicAuth;
 use crate::model::published::Board;
-use crate::model::ServiceKind;
 
 /// Services that must never be proxied: headless ones (kube-proxy's own selector).
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -167,7 +167,13 @@ pub async fn run(
     tracing::info!(node = %settings.node_name, proxy_name = %settings.service_proxy_name,
         "Kubernetes objects synced");
     let mut reported: Vec<super::translate::Unserved> = Vec::new();
-    let mut statused: Vec<PolicyUse> = Vec::new();
+    let (statuses, wanted_statuses) = watch::channel(Vec::new());
+    tokio::spawn(policy_status::write(
+        client.clone(),
+        settings.node_name.clone(),
+        wanted_statuses,
+        stop.clone(),
+    ));
     loop {
         let started = Instant::now();
         let translation = {
@@ -218,18 +224,13 @@ pub async fn run(
             }
         }
         reported = translation.unserved.clone();
-        for u in translation
-            .policies
-            .iter()
-            .filter(|u| !statused.contains(u))
-        {
-            tokio::spawn(patch_status(
-                client.clone(),
-                settings.node_name.clone(),
-                u.clone(),
-            ));
-        }
-        statused = translation.policies.clone();
+        statuses.send_if_modified(|wanted| {
+            let changed = *wanted != translation.policies;
+            if changed {
+                wanted.clone_from(&translation.policies);
+            }
+            changed
+        });
         metrics.unserved.set(reported.len() as i64);
         metrics.syncs.inc();
         metrics
@@ -392,32 +393,6 @@ where
         _ => {
             let _ = store.wait_until_ready().await;
         }
-    }
-}
-
-/// Writes how many backends this node uses for a policy into its status, under this node's
-/// name (a merge patch of `status.nodes.<node>`, so the nodes never overwrite each other).
-/// Best effort: without the RBAC grant or the CRD it is logged at debug.
-async fn patch_status(client: Client, node: String, u: PolicyUse) {
-    let patch = Patch::Merge(serde_json::json!({
-        "status": {"nodes": {node: {"backends": u.backends}}}
-    }));
-    let params = PatchParams::default();
-    let result = match u.kind {
-        ServiceKind::LocalRedirectPolicy => {
-            Api::<LocalRedirectPolicy>::namespaced(client, &u.namespace)
-                .patch_status(&u.name, &params, &patch)
-                .await
-                .map(|_| ())
-        }
-        _ => Api::<BalancingPolicy>::namespaced(client, &u.namespace)
-            .patch_status(&u.name, &params, &patch)
-            .await
-            .map(|_| ()),
-    };
-    if let Err(e) = result {
-        tracing::debug!(kind = %u.kind, namespace = %u.namespace, name = %u.name, error = %e,
-            "cannot write the policy's status");
     }
 }
 
