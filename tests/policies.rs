@@ -75,7 +75,8 @@ fn assert_share(v: &Value, total: u64, share: f64) {
 /// node (b1), not to the Service's endpoint elsewhere (b2), through the TPROXY rules. When
 /// that pod goes unready they fall back to the Service's endpoint, and come back when it
 /// is ready again. The policy's status says how many local backends the node uses, also
-/// when the API server fails the first patches.
+/// when the API server fails the first patches. Pods are watched only while the policy
+/// exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
     let (mut net, api) = Net::kubernetes();
@@ -101,12 +102,6 @@ async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
     api.put(Kind::Pod, pod("cache-other", "cache", "other", &b2, true));
     let cache_nd = |ready: bool| api.put(Kind::Pod, pod("cache-nd", "cache", "nd", &b1, ready));
     cache_nd(true);
-    api.put(
-        Kind::LocalRedirectPolicy,
-        json!({"metadata": {"namespace": "shop", "name": "local-web"},
-               "spec": {"frontend": {"service": {"name": "web", "port": "http"}},
-                        "backends": {"selector": {"matchLabels": {"app": "cache"}}}}}),
-    );
     net.start_kubernetes_lb(&api, "");
     let only = |backend: &str| {
         let rows = rows(&net);
@@ -115,7 +110,25 @@ async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
                 .iter()
                 .all(|r| r["backend"] == format!("{backend}:8080"))
     };
+    // No policy yet: the Service's own endpoint, and no Pod watch.
+    assert!(wait_for(|| only(&b2)), "{:?}", rows(&net));
+    assert_eq!(
+        api.watches_open(Kind::Pod),
+        0,
+        "no Pod watch without a policy"
+    );
+    api.put(
+        Kind::LocalRedirectPolicy,
+        json!({"metadata": {"namespace": "shop", "name": "local-web"},
+               "spec": {"frontend": {"service": {"name": "web", "port": "http"}},
+                        "backends": {"selector": {"matchLabels": {"app": "cache"}}}}}),
+    );
     assert!(wait_for(|| only(&b1)), "{:?}", rows(&net));
+    assert_eq!(
+        api.watches_open(Kind::Pod),
+        1,
+        "the policy's Pods are watched"
+    );
     let rows_now = rows(&net);
     assert_eq!(rows_now[0]["kind"], "LocalRedirectPolicy", "{rows_now:?}");
     assert_eq!(
@@ -155,6 +168,14 @@ async fn a_local_redirect_keeps_traffic_on_the_node_and_falls_back() {
     assert!(wait_for(|| only(&b1)), "{:?}", rows(&net));
     let back = net.client("cl", &["tcp", &vip, "80", "20", "1000"]);
     assert_eq!(count(&back, "b1"), 20, "{back}");
+
+    // The policy goes: the Service's endpoint again, and the Pod watch ends.
+    api.delete(Kind::LocalRedirectPolicy, "shop", "local-web");
+    assert!(wait_for(|| only(&b2)), "{:?}", rows(&net));
+    assert!(
+        wait_for(|| api.watches_open(Kind::Pod) == 0),
+        "the Pod watch ends with the last policy"
+    );
     drop(api);
 }
 

@@ -97,6 +97,8 @@ struct Shared {
     policy_crds_removed: std::sync::atomic::AtomicBool,
     /// Status patches still to answer with 500, as an API server that is briefly away.
     status_patch_failures: std::sync::atomic::AtomicU64,
+    /// Watch streams still open, per kind.
+    open_watches: Mutex<BTreeMap<Kind, usize>>,
     /// WAO's metrics adapter on custom.metrics.k8s.io: (node, metric) → value; None while
     /// the API is not served.
     custom_metrics: Mutex<Option<BTreeMap<(String, String), String>>>,
@@ -130,6 +132,7 @@ impl ApiServer {
             node_config_crd: Default::default(),
             policy_crds_removed: Default::default(),
             status_patch_failures: Default::default(),
+            open_watches: Default::default(),
             custom_metrics: Default::default(),
         });
         let addr = listener.local_addr().expect("addr");
@@ -309,6 +312,13 @@ impl ApiServer {
         self.shared
             .status_patch_failures
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Watch streams of `kind` open now (one ends within a bookmark's period, 0.5 s, of its
+    /// client going away).
+    pub fn watches_open(&self, kind: Kind) -> usize {
+        let open = self.shared.open_watches.lock().expect("open watches");
+        open.get(&kind).copied().unwrap_or(0)
     }
 
     /// The Events posted so far.
@@ -585,6 +595,34 @@ fn event_for(change: &Change, selection: &Selection) -> Option<Value> {
     Some(json!({"type": kind, "object": object}))
 }
 
+/// Counts a watch stream as open from its start until its task ends.
+struct OpenWatch {
+    shared: Arc<Shared>,
+    kind: Kind,
+}
+
+impl OpenWatch {
+    fn new(shared: Arc<Shared>, kind: Kind) -> OpenWatch {
+        *shared
+            .open_watches
+            .lock()
+            .expect("open watches")
+            .entry(kind)
+            .or_default() += 1;
+        OpenWatch { shared, kind }
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.shared.open_watches.lock() {
+            if let Some(n) = open.get_mut(&self.kind) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
 async fn watch(
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -619,7 +657,9 @@ async fn watch(
             .collect();
         (replay, shared.changes.subscribe(), gone, store.rv)
     };
+    let open = OpenWatch::new(shared.clone(), kind);
     tokio::spawn(async move {
+        let _open = open;
         if gone {
             let status = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
                 "metadata": {}, "status": "Failure", "message": "too old resource version",

@@ -102,14 +102,13 @@ pub async fn run(
         Some(&changed),
         &stop,
     );
-    // wao-lb's policies, and the pods they select (slimmed to what selection reads).
-    let pods: Store<Pod> = reflect(
-        Api::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-        slim_pod,
-        Some(&changed),
-        &stop,
-    );
+    // wao-lb's policies, and the pods they select (watched only while a policy exists).
+    let mut pods = PodWatch {
+        api: Api::all(client.clone()),
+        changed: changed.clone(),
+        stop: stop.clone(),
+        running: None,
+    };
     let redirect_api: Api<LocalRedirectPolicy> = Api::all(client.clone());
     let balancing_api: Api<BalancingPolicy> = Api::all(client.clone());
     let local_redirects: Store<LocalRedirectPolicy> = reflect(
@@ -119,7 +118,7 @@ pub async fn run(
         Some(&changed),
         &stop,
     );
-    let balancing: Store<BalancingPolicy> = reflect(
+    let balancing_policies: Store<BalancingPolicy> = reflect(
         balancing_api.clone(),
         watcher::Config::default(),
         |_| {},
@@ -156,9 +155,8 @@ pub async fn run(
         let _ = services.wait_until_ready().await;
         let _ = slices.wait_until_ready().await;
         let _ = nodes.wait_until_ready().await;
-        synced_or_absent(&Api::<Pod>::all(client.clone()), &pods).await;
         synced_or_absent(&redirect_api, &local_redirects).await;
-        synced_or_absent(&balancing_api, &balancing).await;
+        synced_or_absent(&balancing_api, &balancing_policies).await;
     };
     tokio::select! {
         _ = stop.cancelled() => return,
@@ -176,6 +174,9 @@ pub async fn run(
     ));
     loop {
         let started = Instant::now();
+        let (redirects, balancing) = (local_redirects.state(), balancing_policies.state());
+        pods.follow(!redirects.is_empty() || !balancing.is_empty())
+            .await;
         let translation = {
             let services = services.state();
             let slices = slices.state();
@@ -191,8 +192,7 @@ pub async fn run(
             let services: Vec<&KubeService> = services.iter().map(|s| &**s).collect();
             let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
             let mut t = translate(&services, &slices, &node);
-            let (redirects, balancing, pods) =
-                (local_redirects.state(), balancing.state(), pods.state());
+            let pods = pods.state();
             let redirects: Vec<&LocalRedirectPolicy> = redirects.iter().map(|p| &**p).collect();
             let balancing: Vec<&BalancingPolicy> = balancing.iter().map(|p| &**p).collect();
             let pods: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
@@ -393,6 +393,59 @@ where
         _ => {
             let _ = store.wait_until_ready().await;
         }
+    }
+}
+
+/// The Pods that policies select, slimmed to what selection reads. They are watched
+/// cluster-wide, so only while a policy exists: a cluster without policies pays for no Pod
+/// watch on any node.
+struct PodWatch {
+    api: Api<Pod>,
+    changed: Arc<Notify>,
+    stop: CancellationToken,
+    /// The store and the token that ends its watch, while one runs.
+    running: Option<(Store<Pod>, CancellationToken)>,
+}
+
+/// How long a sync waits for a new Pod watch's first list before it goes on without it.
+const POD_LIST_WAIT: Duration = Duration::from_secs(10);
+
+impl PodWatch {
+    /// Starts the watch when a policy appears and ends it when the last one goes. A new
+    /// watch's first list is waited for (up to `POD_LIST_WAIT`), so the first translation
+    /// with a policy already sees its pods.
+    async fn follow(&mut self, wanted: bool) {
+        match (self.running.is_some(), wanted) {
+            (false, true) => {
+                let token = self.stop.child_token();
+                let store = reflect(
+                    self.api.clone(),
+                    watcher::Config::default().any_semantic(),
+                    slim_pod,
+                    Some(&self.changed),
+                    &token,
+                );
+                tracing::info!("a policy exists: watching Pods");
+                tokio::select! {
+                    _ = self.stop.cancelled() => {}
+                    _ = tokio::time::timeout(POD_LIST_WAIT, synced_or_absent(&self.api, &store)) => {}
+                }
+                self.running = Some((store, token));
+            }
+            (true, false) => {
+                if let Some((_, token)) = self.running.take() {
+                    token.cancel();
+                }
+                tracing::info!("no policy left: the Pod watch ended");
+            }
+            _ => {}
+        }
+    }
+
+    fn state(&self) -> Vec<Arc<Pod>> {
+        self.running
+            .as_ref()
+            .map_or_else(Vec::new, |(store, _)| store.state())
     }
 }
 
