@@ -209,6 +209,18 @@ fn ipvs_on_a_real_kernel() {
     let held = table(&text("while_held"));
     assert_eq!(held[WEB].get(&format!("{B2}:8080")), Some(&0), "{held:?}");
     assert_eq!(r["still_quiesced_after_3s"], 0);
+    // The kernel's open count of the held connection reaches /metrics, and the series goes
+    // with the destination.
+    assert!(
+        r["open_while_held"].as_u64().is_some_and(|n| n >= 1),
+        "open connections while held: {}",
+        r["open_while_held"]
+    );
+    assert!(
+        r["open_after_removal"].is_null(),
+        "{}",
+        r["open_after_removal"]
+    );
     assert_eq!(r["held"]["ok"], true, "{}", r["held"]);
     assert!(
         r["deleted_seconds"].is_number(),

@@ -63,8 +63,9 @@ struct Kernel {
     bound: BTreeSet<IpAddr>,
     metrics: IpvsMetrics,
     /// The metric labels (service, backend, node) of the destinations of services that
-    /// have series of their own.
-    labels: HashMap<(VirtualId, SocketAddr), [String; 3]>,
+    /// have series of their own: planned ones, and those the plan left that the kernel still
+    /// holds (draining at weight 0), whose open counts matter most.
+    labels: Labels,
     /// Every planned destination's count of open connections, set from the kernel's.
     open: OpenCounters,
 }
@@ -136,6 +137,7 @@ impl Kernel {
                 return (None, Err(e));
             }
         };
+        retain_in_use(&mut self.labels, &current, &self.desired);
         let counts = current
             .iter()
             .flat_map(|(id, e)| e.dests.values().map(move |d| (*id, d)))
@@ -217,8 +219,10 @@ async fn resync_every(
     }
 }
 
+type Labels = HashMap<(VirtualId, SocketAddr), [String; 3]>;
+
 /// The metric labels of the destinations of the services with series of their own.
-fn series_labels(plan: &Plan) -> HashMap<(VirtualId, SocketAddr), [String; 3]> {
+fn series_labels(plan: &Plan) -> Labels {
     plan.services
         .iter()
         .filter(|(_, p)| !plan.series_label(&p.service.key).is_empty())
@@ -234,6 +238,15 @@ fn series_labels(plan: &Plan) -> HashMap<(VirtualId, SocketAddr), [String; 3]> {
             })
         })
         .collect()
+}
+
+/// Keeps the labels of destinations the kernel holds or the plan wants: a destination that
+/// left the plan keeps its series while it drains, until it is deleted.
+fn retain_in_use(labels: &mut Labels, kernel: &Table, desired: &Table) {
+    let holds = |t: &Table, (id, addr): &(VirtualId, SocketAddr)| {
+        t.get(id).is_some_and(|e| e.dests.contains_key(addr))
+    };
+    labels.retain(|key, _| holds(kernel, key) || holds(desired, key));
 }
 
 /// What counts as open on a destination: established TCP connections (IPVS keeps closed
@@ -295,7 +308,13 @@ impl Dataplane for Ipvs {
             // its services are gone.
             k.bound = local.ours.iter().chain(&add).copied().collect();
             k.desired = desired;
-            k.labels = series_labels(plan);
+            // Destinations that left the plan keep their labels while they drain; the next
+            // sync drops those the kernel no longer holds.
+            let mut labels = series_labels(plan);
+            for (key, l) in std::mem::take(&mut k.labels) {
+                labels.entry(key).or_insert(l);
+            }
+            k.labels = labels;
             let (by_dest, counted) = open_counters(plan);
             k.open = by_dest;
             self.open.publish(counted);
@@ -350,6 +369,7 @@ impl PickCounts for KernelPicks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::ipvs::message::{Destination, VirtualService};
 
     #[test]
     fn open_tcp_is_established_and_open_udp_is_every_entry() {
@@ -360,6 +380,54 @@ mod tests {
         assert_eq!(open_connections(&id(IpvsProtocol::Tcp), 3, 40), 3);
         assert_eq!(open_connections(&id(IpvsProtocol::Udp), 0, 7), 7);
         assert_eq!(open_connections(&id(IpvsProtocol::Sctp), 2, 1), 3);
+    }
+
+    #[test]
+    fn a_draining_destination_keeps_its_labels_until_the_kernel_drops_it() {
+        let id = VirtualId {
+            protocol: IpvsProtocol::Tcp,
+            addr: "10.0.0.1:80".parse().unwrap(),
+        };
+        let table = |dests: &[&str]| -> Table {
+            let dests = dests
+                .iter()
+                .map(|a| {
+                    let addr: SocketAddr = a.parse().unwrap();
+                    let d = Destination {
+                        addr,
+                        weight: 0,
+                        active: 0,
+                        inactive: 0,
+                        connections: 0,
+                    };
+                    (addr, d)
+                })
+                .collect();
+            let service = VirtualService {
+                id,
+                scheduler: "wrr".into(),
+                persistence: None,
+            };
+            Table::from([(id, reconcile::Entry { service, dests })])
+        };
+        let (planned, draining, gone) = ("10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80");
+        let mut labels: Labels = [planned, draining, gone]
+            .into_iter()
+            .map(|a| {
+                (
+                    (id, a.parse().unwrap()),
+                    [a.to_string(), a.into(), "n".into()],
+                )
+            })
+            .collect();
+        // The plan wants `planned`, not yet in the kernel; `draining` is only in the kernel.
+        retain_in_use(&mut labels, &table(&[draining]), &table(&[planned]));
+        let mut kept: Vec<String> = labels.keys().map(|(_, a)| a.to_string()).collect();
+        kept.sort();
+        assert_eq!(kept, [planned, draining]);
+        // Deleted from the kernel: its labels go.
+        retain_in_use(&mut labels, &table(&[]), &table(&[planned]));
+        assert_eq!(labels.len(), 1);
     }
 
     #[test]
