@@ -369,7 +369,6 @@ impl PickCounts for KernelPicks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::ipvs::message::{Destination, VirtualService};
 
     #[test]
     fn open_tcp_is_established_and_open_udp_is_every_entry() {
@@ -384,50 +383,30 @@ mod tests {
 
     #[test]
     fn a_draining_destination_keeps_its_labels_until_the_kernel_drops_it() {
-        let id = VirtualId {
-            protocol: IpvsProtocol::Tcp,
-            addr: "10.0.0.1:80".parse().unwrap(),
+        use reconcile::tests::{id, table};
+        let web = |dests: &[u8]| {
+            let dests = dests.iter().map(|b| (*b, 0, 0)).collect();
+            table(&[(IpvsProtocol::Tcp, 1, 80, false, dests)])
         };
-        let table = |dests: &[&str]| -> Table {
-            let dests = dests
-                .iter()
-                .map(|a| {
-                    let addr: SocketAddr = a.parse().unwrap();
-                    let d = Destination {
-                        addr,
-                        weight: 0,
-                        active: 0,
-                        inactive: 0,
-                        connections: 0,
-                    };
-                    (addr, d)
-                })
-                .collect();
-            let service = VirtualService {
-                id,
-                scheduler: "wrr".into(),
-                persistence: None,
-            };
-            Table::from([(id, reconcile::Entry { service, dests })])
+        let key = |b: u8| {
+            (
+                id(IpvsProtocol::Tcp, 1, 80),
+                SocketAddr::from(([10, 1, 0, b], 8080)),
+            )
         };
-        let (planned, draining, gone) = ("10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80");
+        let (planned, draining, gone) = (1, 2, 3);
         let mut labels: Labels = [planned, draining, gone]
             .into_iter()
-            .map(|a| {
-                (
-                    (id, a.parse().unwrap()),
-                    [a.to_string(), a.into(), "n".into()],
-                )
-            })
+            .map(|b| (key(b), [String::new(), b.to_string(), "n".into()]))
             .collect();
         // The plan wants `planned`, not yet in the kernel; `draining` is only in the kernel.
-        retain_in_use(&mut labels, &table(&[draining]), &table(&[planned]));
-        let mut kept: Vec<String> = labels.keys().map(|(_, a)| a.to_string()).collect();
+        retain_in_use(&mut labels, &web(&[draining]), &web(&[planned]));
+        let mut kept: Vec<_> = labels.keys().copied().collect();
         kept.sort();
-        assert_eq!(kept, [planned, draining]);
+        assert_eq!(kept, [key(planned), key(draining)]);
         // Deleted from the kernel: its labels go.
-        retain_in_use(&mut labels, &table(&[]), &table(&[planned]));
-        assert_eq!(labels.len(), 1);
+        retain_in_use(&mut labels, &web(&[]), &web(&[planned]));
+        assert_eq!(labels.keys().copied().collect::<Vec<_>>(), [key(planned)]);
     }
 
     #[test]

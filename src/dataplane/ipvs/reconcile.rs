@@ -193,7 +193,7 @@ impl Reconciler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -238,7 +238,7 @@ mod tests {
         Ok(())
     }
 
-    fn id(protocol: IpvsProtocol, host: u8, port: u16) -> VirtualId {
+    pub fn id(protocol: IpvsProtocol, host: u8, port: u16) -> VirtualId {
         VirtualId {
             protocol,
             addr: SocketAddr::from(([10, 96, 0, host], port)),
@@ -247,10 +247,12 @@ mod tests {
 
     /// A service in compact form: (protocol, host, port, persistent, destinations as
     /// (backend host, weight, connections)).
-    type Part = (IpvsProtocol, u8, u16, bool, Vec<(u8, u32, u32)>);
+    /// A service: protocol, last octet of its 10.96.0.x address, port, persistence, and
+    /// its destinations (last octet of 10.1.0.x:8080, weight, active connections).
+    pub type Part = (IpvsProtocol, u8, u16, bool, Vec<(u8, u32, u32)>);
 
     /// A table of `parts`.
-    fn table(parts: &[Part]) -> Table {
+    pub fn table(parts: &[Part]) -> Table {
         parts
             .iter()
             .map(|(p, host, port, persistent, dests)| {
