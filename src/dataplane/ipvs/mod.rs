@@ -240,12 +240,26 @@ fn series_labels(plan: &Plan) -> Labels {
         .collect()
 }
 
-/// Keeps the labels of destinations the kernel holds or the plan wants: a destination that
-/// left the plan keeps its series while it drains, until it is deleted.
+/// Whether `table` has the destination `addr` of service `id`.
+fn holds(table: &Table, (id, addr): &(VirtualId, SocketAddr)) -> bool {
+    table.get(id).is_some_and(|e| e.dests.contains_key(addr))
+}
+
+/// The labels for a new plan: the plan's own (`planned`), and those of `old` whose
+/// destination left the plan (`desired`), so that it keeps its series while it drains. A
+/// destination still planned whose service no longer has series of its own loses them.
+fn carried_labels(mut planned: Labels, old: Labels, desired: &Table) -> Labels {
+    for (key, l) in old {
+        if !holds(desired, &key) {
+            planned.entry(key).or_insert(l);
+        }
+    }
+    planned
+}
+
+/// Keeps the labels of destinations the kernel holds or the plan wants: a drained
+/// destination's go once the kernel has deleted it.
 fn retain_in_use(labels: &mut Labels, kernel: &Table, desired: &Table) {
-    let holds = |t: &Table, (id, addr): &(VirtualId, SocketAddr)| {
-        t.get(id).is_some_and(|e| e.dests.contains_key(addr))
-    };
     labels.retain(|key, _| holds(kernel, key) || holds(desired, key));
 }
 
@@ -307,14 +321,9 @@ impl Dataplane for Ipvs {
             // What was bound before (a crash's leftovers included) stays wao-lb's until
             // its services are gone.
             k.bound = local.ours.iter().chain(&add).copied().collect();
+            let old = std::mem::take(&mut k.labels);
+            k.labels = carried_labels(series_labels(plan), old, &desired);
             k.desired = desired;
-            // Destinations that left the plan keep their labels while they drain; the next
-            // sync drops those the kernel no longer holds.
-            let mut labels = series_labels(plan);
-            for (key, l) in std::mem::take(&mut k.labels) {
-                labels.entry(key).or_insert(l);
-            }
-            k.labels = labels;
             let (by_dest, counted) = open_counters(plan);
             k.open = by_dest;
             self.open.publish(counted);
@@ -407,6 +416,23 @@ mod tests {
         // Deleted from the kernel: its labels go.
         retain_in_use(&mut labels, &web(&[]), &web(&[planned]));
         assert_eq!(labels.keys().copied().collect::<Vec<_>>(), [key(planned)]);
+    }
+
+    #[test]
+    fn only_destinations_that_left_the_plan_carry_their_labels_over() {
+        use reconcile::tests::{id, table};
+        let key = |b: u8| {
+            (
+                id(IpvsProtocol::Tcp, 1, 80),
+                SocketAddr::from(([10, 1, 0, b], 8080)),
+            )
+        };
+        let label = |b: u8| (key(b), [String::new(), b.to_string(), "n".into()]);
+        let old: Labels = [label(1), label(2)].into_iter().collect();
+        // 1 is still planned but its service lost its series (none in `planned`); 2 left.
+        let desired = table(&[(IpvsProtocol::Tcp, 1, 80, false, vec![(1, 1, 0)])]);
+        let next = carried_labels(Labels::new(), old, &desired);
+        assert_eq!(next.keys().copied().collect::<Vec<_>>(), [key(2)]);
     }
 
     #[test]
