@@ -13,8 +13,8 @@
 //! carry wao-lb's upstream mark, as wao-lb's do.
 //!
 //! `wao-bench --serve-floor tcp|udp --floor-listen ADDR --floor-backend ADDR
-//! [--floor-transparent --floor-mark MARK] [--floor-pipe-bytes N]` runs it (the harness starts it like any peer,
-//! alone on the proxy core).
+//! [--floor-transparent --floor-mark MARK] [--floor-pipe-bytes N]` runs it (the harness
+//! starts it like any peer, alone on the proxy core).
 
 use std::collections::HashMap;
 use std::io;
@@ -167,12 +167,9 @@ impl Direction {
             if drained {
                 return Ok(());
             }
-            let wanted = if self.moved >= SPLICE_AFTER {
-                pipe_bytes
-            } else {
-                CHUNK
-            };
-            let read = if self.moved >= SPLICE_AFTER {
+            let splicing = self.moved >= SPLICE_AFTER;
+            let wanted = if splicing { pipe_bytes } else { CHUNK };
+            let read = if splicing {
                 if self.pipe.is_none() {
                     self.pipe = Some(pipe(pipe_bytes)?);
                 }

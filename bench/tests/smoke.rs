@@ -227,7 +227,8 @@ fn a_closed_stdout_ends_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("wao-bench starts");
-    // The read end closes before the first line is written: every write meets EPIPE.
+    // The read end closes before the run has its first table (it prints once the
+    // simulation is done), so its writes meet EPIPE.
     drop(child.stdout.take());
     let done = child.wait_with_output().expect("wao-bench ends");
     let stderr = String::from_utf8_lossy(&done.stderr);

@@ -170,14 +170,20 @@ pub enum ServiceKind {
     BalancingPolicy,
 }
 
-impl fmt::Display for ServiceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl ServiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
             ServiceKind::Static => "static",
             ServiceKind::Service => "Service",
             ServiceKind::LocalRedirectPolicy => "LocalRedirectPolicy",
             ServiceKind::BalancingPolicy => "BalancingPolicy",
-        })
+        }
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

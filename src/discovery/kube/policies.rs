@@ -215,10 +215,7 @@ impl<'a> One<'a> {
 
     fn refused(&self, code: &'static str, reason: String) -> Unserved {
         Unserved {
-            kind: match self.kind {
-                ServiceKind::LocalRedirectPolicy => "LocalRedirectPolicy",
-                _ => "BalancingPolicy",
-            },
+            kind: self.kind.as_str(),
             service: format!("{}/{}", self.namespace, self.name),
             code,
             reason,

@@ -415,31 +415,28 @@ impl PodWatch {
     /// watch's first list is waited for (up to `POD_LIST_WAIT`), so the first translation
     /// with a policy already sees its pods.
     async fn follow(&mut self, wanted: bool) {
-        match (self.running.is_some(), wanted) {
-            (false, true) => {
-                let token = self.stop.child_token();
-                let store = reflect(
-                    self.api.clone(),
-                    watcher::Config::default().any_semantic(),
-                    slim_pod,
-                    Some(&self.changed),
-                    &token,
-                );
-                tracing::info!("a policy exists: watching Pods");
-                tokio::select! {
-                    _ = self.stop.cancelled() => {}
-                    _ = tokio::time::timeout(POD_LIST_WAIT, synced_or_absent(&self.api, &store)) => {}
-                }
-                self.running = Some((store, token));
-            }
-            (true, false) => {
-                if let Some((_, token)) = self.running.take() {
-                    token.cancel();
-                }
+        if !wanted {
+            if let Some((_, token)) = self.running.take() {
+                token.cancel();
                 tracing::info!("no policy left: the Pod watch ended");
             }
-            _ => {}
+            return;
         }
+        if self.running.is_some() {
+            return;
+        }
+        let token = self.stop.child_token();
+        let store = reflect(
+            self.api.clone(),
+            watcher::Config::default().any_semantic(),
+            slim_pod,
+            Some(&self.changed),
+            &token,
+        );
+        tracing::info!("a policy exists: watching Pods");
+        let listed = tokio::time::timeout(POD_LIST_WAIT, synced_or_absent(&self.api, &store));
+        let _ = self.stop.run_until_cancelled(listed).await;
+        self.running = Some((store, token));
     }
 
     fn state(&self) -> Vec<Arc<Pod>> {
